@@ -1,0 +1,1 @@
+"""Agent console, supervisor wallboard and web-chat widget: pages and static assets only."""

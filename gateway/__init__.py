@@ -1,0 +1,1 @@
+"""Composition root: app factory, configuration, HTTP and WebSocket routes, bus, workers, CLI."""

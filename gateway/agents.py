@@ -1,0 +1,86 @@
+"""Agents: creation (CLI and API share it) and presence."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.auth import hash_password, issue_token
+from gateway.errors import ApiError
+from routing.capacity import DEFAULT_CAPACITY, Capacity
+from routing.identity import normalise_email
+from timeline.models import Agent, Presence, Role, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class NewAgent:
+    name: str
+    email: str
+    password: str
+    role: Role = Role.AGENT
+    skills: Sequence[str] = ()
+    extension: str | None = None
+    capacity: Capacity = DEFAULT_CAPACITY
+
+
+def validate(new: NewAgent) -> NewAgent:
+    """The same rules for `switchboard agent add` and `POST /api/v1/agents`."""
+    email = normalise_email(new.email)
+    if email is None:
+        raise ApiError(400, "invalid_email", f"{new.email!r} is not an e-mail address.")
+    if not new.name.strip():
+        raise ApiError(400, "invalid_name", "The agent needs a name.")
+    if len(new.password) < 8:
+        raise ApiError(400, "weak_password", "The password needs at least 8 characters.")
+    return NewAgent(
+        name=new.name.strip(),
+        email=email,
+        password=new.password,
+        role=new.role,
+        skills=[s.strip() for s in new.skills if s.strip()],
+        extension=(new.extension or "").strip() or None,
+        capacity=new.capacity,
+    )
+
+
+async def create_agent(session: AsyncSession, new: NewAgent) -> tuple[Agent, str]:
+    """The stored agent and its first API token (shown once, stored hashed)."""
+    new = validate(new)
+    agent = Agent(
+        name=new.name,
+        email=new.email,
+        password_hash=hash_password(new.password),
+        role=new.role,
+        skills=list(new.skills),
+        extension=new.extension,
+        capacity=new.capacity.to_json(),
+        presence=Presence.OFFLINE,
+    )
+    session.add(agent)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise ApiError(409, "agent_exists", f"An agent with e-mail {new.email} exists.") from None
+    return agent, await issue_token(session, agent.id)
+
+
+async def set_presence(session: AsyncSession, agent_id: int, presence: Presence) -> Agent | None:
+    agent = (
+        await session.execute(select(Agent).where(Agent.id == agent_id).with_for_update())
+    ).scalar_one_or_none()
+    if agent is not None and agent.presence != presence:
+        agent.presence = presence
+        agent.presence_since = utcnow()
+    return agent
+
+
+def parse_presence(value: object) -> Presence:
+    try:
+        return Presence(str(value))
+    except ValueError:
+        states = ", ".join(p.value for p in Presence)
+        raise ApiError(400, "invalid_presence", f"Presence must be one of {states}.") from None

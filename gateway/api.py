@@ -1,0 +1,458 @@
+"""HTTP API `/api/v1/*` and `/healthz` (DESIGN.md, "Stable contract")."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from channels import InvalidPayload, generic
+from gateway import agents
+from gateway.auth import Principal, principal_for, token_from
+from gateway.errors import ApiError, bad_request, not_found
+from gateway.ingest import IngestError
+from gateway.keys import DATABASE, DISPATCHER, INGESTOR, SETTINGS
+from gateway.pops import StoredPop
+from gateway.serialize import agent_json, contact_json, event_json, ticket_json
+from routing.assignment import agent_load
+from routing.capacity import Capacity
+from routing.identity import normalise, parse_raw
+from timeline import store
+from timeline.models import (
+    OPEN_STATUSES,
+    TICKET_PRIORITIES,
+    Agent,
+    Contact,
+    InboundJournal,
+    Role,
+    Ticket,
+    TicketStatus,
+    utcnow,
+)
+
+routes = web.RouteTableDef()
+
+MAX_PAGE = 500
+DEFAULT_PAGE = 50
+
+
+async def authenticate(request: web.Request, *, allow_query: bool = False) -> Principal:
+    token = token_from(request, allow_query=allow_query)
+    if token is None:
+        raise ApiError(401, "unauthorized", "Send an API token as 'Authorization: Bearer <token>'.")
+    async with request.app[DATABASE].reading() as session:
+        principal = await principal_for(session, token)
+    if principal is None:
+        raise ApiError(401, "unauthorized", "The API token is unknown or revoked.")
+    return principal
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        data = json.loads(await request.read())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise bad_request("invalid_json", "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise bad_request("invalid_payload", "The body must be a JSON object.")
+    return data
+
+
+def path_id(request: web.Request, name: str = "id") -> int:
+    try:
+        return int(request.match_info[name])
+    except ValueError:
+        raise ApiError(404, "not_found", f"{request.match_info[name]!r} is not an id.") from None
+
+
+def query_int(
+    request: web.Request, name: str, default: int | None, maximum: int | None = None
+) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(
+            "invalid_query", f"Query parameter {name!r} must be a whole number."
+        ) from None
+    if value < 1 and name == "limit":
+        raise bad_request("invalid_query", "Query parameter 'limit' must be at least 1.")
+    return min(value, maximum) if maximum else value
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.post("/api/v1/inbound")
+async def inbound(request: web.Request) -> web.Response:
+    await authenticate(request)
+    body = await request.read()
+    settings = request.app[SETTINGS]
+    ingestor = request.app[INGESTOR]
+    try:
+        event = generic.parse(body, settings.channels)
+    except InvalidPayload as error:
+        await ingestor.reject(
+            channel=_channel_hint(body),
+            payload=body,
+            content_type=request.content_type,
+            reason=error.detail,
+        )
+        raise bad_request(error.code, error.detail) from None
+    try:
+        result = await ingestor.ingest(event, payload=body, content_type=request.content_type)
+    except IngestError as error:
+        raise ApiError(
+            500,
+            "ingest_failed",
+            f"The payload is kept as journal entry {error.journal_id} but could not be stored.",
+        ) from None
+    return web.json_response(result.to_json(), status=202)
+
+
+def _channel_hint(body: bytes) -> str:
+    """The channel a rejected payload claimed, for the journal; 'unknown' if it said none."""
+    try:
+        value = json.loads(body).get("channel")
+    except (ValueError, AttributeError):
+        return "unknown"
+    return value[:32] if isinstance(value, str) and value else "unknown"
+
+
+@routes.post("/api/v1/contacts")
+async def create_contact(request: web.Request) -> web.Response:
+    await authenticate(request)
+    data = await read_json_object(request)
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise bad_request("invalid_payload", "Field 'name' must be a non-empty string.")
+    identities = _identities(data.get("identities", []), request.app[SETTINGS].default_region)
+    tags = data.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise bad_request("invalid_payload", "Field 'tags' must be a list of strings.")
+    attributes = data.get("attributes", {})
+    if not isinstance(attributes, dict):
+        raise bad_request("invalid_payload", "Field 'attributes' must be an object.")
+    try:
+        async with request.app[DATABASE].transaction() as session:
+            contact = await store.create_contact(
+                session,
+                name=name.strip()[:200],
+                identities=identities,
+                tags=tags,
+                attributes=attributes,
+            )
+            stored = await store.identities_of(session, [contact.id])
+    except IntegrityError:
+        raise ApiError(
+            409, "identity_taken", "One of the identities already belongs to another contact."
+        ) from None
+    return web.json_response(contact_json(contact, stored), status=201)
+
+
+def _identities(raw: object, region: str) -> list[tuple[str, str]]:
+    if not isinstance(raw, list):
+        raise bad_request("invalid_payload", "Field 'identities' must be a list.")
+    result: list[tuple[str, str]] = []
+    for item in raw:
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("kind"), str)
+            or not isinstance(item.get("value"), str)
+        ):
+            raise bad_request(
+                "invalid_identity", "Each identity needs a string 'kind' and 'value'."
+            )
+        key = normalise(item["kind"].strip().lower(), item["value"], region)
+        if key is None:
+            raise bad_request(
+                "invalid_identity", f"{item['value']!r} is not a usable {item['kind']} identity."
+            )
+        if (key.kind, key.value) not in result:
+            result.append((key.kind, key.value))
+    return result
+
+
+@routes.get("/api/v1/contacts")
+async def find_contacts(request: web.Request) -> web.Response:
+    await authenticate(request)
+    raw = request.query.get("identity")
+    if raw is None:
+        raise bad_request("missing_query", "Give ?identity=<sender id> to look a contact up.")
+    key = parse_raw(raw, request.app[SETTINGS].default_region)
+    if key is None:
+        return web.json_response({"contacts": []})
+    async with request.app[DATABASE].reading() as session:
+        contact = await store.contact_by_identity(session, key.kind, key.value)
+        if contact is None:
+            return web.json_response({"contacts": []})
+        identities = await store.identities_of(session, [contact.id])
+    return web.json_response({"contacts": [contact_json(contact, identities)]})
+
+
+@routes.get("/api/v1/contacts/{id}")
+async def get_contact(request: web.Request) -> web.Response:
+    await authenticate(request)
+    async with request.app[DATABASE].reading() as session:
+        contact = await session.get(Contact, path_id(request))
+        if contact is None:
+            raise not_found("contact")
+        identities = await store.identities_of(session, [contact.id])
+        open_tickets = await store.open_tickets_of(session, contact.id)
+    body = contact_json(contact, identities)
+    body["open_tickets"] = [ticket_json(t) for t in open_tickets]
+    return web.json_response(body)
+
+
+@routes.get("/api/v1/contacts/{id}/timeline")
+async def contact_timeline(request: web.Request) -> web.Response:
+    await authenticate(request)
+    limit = query_int(request, "limit", DEFAULT_PAGE, MAX_PAGE) or DEFAULT_PAGE
+    before = query_int(request, "before", None)
+    async with request.app[DATABASE].reading() as session:
+        contact = await session.get(Contact, path_id(request))
+        if contact is None:
+            raise not_found("contact")
+        events = await store.recent_events(session, contact.id, limit=limit + 1, before_id=before)
+    more = len(events) > limit
+    events = events[:limit]
+    return web.json_response(
+        {"events": [event_json(e) for e in events], "next_before": events[-1].id if more else None}
+    )
+
+
+@routes.get("/api/v1/tickets")
+async def list_tickets(request: web.Request) -> web.Response:
+    principal = await authenticate(request)
+    limit = query_int(request, "limit", DEFAULT_PAGE, MAX_PAGE) or DEFAULT_PAGE
+    before = query_int(request, "before", None)
+    query = select(Ticket).order_by(Ticket.id.desc()).limit(limit)
+    status = request.query.get("status")
+    if status:
+        statuses = [s.strip() for s in status.split(",")]
+        if any(s not in TicketStatus.__members__.values() for s in statuses):
+            raise bad_request("invalid_query", f"Unknown ticket status in {status!r}.")
+        query = query.where(Ticket.status.in_(statuses))
+    assignee = request.query.get("assignee")
+    if assignee:
+        query = query.where(_assignee_filter(assignee, principal))
+    if before is not None:
+        query = query.where(Ticket.id < before)
+    async with request.app[DATABASE].reading() as session:
+        tickets = list((await session.execute(query)).scalars())
+    return web.json_response({"tickets": [ticket_json(t) for t in tickets]})
+
+
+def _assignee_filter(assignee: str, principal: Principal) -> Any:
+    if assignee == "me":
+        return Ticket.assignee_id == principal.agent_id
+    if assignee == "none":
+        return Ticket.assignee_id.is_(None)
+    if not assignee.isdigit():
+        raise bad_request("invalid_query", "assignee must be an agent id, 'me' or 'none'.")
+    return Ticket.assignee_id == int(assignee)
+
+
+@routes.get("/api/v1/tickets/{id}")
+async def get_ticket(request: web.Request) -> web.Response:
+    await authenticate(request)
+    async with request.app[DATABASE].reading() as session:
+        ticket = await session.get(Ticket, path_id(request))
+    if ticket is None:
+        raise not_found("ticket")
+    return web.json_response(ticket_json(ticket))
+
+
+@routes.patch("/api/v1/tickets/{id}")
+async def patch_ticket(request: web.Request) -> web.Response:
+    await authenticate(request)
+    ticket_id = path_id(request)
+    changes = _ticket_changes(await read_json_object(request))
+    dispatcher = request.app[DISPATCHER]
+    pops: list[StoredPop] = []
+    async with request.app[DATABASE].transaction() as session:
+        ticket = (
+            await session.execute(select(Ticket).where(Ticket.id == ticket_id).with_for_update())
+        ).scalar_one_or_none()
+        if ticket is None:
+            raise not_found("ticket")
+        released = ticket.assignee_id
+        now = utcnow()
+        if "priority" in changes:
+            ticket.priority = changes["priority"]
+        if "status" in changes:
+            _set_status(ticket, changes["status"], now)
+        if "assignee_id" in changes and changes["assignee_id"] != ticket.assignee_id:
+            new_agent = changes["assignee_id"]
+            ticket.assignee_id = None
+            if new_agent is not None:
+                await _assign_manually(session, ticket, new_agent, now)
+                pops.append(await dispatcher.announce_assignment(session, new_agent, ticket.id))
+        ticket.updated_at = now
+        still_holds = ticket.assignee_id == released and ticket.status in OPEN_STATUSES
+        needs_agent = ticket.assignee_id is None and ticket.status in OPEN_STATUSES
+    await dispatcher.publish(pops)
+    if released is not None and not still_holds:
+        await dispatcher.offer_waiting(released)
+    if needs_agent:
+        await dispatcher.route(ticket.id)
+    async with request.app[DATABASE].reading() as session:
+        ticket = await session.get(Ticket, ticket_id)
+    return web.json_response(ticket_json(ticket))
+
+
+def _ticket_changes(data: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(data) - {"status", "assignee_id", "priority"}
+    if unknown:
+        raise bad_request("invalid_payload", f"Cannot change {', '.join(sorted(unknown))} here.")
+    if "status" in data and data["status"] not in TicketStatus.__members__.values():
+        raise bad_request("invalid_status", f"Status must be one of {', '.join(TicketStatus)}.")
+    if "priority" in data and data["priority"] not in TICKET_PRIORITIES:
+        raise bad_request(
+            "invalid_priority", f"Priority must be one of {', '.join(TICKET_PRIORITIES)}."
+        )
+    if "assignee_id" in data:
+        value = data["assignee_id"]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise bad_request("invalid_assignee", "assignee_id must be an agent id or null.")
+    return data
+
+
+def _set_status(ticket: Ticket, status: str, now: datetime) -> None:
+    if status == ticket.status:
+        return
+    ticket.status = status
+    if status in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
+        ticket.resolved_at = ticket.resolved_at or now
+    else:
+        ticket.resolved_at = None
+
+
+async def _assign_manually(
+    session: AsyncSession, ticket: Ticket, agent_id: int, now: datetime
+) -> None:
+    """An explicit assignment still respects the agent's capacity (checked under its lock)."""
+    load = await agent_load(session, agent_id)
+    if load is None:
+        raise bad_request("invalid_assignee", f"There is no agent {agent_id}.")
+    if ticket.status in OPEN_STATUSES and not load.capacity.allows(load.load, ticket.channel):
+        raise ApiError(
+            409,
+            "agent_at_capacity",
+            f"Agent {agent_id} has no room for another {ticket.channel} ticket.",
+        )
+    ticket.assignee_id = agent_id
+    ticket.assigned_at = now
+    if ticket.status == TicketStatus.NEW:
+        ticket.status = TicketStatus.OPEN
+
+
+@routes.post("/api/v1/agents")
+async def create_agent(request: web.Request) -> web.Response:
+    principal = await authenticate(request)
+    principal.require(Role.ADMIN)
+    data = await read_json_object(request)
+    new = _new_agent(data)
+    async with request.app[DATABASE].transaction() as session:
+        agent, token = await agents.create_agent(session, new)
+    return web.json_response({**agent_json(agent), "token": token}, status=201)
+
+
+def _new_agent(data: dict[str, Any]) -> agents.NewAgent:
+    for field in ("name", "email", "password"):
+        if not isinstance(data.get(field), str):
+            raise bad_request("invalid_payload", f"Field {field!r} must be a string.")
+    try:
+        role = Role(data.get("role", Role.AGENT))
+        capacity = Capacity.parse(str(data["capacity"])) if "capacity" in data else None
+    except ValueError as error:
+        raise bad_request("invalid_payload", str(error)) from None
+    skills = data.get("skills", [])
+    if not isinstance(skills, list) or not all(isinstance(s, str) for s in skills):
+        raise bad_request("invalid_payload", "Field 'skills' must be a list of strings.")
+    extension = data.get("extension")
+    return agents.NewAgent(
+        name=data["name"],
+        email=data["email"],
+        password=data["password"],
+        role=role,
+        skills=skills,
+        extension=str(extension) if extension is not None else None,
+        **({"capacity": capacity} if capacity else {}),
+    )
+
+
+@routes.get("/api/v1/agents")
+async def list_agents(request: web.Request) -> web.Response:
+    principal = await authenticate(request)
+    principal.require(Role.SUPERVISOR, Role.ADMIN)
+    async with request.app[DATABASE].reading() as session:
+        rows = list((await session.execute(select(Agent).order_by(Agent.id))).scalars())
+    return web.json_response({"agents": [agent_json(a) for a in rows]})
+
+
+@routes.get("/api/v1/agents/me")
+async def who_am_i(request: web.Request) -> web.Response:
+    principal = await authenticate(request)
+    async with request.app[DATABASE].reading() as session:
+        agent = await session.get(Agent, principal.agent_id)
+    assert agent is not None
+    return web.json_response(agent_json(agent))
+
+
+@routes.patch("/api/v1/agents/{id}")
+async def patch_agent(request: web.Request) -> web.Response:
+    """Presence by API: the agent itself, or a supervisor for anyone."""
+    principal = await authenticate(request)
+    agent_id = path_id(request)
+    if agent_id != principal.agent_id:
+        principal.require(Role.SUPERVISOR, Role.ADMIN)
+    data = await read_json_object(request)
+    if set(data) != {"presence"}:
+        raise bad_request("invalid_payload", "Only 'presence' can be changed here.")
+    presence = agents.parse_presence(data["presence"])
+    async with request.app[DATABASE].transaction() as session:
+        agent = await agents.set_presence(session, agent_id, presence)
+        if agent is None:
+            raise not_found("agent")
+    if agent.presence == "available":
+        await request.app[DISPATCHER].offer_waiting(agent_id)
+    return web.json_response(agent_json(agent))
+
+
+@routes.get("/api/v1/journal")
+async def list_journal(request: web.Request) -> web.Response:
+    """Journal entries without their payloads (personal data): what was refused or failed, why."""
+    principal = await authenticate(request)
+    principal.require(Role.ADMIN)
+    limit = query_int(request, "limit", DEFAULT_PAGE, MAX_PAGE) or DEFAULT_PAGE
+    query = select(InboundJournal).order_by(InboundJournal.id.desc()).limit(limit)
+    if status := request.query.get("status"):
+        query = query.where(InboundJournal.status == status)
+    async with request.app[DATABASE].reading() as session:
+        entries = list((await session.execute(query)).scalars())
+    return web.json_response(
+        {
+            "entries": [
+                {
+                    "id": e.id,
+                    "channel": e.channel,
+                    "status": e.status,
+                    "reason": e.reason,
+                    "content_type": e.content_type,
+                    "size": len(e.payload),
+                    "event_id": e.event_id,
+                    "received_at": e.received_at.isoformat(),
+                }
+                for e in entries
+            ]
+        }
+    )

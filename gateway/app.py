@@ -1,0 +1,73 @@
+"""The aiohttp application factory: every resource with a lifetime lives in `cleanup_ctx`."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+from importlib import resources
+
+from aiohttp import WSCloseCode, web
+from aiohttp.abc import AbstractAccessLogger
+
+from gateway import api, ws
+from gateway.bus import open_bus
+from gateway.dispatch import Dispatcher
+from gateway.errors import error_middleware
+from gateway.ingest import Ingestor
+from gateway.keys import AGENT_SOCKETS, BUS, DATABASE, DISPATCHER, INGESTOR, OPEN_SOCKETS, SETTINGS
+from gateway.settings import Settings
+from timeline.db import Database
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    settings = settings or Settings.from_env()
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[AGENT_SOCKETS] = Counter()
+    app[OPEN_SOCKETS] = set()
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_bus_and_services)
+    app.on_shutdown.append(_close_sockets)
+    app.add_routes(api.routes)
+    app.add_routes(ws.routes)
+    app.router.add_get("/", _landing_page)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    database = Database(app[SETTINGS].database_url)
+    await database.upgrade()
+    app[DATABASE] = database
+    yield
+    await database.dispose()
+
+
+async def _bus_and_services(app: web.Application) -> AsyncIterator[None]:
+    bus = await open_bus(app[SETTINGS].redis_url)
+    app[BUS] = bus
+    app[INGESTOR] = Ingestor(app[DATABASE], bus, app[SETTINGS])
+    app[DISPATCHER] = Dispatcher(app[DATABASE], bus)
+    yield
+    await bus.close()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    for socket in list(app[OPEN_SOCKETS]):
+        await socket.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
+async def _landing_page(request: web.Request) -> web.Response:
+    page = resources.files("agent_ui").joinpath("static/index.html").read_text(encoding="utf-8")
+    return web.Response(text=page, content_type="text/html")
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Method, path, status and time only: query strings can carry tokens (`/ws/agent?token=`)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %.1fms", request.method, request.path, response.status, time * 1000
+        )

@@ -1,0 +1,75 @@
+"""API tokens and passwords.
+
+Tokens are long random strings, so a fast SHA-256 is enough to keep them unusable if the
+database leaks (no dictionary to try); passwords are low-entropy and get argon2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from aiohttp import web
+from argon2 import PasswordHasher
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.errors import ApiError
+from timeline.models import Agent, ApiToken, Role
+
+TOKEN_PREFIX = "sb_"
+_hasher = PasswordHasher()
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the agent behind the token."""
+
+    agent_id: int
+    name: str
+    role: str
+
+    def require(self, *roles: Role) -> None:
+        if self.role not in roles:
+            allowed = " or ".join(roles)
+            raise ApiError(403, "forbidden", f"This needs the role {allowed}.")
+
+
+async def issue_token(session: AsyncSession, agent_id: int) -> str:
+    token = new_token()
+    session.add(ApiToken(agent_id=agent_id, token_hash=hash_token(token)))
+    await session.flush()
+    return token
+
+
+async def principal_for(session: AsyncSession, token: str) -> Principal | None:
+    query = (
+        select(Agent.id, Agent.name, Agent.role)
+        .join(ApiToken, ApiToken.agent_id == Agent.id)
+        .where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+    )
+    row = (await session.execute(query)).one_or_none()
+    return Principal(*row) if row else None
+
+
+def token_from(request: web.Request, *, allow_query: bool = False) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if allow_query:
+        return request.query.get("token") or None
+    return None

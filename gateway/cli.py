@@ -1,0 +1,136 @@
+"""`switchboard serve | migrate | agent add` (DESIGN.md, "Stable contract")."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+from sqlalchemy.engine import make_url
+
+from gateway.agents import NewAgent, create_agent
+from gateway.app import AccessLogger, create_app
+from gateway.errors import ApiError
+from gateway.serialize import agent_json
+from gateway.settings import Settings, SettingsError
+from routing.capacity import DEFAULT_CAPACITY, Capacity
+from timeline.db import Database
+from timeline.models import Role
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"switchboard: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "serve":
+        return _serve(settings, args.host, args.port)
+    if args.command == "migrate":
+        asyncio.run(_migrate(settings))
+        print(f"switchboard: database at head ({_safe_url(settings.database_url)})")
+        return 0
+    if args.command == "agent" and args.agent_command == "add":
+        return asyncio.run(_agent_add(settings, args))
+    parser.print_help()
+    return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+
+    commands.add_parser("migrate", help="upgrade the database schema to the newest version")
+
+    agent = commands.add_parser("agent", help="manage agents")
+    agent_commands = agent.add_subparsers(dest="agent_command")
+    add = agent_commands.add_parser("add", help="create an agent; prints it with a new API token")
+    add.add_argument("--name", required=True)
+    add.add_argument("--email", required=True)
+    add.add_argument("--password", required=True)
+    add.add_argument("--role", choices=[r.value for r in Role], default=Role.AGENT.value)
+    add.add_argument("--skills", default="", help="comma-separated, e.g. billing,german")
+    add.add_argument("--extension", default=None, help="phone extension, e.g. 201")
+    add.add_argument(
+        "--capacity",
+        default=None,
+        type=_capacity,
+        help="open tickets at once: 3, or per channel: sms=3,voice=1,email=5",
+    )
+    return parser
+
+
+def _capacity(text: str) -> Capacity:
+    try:
+        return Capacity.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _serve(settings: Settings, host: str, port: int) -> int:
+    app = create_app(settings)
+    url = f"http://{host}:{port}/"
+
+    async def announce(_app: web.Application) -> None:
+        print(
+            f"Switchboard is listening on {url} (database: {_safe_url(settings.database_url)})",
+            flush=True,
+        )
+
+    app.on_startup.append(announce)
+    web.run_app(app, host=host, port=port, access_log_class=AccessLogger, print=None)
+    return 0
+
+
+async def _migrate(settings: Settings) -> None:
+    database = Database(settings.database_url)
+    try:
+        await database.upgrade()
+    finally:
+        await database.dispose()
+
+
+async def _agent_add(settings: Settings, args: argparse.Namespace) -> int:
+    new = NewAgent(
+        name=args.name,
+        email=args.email,
+        password=args.password,
+        role=Role(args.role),
+        skills=args.skills.split(","),
+        extension=args.extension,
+        capacity=args.capacity or DEFAULT_CAPACITY,
+    )
+    database = Database(settings.database_url)
+    try:
+        await database.upgrade()
+        async with database.transaction() as session:
+            agent, token = await create_agent(session, new)
+    except ApiError as error:
+        print(f"switchboard: {error.detail}", file=sys.stderr)
+        return 1
+    finally:
+        await database.dispose()
+    print(json.dumps({**agent_json(agent), "token": token}))
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password, for messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

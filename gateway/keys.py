@@ -1,0 +1,23 @@
+"""Typed application state (aiohttp `web.AppKey`s)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from aiohttp import web
+
+from gateway.bus import Bus
+from gateway.dispatch import Dispatcher
+from gateway.ingest import Ingestor
+from gateway.settings import Settings
+from timeline.db import Database
+
+SETTINGS = web.AppKey("settings", Settings)
+DATABASE = web.AppKey("database", Database)
+BUS = web.AppKey("bus", Bus)
+INGESTOR = web.AppKey("ingestor", Ingestor)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+# How many WebSockets each agent holds on this process; the last to close takes it offline.
+AGENT_SOCKETS = web.AppKey("agent_sockets", Counter[int])
+# Every open WebSocket of this process, closed with "going away" on shutdown.
+OPEN_SOCKETS = web.AppKey("open_sockets", set[web.WebSocketResponse])

@@ -1,0 +1,90 @@
+"""All configuration, from `SWITCHBOARD_*` environment variables, in one typed object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from routing import identity
+
+# Which identity kind a channel's sender ids are; custom channels add to this by setting.
+BUILTIN_CHANNELS: Mapping[str, str] = {
+    "sms": identity.PHONE,
+    "mms": identity.PHONE,
+    "voice": identity.PHONE,
+    "whatsapp": identity.PHONE,
+    "email": identity.EMAIL,
+    "telegram": identity.TELEGRAM,
+    "webchat": identity.WEBCHAT,
+}
+
+
+class SettingsError(ValueError):
+    """A SWITCHBOARD_* variable has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite+aiosqlite:///./switchboard.db"
+    redis_url: str | None = None
+    default_region: str = "DE"
+    public_url: str | None = None
+    twilio_auth_token: str | None = None
+    cti_token: str | None = None
+    telegram_secret: str | None = None
+    reopen_window: timedelta = timedelta(days=7)
+    max_body_bytes: int = 1024 * 1024
+    channels: Mapping[str, str] = field(default_factory=lambda: dict(BUILTIN_CHANNELS))
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(f"SWITCHBOARD_{name}")
+            return value.strip() if value and value.strip() else None
+
+        defaults = cls()
+        return cls(
+            database_url=get("DATABASE_URL") or defaults.database_url,
+            redis_url=get("REDIS_URL"),
+            default_region=(get("DEFAULT_REGION") or defaults.default_region).upper(),
+            public_url=get("PUBLIC_URL"),
+            twilio_auth_token=get("TWILIO_AUTH_TOKEN"),
+            cti_token=get("CTI_TOKEN"),
+            telegram_secret=get("TELEGRAM_SECRET"),
+            reopen_window=timedelta(
+                days=_number("REOPEN_WINDOW_DAYS", get("REOPEN_WINDOW_DAYS"), 7.0)
+            ),
+            max_body_bytes=int(_number("MAX_BODY_BYTES", get("MAX_BODY_BYTES"), 1024 * 1024)),
+            channels={**BUILTIN_CHANNELS, **_custom_channels(get("CUSTOM_CHANNELS"))},
+            log_level=(get("LOG_LEVEL") or defaults.log_level).upper(),
+        )
+
+
+def _number(name: str, raw: str | None, default: float) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"SWITCHBOARD_{name} must be a number, not {raw!r}") from None
+    if value < 0:
+        raise SettingsError(f"SWITCHBOARD_{name} must not be negative")
+    return value
+
+
+def _custom_channels(raw: str | None) -> dict[str, str]:
+    """`SWITCHBOARD_CUSTOM_CHANNELS=line=line,viber=phone`: channel name = identity kind."""
+    channels: dict[str, str] = {}
+    for part in (raw or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, kind = part.partition("=")
+        if not sep or not name.strip() or not kind.strip():
+            raise SettingsError(f"SWITCHBOARD_CUSTOM_CHANNELS: expected name=kind, got {part!r}")
+        channels[name.strip().lower()] = kind.strip().lower()
+    return channels

@@ -1,0 +1,1 @@
+"""Who is this (identity), which ticket (threading policy), which agent (assignment)."""

@@ -1,0 +1,156 @@
+"""First assignment policy: one default queue, the available agent with the fewest open tickets.
+
+Atomicity: every assignment first locks the rows of the agents it may assign to (PostgreSQL
+`FOR UPDATE`, in id order so two transactions never deadlock; SQLite has a single writer), then
+counts their load inside that lock, and finally sets the assignee only where it is still empty.
+So concurrent inbounds in one or several processes never push an agent over capacity and
+never assign one ticket twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.util import identity_key
+from sqlalchemy.orm.attributes import set_committed_value
+
+from routing.capacity import Capacity
+from timeline.models import OPEN_STATUSES, Agent, Presence, Ticket, TicketStatus
+
+DEFAULT_QUEUE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLoad:
+    agent_id: int
+    capacity: Capacity
+    load: Mapping[str, int]
+
+    @property
+    def open_tickets(self) -> int:
+        return sum(self.load.values())
+
+
+def choose_agent(
+    candidates: Sequence[AgentLoad], channel: str, preferred: int | None = None
+) -> int | None:
+    """The candidate with room on `channel` and the fewest open tickets (ties: lowest id).
+
+    A `preferred` agent (who handled a reopened ticket before) wins whenever it has room.
+    """
+    with_room = [c for c in candidates if c.capacity.allows(c.load, channel)]
+    if not with_room:
+        return None
+    if any(c.agent_id == preferred for c in with_room):
+        return preferred
+    return min(with_room, key=lambda c: (c.open_tickets, c.agent_id)).agent_id
+
+
+async def _lock_agents(session: AsyncSession, agent_ids: Sequence[int] | None) -> list[Agent]:
+    query = select(Agent).where(Agent.presence == Presence.AVAILABLE)
+    if agent_ids is not None:
+        query = query.where(Agent.id.in_(agent_ids))
+    query = query.order_by(Agent.id).with_for_update()
+    return list((await session.execute(query)).scalars())
+
+
+async def _loads(session: AsyncSession, agents: Sequence[Agent]) -> list[AgentLoad]:
+    ids = [a.id for a in agents]
+    per_channel: dict[int, dict[str, int]] = defaultdict(dict)
+    if ids:
+        rows = await session.execute(
+            select(Ticket.assignee_id, Ticket.channel, func.count())
+            .where(Ticket.assignee_id.in_(ids), Ticket.status.in_(OPEN_STATUSES))
+            .group_by(Ticket.assignee_id, Ticket.channel)
+        )
+        for agent_id, channel, n in rows:
+            per_channel[agent_id][channel] = n
+    return [AgentLoad(a.id, Capacity.from_json(a.capacity), per_channel[a.id]) for a in agents]
+
+
+async def agent_load(session: AsyncSession, agent_id: int) -> AgentLoad | None:
+    """One agent's capacity and load, whatever its presence, with its row locked."""
+    query = select(Agent).where(Agent.id == agent_id).with_for_update()
+    agents = list((await session.execute(query)).scalars())
+    return (await _loads(session, agents))[0] if agents else None
+
+
+async def _set_assignee(
+    session: AsyncSession, ticket_id: int, agent_id: int, now: datetime
+) -> bool:
+    """Only where nobody holds the ticket yet: the guard against assigning one ticket twice."""
+    values = {
+        "assignee_id": agent_id,
+        "assigned_at": now,
+        "updated_at": now,
+        "status": TicketStatus.OPEN,
+    }
+    result = await session.execute(
+        update(Ticket)
+        .where(Ticket.id == ticket_id, Ticket.assignee_id.is_(None))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    loaded = session.identity_map.get(identity_key(Ticket, ticket_id))
+    if loaded is not None:
+        for name, value in values.items():
+            set_committed_value(loaded, name, value)
+    return True
+
+
+async def assign_ticket(
+    session: AsyncSession,
+    ticket_id: int,
+    channel: str,
+    now: datetime,
+    preferred: int | None = None,
+) -> int | None:
+    """Assign an unassigned open ticket to the best available agent; None leaves it waiting."""
+    loads = await _loads(session, await _lock_agents(session, None))
+    agent_id = choose_agent(loads, channel, preferred)
+    if agent_id is None or not await _set_assignee(session, ticket_id, agent_id, now):
+        return None
+    return agent_id
+
+
+async def fill_agent(session: AsyncSession, agent_id: int, now: datetime) -> list[int]:
+    """Give an agent who has room the oldest waiting tickets it may take, up to its capacity."""
+    agents = await _lock_agents(session, [agent_id])
+    if not agents:
+        return []
+    (agent,) = await _loads(session, agents)
+    load = dict(agent.load)
+    assigned: list[int] = []
+    skipped_channels: set[str] = set()
+    while True:
+        query = (
+            select(Ticket.id, Ticket.channel)
+            .where(
+                Ticket.assignee_id.is_(None),
+                Ticket.status.in_(OPEN_STATUSES),
+                Ticket.queue == DEFAULT_QUEUE,
+                Ticket.channel.not_in(skipped_channels),
+            )
+            .order_by(Ticket.created_at, Ticket.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        row = (await session.execute(query)).one_or_none()
+        if row is None:
+            return assigned
+        ticket_id, channel = row
+        if not agent.capacity.allows(load, channel):
+            skipped_channels.add(channel)
+            if agent.capacity.is_full(load):
+                return assigned
+            continue
+        if await _set_assignee(session, ticket_id, agent_id, now):
+            assigned.append(ticket_id)
+            load[channel] = load.get(channel, 0) + 1

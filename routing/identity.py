@@ -1,0 +1,147 @@
+"""Identity normalisation: every channel's raw sender id becomes one comparable value.
+
+The same person must be found whether a PBX sends `+49 30 5557 1600`, `0049305557 1600` or
+`030 5557-1600`, and whether a mail client writes `"Anna" <Anna@Example.DE>` or `anna@example.de`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.utils import parseaddr
+
+import phonenumbers
+
+PHONE = "phone"
+EMAIL = "email"
+TELEGRAM = "telegram"
+WEBCHAT = "webchat"
+
+# What PBXs and carriers send when the caller withheld the number (CLIR) or it is unknown.
+NOT_AN_IDENTITY = frozenset(
+    {
+        "",
+        "anonymous",
+        "unknown",
+        "unavailable",
+        "private",
+        "restricted",
+        "withheld",
+        "clir",
+        "blocked",
+        "none",
+        "null",
+        "+",
+    }
+)
+
+_PREFIXED_KINDS = (TELEGRAM, WEBCHAT)
+_TRUNK_ZERO = re.compile(r"\(\s*0\s*\)")
+_PHONE_CHARS = re.compile(r"^[+\d\s\-./()]+$")
+# A lone '@' splits an e-mail address; anything with letters and no '@' is not a phone.
+_HAS_LETTERS = re.compile(r"[A-Za-z]")
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityKey:
+    kind: str
+    value: str
+
+
+def normalise(kind: str, raw: str, region: str) -> IdentityKey | None:
+    """The identity for a raw value of a known kind, or None when it identifies nobody."""
+    raw = raw.strip()
+    if raw.lower() in NOT_AN_IDENTITY:
+        return None
+    value: str | None
+    if kind == PHONE:
+        value = normalise_phone(raw, region)
+    elif kind == EMAIL:
+        value = normalise_email(raw)
+    elif kind in _PREFIXED_KINDS:
+        value = _strip_prefix(kind, raw) or None
+    else:
+        value = raw
+    return IdentityKey(kind, value) if value else None
+
+
+def parse_raw(raw: str, region: str) -> IdentityKey | None:
+    """Guess the kind of a bare sender id (as an agent types it into a search box)."""
+    raw = raw.strip()
+    lowered = raw.lower()
+    for kind in _PREFIXED_KINDS:
+        if lowered.startswith(f"{kind}:"):
+            return normalise(kind, raw, region)
+    if "@" in raw:
+        return normalise(EMAIL, raw, region)
+    return normalise(PHONE, raw, region)
+
+
+def normalise_phone(raw: str, region: str) -> str | None:
+    """E.164 (`+4930…`), dropping any extension; None for anything that is not a number.
+
+    Rules, in order: a `tel:` URI (RFC 3966) loses its scheme and parameters; `00` is the
+    international prefix in most of the world and becomes `+`; a `(0)` trunk digit written
+    beside a country code is dropped; a national number is read in `region`; a bare digit
+    string that is not a valid national number but is a valid international one without its
+    `+` (as many PBXs send it, e.g. `493055571600`) is read as international.
+    """
+    value = raw.strip()
+    if value.lower().startswith("tel:"):
+        value = value[4:].split(";", 1)[0]
+    value = _TRUNK_ZERO.sub("", value)
+    value = _cut_extension(value)
+    if not value or _HAS_LETTERS.search(value) or not _PHONE_CHARS.match(value):
+        return None
+    compact = re.sub(r"[\s\-./()]", "", value)
+    if compact.startswith("00"):
+        compact = "+" + compact[2:]
+    if not compact.lstrip("+").isdigit():
+        return None
+    number = _parse(compact, region)
+    if not compact.startswith(("+", "0")) and not _is_valid(number):
+        international = _parse("+" + compact, region)
+        if _is_valid(international):
+            number = international
+    if number is None:
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _is_valid(number: phonenumbers.PhoneNumber | None) -> bool:
+    return number is not None and phonenumbers.is_valid_number(number)
+
+
+def _parse(value: str, region: str) -> phonenumbers.PhoneNumber | None:
+    try:
+        return phonenumbers.parse(value, region.upper())
+    except phonenumbers.NumberParseException:
+        return None
+
+
+_EXTENSION = re.compile(r"\s*(?:;?ext\.?|x|#|extension)\s*=?\s*\d+\s*$", re.IGNORECASE)
+
+
+def _cut_extension(value: str) -> str:
+    return _EXTENSION.sub("", value)
+
+
+def normalise_email(raw: str) -> str | None:
+    """The address part, lower-cased, with its domain in IDNA (ASCII) form."""
+    _name, address = parseaddr(raw)
+    address = address.strip()
+    if address.lower().startswith("mailto:"):
+        address = address[7:]
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or " " in address:
+        return None
+    try:
+        ascii_domain = domain.lower().rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    return f"{local.lower()}@{ascii_domain}"
+
+
+def _strip_prefix(kind: str, raw: str) -> str:
+    prefix = f"{kind}:"
+    return raw[len(prefix) :].strip() if raw.lower().startswith(prefix) else raw

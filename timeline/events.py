@@ -1,0 +1,92 @@
+"""Normalised event types: what every channel turns its provider's payload into."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import nh3
+
+
+class EventKind(enum.StrEnum):
+    MESSAGE = "message"
+    CALL = "call"
+    NOTE = "note"
+    STATUS = "status"
+
+
+class Direction(enum.StrEnum):
+    INBOUND = "in"
+    OUTBOUND = "out"
+
+
+def sanitise_html(html: str) -> str:
+    """Strip scripts, event handlers and dangerous URLs: customer HTML is shown to agents."""
+    return nh3.clean(html)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A sender or recipient as the channel saw it, before identity normalisation.
+
+    `kind` names the identity kind the raw value belongs to (`phone`, `email`, `telegram`, …);
+    `name` is whatever display name the channel knows, used to name a new contact.
+    """
+
+    kind: str
+    raw: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadHints:
+    """What the provider tells us about the conversation this event continues."""
+
+    ticket_number: int | None = None
+    references: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str
+    content_type: str
+    size: int | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundEvent:
+    """One thing a customer did, normalised; the only shape the ingest path accepts.
+
+    HTML is sanitised on construction, so no unsanitised customer markup can reach storage.
+    """
+
+    channel: str
+    kind: EventKind
+    sender: Address
+    recipient: str
+    external_id: str
+    text: str = ""
+    subject: str | None = None
+    html: str | None = None
+    direction: Direction = Direction.INBOUND
+    thread: ThreadHints = field(default_factory=ThreadHints)
+    attachments: tuple[Attachment, ...] = ()
+    occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    journal_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.html is not None:
+            object.__setattr__(self, "html", sanitise_html(self.html))
+
+
+# Our ticket tag in subjects, `[#10042]` (DESIGN.md contract); replies that lost their
+# threading headers still carry it.
+_TICKET_TAG = re.compile(r"\[#(\d{1,18})\]")
+
+
+def ticket_tag(subject: str | None) -> int | None:
+    match = _TICKET_TAG.search(subject or "")
+    return int(match.group(1)) if match else None
