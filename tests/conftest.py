@@ -1,0 +1,142 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases, real Redis, the gateway app.
+
+PostgreSQL and Redis are the machine's real servers. Where one cannot be reached, its tests
+are skipped on a developer's machine, loudly, and fail under CI=true: CI never passes by
+skipping a service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as redis
+from aiohttp.test_utils import TestClient
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from tests.helpers import Agents
+from timeline.models import Base, Role
+
+POSTGRES_DSN = os.environ.get(
+    "SWITCHBOARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("SWITCHBOARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+_skipped_services: set[str] = set()
+
+
+def service_unavailable(service: str, error: BaseException) -> None:
+    """Fail under CI; elsewhere skip, and say so again in the summary."""
+    message = f"{service} is not reachable ({type(error).__name__}: {error})"
+    if IN_CI:
+        pytest.fail(f"{message}; CI must exercise every real service", pytrace=False)
+    _skipped_services.add(service)
+    pytest.skip(f"SKIPPED FOR WANT OF A SERVICE: {message}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for service in sorted(_skipped_services):
+        terminalreporter.write_line(
+            f"WARNING: tests needing {service} were SKIPPED; start it to run them "
+            "(under CI=true they fail instead)",
+            red=True,
+            bold=True,
+        )
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A throw-away database on the real server for this test session; dropped afterwards."""
+    name = f"switchboard_test_{os.getpid()}_{secrets.token_hex(3)}"
+
+    async def admin(statement: str) -> None:
+        connection = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    def run(statement: str) -> None:
+        # Its own thread and loop: this session fixture may be set up inside a test's loop.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, admin(statement)).result()
+
+    try:
+        run(f'CREATE DATABASE "{name}"')
+    except (TimeoutError, OSError, asyncpg.PostgresError) as error:
+        service_unavailable("PostgreSQL", error)
+    base = POSTGRES_DSN.rsplit("/", 1)[0]
+    yield f"{base.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+    run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _empty_postgres(url: str) -> None:
+    """Every test starts from empty tables (the schema stays; migrations ran once)."""
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    connection = await asyncpg.connect(dsn)
+    try:
+        exists = await connection.fetchval("SELECT to_regclass('public.contacts') IS NOT NULL")
+        if exists:
+            tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+            await connection.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """The same test on the embedded default and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'switchboard.db'}"
+    url: str = request.getfixturevalue("postgres_database")
+    await _empty_postgres(url)
+    return url
+
+
+# --- Redis ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except (OSError, redis.RedisError) as error:
+        await client.aclose()
+        service_unavailable("Redis", error)
+    await client.aclose()
+    yield REDIS_URL
+
+
+# --- The gateway ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, default_region="DE", max_body_bytes=64 * 1024)
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, settings: Settings) -> TestClient:
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+def agents(client: TestClient) -> Agents:
+    return Agents(client.server.app)
+
+
+@pytest.fixture
+async def admin(agents: Agents) -> dict[str, Any]:
+    return await agents.add("Admin", role=Role.ADMIN)
