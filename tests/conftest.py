@@ -21,8 +21,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.helpers import Agents
-from timeline.models import Base, Role
+from tests.helpers import Agents, empty_postgres
+from timeline.models import Role
 
 POSTGRES_DSN = os.environ.get(
     "SWITCHBOARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -81,26 +81,13 @@ def postgres_database() -> Iterator[str]:
     run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def _empty_postgres(url: str) -> None:
-    """Every test starts from empty tables (the schema stays; migrations ran once)."""
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
-    connection = await asyncpg.connect(dsn)
-    try:
-        exists = await connection.fetchval("SELECT to_regclass('public.contacts') IS NOT NULL")
-        if exists:
-            tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-            await connection.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """The same test on the embedded default and on PostgreSQL."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'switchboard.db'}"
     url: str = request.getfixturevalue("postgres_database")
-    await _empty_postgres(url)
+    await empty_postgres(url)
     return url
 
 

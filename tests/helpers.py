@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 from gateway.agents import NewAgent, create_agent
 from gateway.keys import DATABASE
 from gateway.serialize import agent_json
 from routing.capacity import Capacity
-from timeline.models import Role
+from timeline.models import Base, Role
 
 
 class Agents:
@@ -58,3 +60,40 @@ def inbound(external_id: str, sender: str = "+4930555716000", **fields: Any) -> 
         "body": f"message {external_id}",
         **fields,
     }
+
+
+async def receive(socket: Any, kind: str, within: float = 5.0) -> dict[str, Any]:
+    """The next message of `kind` on an agent WebSocket, skipping others (hello, presence…)."""
+    async with asyncio.timeout(within):
+        while True:
+            message = await socket.receive_json()
+            if message.get("type") == kind:
+                return message
+
+
+async def nothing_more(socket: Any, kind: str, wait: float = 0.3) -> None:
+    """Assert that no message of `kind` arrives within `wait` seconds."""
+    try:
+        message = await receive(socket, kind, within=wait)
+    except TimeoutError:
+        return
+    raise AssertionError(f"unexpected {kind}: {message}")
+
+
+async def go_available(socket: Any) -> None:
+    await socket.send_json({"type": "presence", "state": "available"})
+    reply = await receive(socket, "presence")
+    assert reply["state"] == "available"
+
+
+async def empty_postgres(url: str) -> None:
+    """Every test starts from empty tables (the schema stays; migrations ran once)."""
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    connection = await asyncpg.connect(dsn)
+    try:
+        exists = await connection.fetchval("SELECT to_regclass('public.contacts') IS NOT NULL")
+        if exists:
+            tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+            await connection.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    finally:
+        await connection.close()
