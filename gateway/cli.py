@@ -81,17 +81,17 @@ def _capacity(text: str) -> Capacity:
 
 
 def _serve(settings: Settings, host: str, port: int) -> int:
-    app = create_app(settings)
-    url = f"http://{host}:{port}/"
+    database = _safe_url(settings.database_url)
 
-    async def announce(_app: web.Application) -> None:
+    def announce(_aiohttp_banner: str) -> None:
+        # run_app calls this once the socket is listening, so the address is already usable.
         print(
-            f"Switchboard is listening on {url} (database: {_safe_url(settings.database_url)})",
-            flush=True,
+            f"Switchboard is listening on http://{host}:{port}/ (database: {database})", flush=True
         )
 
-    app.on_startup.append(announce)
-    web.run_app(app, host=host, port=port, access_log_class=AccessLogger, print=None)
+    web.run_app(
+        create_app(settings), host=host, port=port, access_log_class=AccessLogger, print=announce
+    )
     return 0
 
 

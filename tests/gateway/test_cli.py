@@ -1,0 +1,106 @@
+"""The `switchboard` command as the contract fixes it, run as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+
+def switchboard(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=cwd,
+        env={**os.environ, "SWITCHBOARD_LOG_LEVEL": "WARNING", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_agent_add_prints_the_agent_with_a_one_time_token(tmp_path: Path) -> None:
+    result = switchboard(
+        "agent", "add", "--name", "Anna Agent", "--email", "Anna@Example.com",
+        "--password", "s3cret-pass", "--role", "supervisor", "--skills", "billing, german",
+        "--extension", "201", "--capacity", "sms=3,voice=1,email=5",
+        cwd=tmp_path,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    agent = json.loads(result.stdout)
+    assert agent["name"] == "Anna Agent"
+    assert agent["email"] == "anna@example.com"
+    assert agent["role"] == "supervisor"
+    assert agent["skills"] == ["billing", "german"]
+    assert agent["extension"] == "201"
+    assert agent["capacity"] == {"total": None, "channels": {"sms": 3, "voice": 1, "email": 5}}
+    assert agent["token"].startswith("sb_")
+    assert (tmp_path / "switchboard.db").exists(), "the embedded default database is created"
+    assert agent["token"].encode() not in (tmp_path / "switchboard.db").read_bytes()
+
+
+def test_agent_add_refuses_a_second_agent_with_the_same_email(tmp_path: Path) -> None:
+    args = ("agent", "add", "--name", "A", "--email", "a@example.com", "--password", "long enough")
+    assert switchboard(*args, cwd=tmp_path).returncode == 0
+
+    again = switchboard(*args, cwd=tmp_path)
+
+    assert again.returncode == 1
+    assert "a@example.com" in again.stderr
+
+
+@pytest.mark.parametrize("capacity", ["lots", "sms=", "sms=three"])
+def test_agent_add_refuses_a_malformed_capacity(tmp_path: Path, capacity: str) -> None:
+    result = switchboard(
+        "agent", "add", "--name", "A", "--email", "a@example.com", "--password", "long enough",
+        "--capacity", capacity, cwd=tmp_path,
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert "capacity" in result.stderr
+
+
+def test_migrate_brings_an_empty_database_to_head(tmp_path: Path) -> None:
+    result = switchboard("migrate", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "at head" in result.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_serve_answers_healthz_on_the_given_port(tmp_path: Path) -> None:
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--port", str(port),
+        cwd=tmp_path,
+        env={**os.environ, "SWITCHBOARD_LOG_LEVEL": "WARNING"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        banner = await asyncio.wait_for(process.stdout.readline(), timeout=30)
+        assert f"http://127.0.0.1:{port}/" in banner.decode()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                assert response.status == 200
+                assert await response.json() == {"status": "ok"}
+            async with http.get(f"http://127.0.0.1:{port}/") as response:
+                assert "Switchboard" in await response.text()
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), timeout=15)
