@@ -305,8 +305,9 @@ async def patch_ticket(request: web.Request) -> web.Response:
     if needs_agent:
         await dispatcher.route(ticket.id)
     async with request.app[DATABASE].reading() as session:
-        ticket = await session.get(Ticket, ticket_id)
-    return web.json_response(ticket_json(ticket))
+        updated = await session.get(Ticket, ticket_id)
+    assert updated is not None, "tickets are never deleted"
+    return web.json_response(ticket_json(updated))
 
 
 def _ticket_changes(data: dict[str, Any]) -> dict[str, Any]:

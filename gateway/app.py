@@ -55,7 +55,8 @@ async def _bus_and_services(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_sockets(app: web.Application) -> None:
-    for socket in list(app[OPEN_SOCKETS]):
+    sockets: set[web.WebSocketResponse[bool]] = app[OPEN_SOCKETS]
+    for socket in list(sockets):
         await socket.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
 

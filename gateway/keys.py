@@ -20,4 +20,4 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 # How many WebSockets each agent holds on this process; the last to close takes it offline.
 AGENT_SOCKETS = web.AppKey("agent_sockets", Counter[int])
 # Every open WebSocket of this process, closed with "going away" on shutdown.
-OPEN_SOCKETS = web.AppKey("open_sockets", set[web.WebSocketResponse])
+OPEN_SOCKETS = web.AppKey("open_sockets", set[web.WebSocketResponse[bool]])

@@ -16,8 +16,8 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.util import identity_key
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from routing.capacity import Capacity
 from timeline.models import OPEN_STATUSES, Agent, Presence, Ticket, TicketStatus
@@ -69,7 +69,8 @@ async def _loads(session: AsyncSession, agents: Sequence[Agent]) -> list[AgentLo
             .group_by(Ticket.assignee_id, Ticket.channel)
         )
         for agent_id, channel, n in rows:
-            per_channel[agent_id][channel] = n
+            if agent_id is not None:
+                per_channel[agent_id][channel] = n
     return [AgentLoad(a.id, Capacity.from_json(a.capacity), per_channel[a.id]) for a in agents]
 
 
