@@ -45,7 +45,8 @@ def parse(body: bytes, identity_kinds: Mapping[str, str]) -> InboundEvent:
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:
+        # ValueError covers bad UTF-8, bad syntax and integers too long to read.
         raise InvalidPayload("invalid_json", f"The body is not valid JSON: {error}.") from None
     if not isinstance(data, dict):
         raise InvalidPayload("invalid_payload", "The body must be a JSON object.")
@@ -74,11 +75,12 @@ def _external_id(data: Mapping[str, Any]) -> str:
         value = str(value)
     if not isinstance(value, str) or not value.strip():
         raise InvalidPayload("invalid_payload", "Field 'external_id' must be a non-empty string.")
+    value = value.strip()
     if len(value) > MAX_EXTERNAL_ID:
         raise InvalidPayload(
             "invalid_payload", f"Field 'external_id' exceeds {MAX_EXTERNAL_ID} characters."
         )
-    return value.strip()
+    return value
 
 
 def _references(data: Mapping[str, Any]) -> tuple[str, ...]:
@@ -93,7 +95,9 @@ def _occurred_at(data: Mapping[str, Any]) -> datetime:
     if value is None:
         return datetime.now(UTC)
     try:
-        moment = datetime.fromisoformat(str(value))
+        if not isinstance(value, str):
+            raise ValueError("not a string")
+        moment = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidPayload(
             "invalid_payload", "Field 'occurred_at' must be an ISO 8601 time."

@@ -53,9 +53,10 @@ async def authenticate(request: web.Request, *, allow_query: bool = False) -> Pr
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
+    body = await request.read()
     try:
-        data = json.loads(await request.read())
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = json.loads(body)
+    except (ValueError, RecursionError):
         raise bad_request("invalid_json", "The body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise bad_request("invalid_payload", "The body must be a JSON object.")
@@ -122,7 +123,7 @@ def _channel_hint(body: bytes) -> str:
     """The channel a rejected payload claimed, for the journal; 'unknown' if it said none."""
     try:
         value = json.loads(body).get("channel")
-    except (ValueError, AttributeError):
+    except (ValueError, RecursionError, AttributeError):
         return "unknown"
     return value[:32] if isinstance(value, str) and value else "unknown"
 

@@ -35,7 +35,9 @@ class Capacity:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> Capacity:
-        data = data or {}
+        """A stored capacity; an agent stored without one gets the default."""
+        if not data or (data.get("total") is None and not data.get("channels")):
+            return DEFAULT_CAPACITY
         return cls(total=data.get("total"), channels=dict(data.get("channels") or {}))
 
     @classmethod
@@ -49,7 +51,7 @@ class Capacity:
             name, sep, number = part.partition("=")
             if not sep or not name.strip() or not number.strip().isdigit():
                 raise ValueError(f"capacity must be N or channel=N,…; got {text!r}")
-            channels[name.strip()] = int(number)
+            channels[name.strip().lower()] = int(number)
         return cls(channels=channels)
 
 

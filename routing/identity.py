@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from email.utils import parseaddr
 
+import idna
 import phonenumbers
 
 PHONE = "phone"
@@ -51,6 +52,8 @@ class IdentityKey:
 def normalise(kind: str, raw: str, region: str) -> IdentityKey | None:
     """The identity for a raw value of a known kind, or None when it identifies nobody."""
     raw = raw.strip()
+    if kind in _PREFIXED_KINDS:
+        raw = _strip_prefix(kind, raw)
     if raw.lower() in NOT_AN_IDENTITY:
         return None
     value: str | None
@@ -58,8 +61,6 @@ def normalise(kind: str, raw: str, region: str) -> IdentityKey | None:
         value = normalise_phone(raw, region)
     elif kind == EMAIL:
         value = normalise_email(raw)
-    elif kind in _PREFIXED_KINDS:
-        value = _strip_prefix(kind, raw) or None
     else:
         value = raw
     return IdentityKey(kind, value) if value else None
@@ -80,15 +81,17 @@ def parse_raw(raw: str, region: str) -> IdentityKey | None:
 def normalise_phone(raw: str, region: str) -> str | None:
     """E.164 (`+4930…`), dropping any extension; None for anything that is not a number.
 
-    Rules, in order: a `tel:` URI (RFC 3966) loses its scheme and parameters; `00` is the
+    Rules, in order: a `tel:` URI (RFC 3966) loses its scheme and parameters, a local number in
+    it is completed by its global `phone-context`; `00` is the
     international prefix in most of the world and becomes `+`; a `(0)` trunk digit written
     beside a country code is dropped; a national number is read in `region`; a bare digit
     string that is not a valid national number but is a valid international one without its
-    `+` (as many PBXs send it, e.g. `493055571600`) is read as international.
+    `+` (as many PBXs send it, e.g. `493055571600`) is read as international. What is too
+    short or too long to be anybody's number (an internal extension like `201`) is none.
     """
     value = raw.strip()
     if value.lower().startswith("tel:"):
-        value = value[4:].split(";", 1)[0]
+        value = _tel_uri_number(value[4:])
     value = _TRUNK_ZERO.sub("", value)
     value = _cut_extension(value)
     if not value or _HAS_LETTERS.search(value) or not _PHONE_CHARS.match(value):
@@ -103,9 +106,27 @@ def normalise_phone(raw: str, region: str) -> str | None:
         international = _parse("+" + compact, region)
         if _is_valid(international):
             number = international
-    if number is None:
+    if number is None or not _is_possible(number):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _tel_uri_number(uri: str) -> str:
+    """The dialable number of a `tel:` URI body, e.g. `5557-1600;phone-context=+49-30`."""
+    number, *parameters = uri.split(";")
+    if number.strip().startswith("+"):
+        return number
+    for parameter in parameters:
+        name, _, context = parameter.partition("=")
+        if name.strip().lower() == "phone-context" and context.startswith("+"):
+            return context + number
+    return number
+
+
+def _is_possible(number: phonenumbers.PhoneNumber) -> bool:
+    """Long enough to dial from anywhere: a "local only" length is an extension, not a caller."""
+    reason = phonenumbers.is_possible_number_with_reason(number)
+    return bool(reason == phonenumbers.ValidationResult.IS_POSSIBLE)
 
 
 def _is_valid(number: phonenumbers.PhoneNumber | None) -> bool:
@@ -127,19 +148,28 @@ def _cut_extension(value: str) -> str:
 
 
 def normalise_email(raw: str) -> str | None:
-    """The address part, lower-cased, with its domain in IDNA (ASCII) form."""
+    """The address part, lower-cased, with its domain in IDNA 2008 (ASCII) form.
+
+    IDNA 2008 with UTS #46 mapping, as registries and browsers use it: `straße.de` stays a
+    domain of its own (`xn--strae-oqa.de`) instead of becoming `strasse.de` (IDNA 2003).
+    """
+    raw = _MAILTO.sub("", raw.strip())
     _name, address = parseaddr(raw)
     address = address.strip()
-    if address.lower().startswith("mailto:"):
-        address = address[7:]
+    # RFC 6068: a mailto: URI may carry ?subject=… after the address.
+    address = address.split("?", 1)[0]
     local, at, domain = address.rpartition("@")
-    if not at or not local or not domain or " " in address:
+    # parseaddr quietly joins words ("anna@exa mple.de"); such input is not one address.
+    if not at or not local or not domain or address not in raw or " " in address:
         return None
     try:
-        ascii_domain = domain.lower().rstrip(".").encode("idna").decode("ascii")
-    except UnicodeError:
+        ascii_domain = idna.encode(domain.rstrip("."), uts46=True).decode("ascii")
+    except idna.IDNAError:
         return None
-    return f"{local.lower()}@{ascii_domain}"
+    return f"{local.lower()}@{ascii_domain.lower()}"
+
+
+_MAILTO = re.compile(r"(?i)(?<![\w.])mailto:")
 
 
 def _strip_prefix(kind: str, raw: str) -> str:
