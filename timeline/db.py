@@ -25,13 +25,16 @@ _MIGRATION_LOCK = 7_254_001
 
 
 def create_engine(url: str) -> AsyncEngine:
+    """`hide_parameters`: database errors get logged, and their bound values are message bodies."""
     if url.startswith("sqlite"):
         return _create_sqlite_engine(url)
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(
+        url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+    )
 
 
 def _create_sqlite_engine(url: str) -> AsyncEngine:
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
