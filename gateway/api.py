@@ -274,6 +274,7 @@ async def get_ticket(request: web.Request) -> web.Response:
 
 @routes.patch("/api/v1/tickets/{id}")
 async def patch_ticket(request: web.Request) -> web.Response:
+    """Status, priority and assignee; capacity is never exceeded, freed capacity is reused."""
     await authenticate(request)
     ticket_id = path_id(request)
     changes = _ticket_changes(await read_json_object(request))
@@ -285,26 +286,27 @@ async def patch_ticket(request: web.Request) -> web.Response:
         ).scalar_one_or_none()
         if ticket is None:
             raise not_found("ticket")
-        released = ticket.assignee_id
+        holder = ticket.assignee_id
         now = utcnow()
         if "priority" in changes:
             ticket.priority = changes["priority"]
         if "status" in changes:
-            _set_status(ticket, changes["status"], now)
-        if "assignee_id" in changes and changes["assignee_id"] != ticket.assignee_id:
-            new_agent = changes["assignee_id"]
+            await _set_status(session, ticket, changes["status"], now)
+        if "assignee_id" in changes and changes["assignee_id"] != holder:
             ticket.assignee_id = None
+            new_agent: int | None = changes["assignee_id"]
             if new_agent is not None:
                 await _assign_manually(session, ticket, new_agent, now)
                 pops.append(await dispatcher.announce_assignment(session, new_agent, ticket.id))
         ticket.updated_at = now
-        still_holds = ticket.assignee_id == released and ticket.status in OPEN_STATUSES
+        holder_keeps_it = ticket.assignee_id == holder and ticket.status in OPEN_STATUSES
         needs_agent = ticket.assignee_id is None and ticket.status in OPEN_STATUSES
     await dispatcher.publish(pops)
-    if released is not None and not still_holds:
-        await dispatcher.offer_waiting(released)
     if needs_agent:
-        await dispatcher.route(ticket.id)
+        # An agent who handed the ticket back should not be handed it again at once.
+        await dispatcher.route(ticket_id, excluded=holder)
+    if holder is not None and not holder_keeps_it:
+        await dispatcher.offer_waiting(holder)
     async with request.app[DATABASE].reading() as session:
         updated = await session.get(Ticket, ticket_id)
     assert updated is not None, "tickets are never deleted"
@@ -328,14 +330,21 @@ def _ticket_changes(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _set_status(ticket: Ticket, status: str, now: datetime) -> None:
+async def _set_status(session: AsyncSession, ticket: Ticket, status: str, now: datetime) -> None:
+    """Resolving stamps the time; reopening keeps the agent only if it still has room."""
     if status == ticket.status:
         return
+    reopening = ticket.status not in OPEN_STATUSES and status in OPEN_STATUSES
     ticket.status = status
     if status in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
         ticket.resolved_at = ticket.resolved_at or now
-    else:
-        ticket.resolved_at = None
+        return
+    ticket.resolved_at = None
+    if reopening and ticket.assignee_id is not None:
+        holder, ticket.assignee_id = ticket.assignee_id, None
+        load = await agent_load(session, holder)
+        if load is not None and load.capacity.allows(load.load, ticket.channel):
+            ticket.assignee_id = holder
 
 
 async def _assign_manually(

@@ -25,13 +25,15 @@ class Dispatcher:
         await self._announce(pops)
         return ticket_ids
 
-    async def route(self, ticket_id: int) -> int | None:
-        """Assign one waiting ticket if any agent has room; returns the agent."""
+    async def route(self, ticket_id: int, excluded: int | None = None) -> int | None:
+        """Assign one waiting ticket if any agent (but `excluded`) has room; returns the agent."""
         async with self._db.transaction() as session:
             ticket = await session.get(Ticket, ticket_id)
             if ticket is None or ticket.assignee_id is not None:
                 return None
-            agent_id = await assign_ticket(session, ticket_id, ticket.channel, utcnow())
+            agent_id = await assign_ticket(
+                session, ticket_id, ticket.channel, utcnow(), excluded=excluded
+            )
             pops = [await _assigned_pop(session, agent_id, ticket_id)] if agent_id else []
         await self._announce(pops)
         return agent_id

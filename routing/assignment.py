@@ -112,10 +112,14 @@ async def assign_ticket(
     channel: str,
     now: datetime,
     preferred: int | None = None,
+    excluded: int | None = None,
 ) -> int | None:
-    """Assign an unassigned open ticket to the best available agent; None leaves it waiting."""
-    loads = await _loads(session, await _lock_agents(session, None))
-    agent_id = choose_agent(loads, channel, preferred)
+    """Assign an unassigned open ticket to the best available agent; None leaves it waiting.
+
+    `excluded` is an agent who just handed this ticket back and must not get it again.
+    """
+    agents = [a for a in await _lock_agents(session, None) if a.id != excluded]
+    agent_id = choose_agent(await _loads(session, agents), channel, preferred)
     if agent_id is None or not await _set_assignee(session, ticket_id, agent_id, now):
         return None
     return agent_id

@@ -37,6 +37,10 @@ NOT_AN_IDENTITY = frozenset(
 )
 
 _PREFIXED_KINDS = (TELEGRAM, WEBCHAT)
+# The longest identity value kept (the column's width); RFC 5321 caps mail addresses at 254.
+MAX_IDENTITY_LENGTH = 320
+MAX_KIND_LENGTH = 32
+_KIND = re.compile(r"^[a-z][a-z0-9_-]*$")
 _TRUNK_ZERO = re.compile(r"\(\s*0\s*\)")
 _PHONE_CHARS = re.compile(r"^[+\d\s\-./()]+$")
 # A lone '@' splits an e-mail address; anything with letters and no '@' is not a phone.
@@ -50,7 +54,13 @@ class IdentityKey:
 
 
 def normalise(kind: str, raw: str, region: str) -> IdentityKey | None:
-    """The identity for a raw value of a known kind, or None when it identifies nobody."""
+    """The identity for a raw value of a known kind, or None when it identifies nobody.
+
+    Over-long values and malformed kinds identify nobody either: they cannot be stored as an
+    identity, and no real address is that long.
+    """
+    if len(kind) > MAX_KIND_LENGTH or not _KIND.match(kind):
+        return None
     raw = raw.strip()
     if kind in _PREFIXED_KINDS:
         raw = _strip_prefix(kind, raw)
@@ -63,7 +73,9 @@ def normalise(kind: str, raw: str, region: str) -> IdentityKey | None:
         value = normalise_email(raw)
     else:
         value = raw
-    return IdentityKey(kind, value) if value else None
+    if not value or len(value) > MAX_IDENTITY_LENGTH:
+        return None
+    return IdentityKey(kind, value)
 
 
 def parse_raw(raw: str, region: str) -> IdentityKey | None:

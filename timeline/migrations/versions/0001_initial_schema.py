@@ -170,8 +170,8 @@ def upgrade() -> None:
             "contact_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),
         sa.Column("ticket_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
-        sa.Column("sender", sa.String(length=320), nullable=False),
-        sa.Column("recipient", sa.String(length=320), nullable=False),
+        sa.Column("sender", sa.Text(), nullable=False),
+        sa.Column("recipient", sa.Text(), nullable=False),
         sa.Column("subject", sa.String(length=500), nullable=True),
         sa.Column("body", sa.Text(), nullable=False),
         sa.Column("html", sa.Text(), nullable=True),
