@@ -1,4 +1,4 @@
-"""Benchmarks (DESIGN.md, "Testing"): each prints ratios against a baseline measured in the same run.
+"""Benchmarks (DESIGN.md, "Testing"): ratios against a baseline measured in the same run.
 
 Run from the repository root, e.g. `python -m bench.ingest`. Not part of the test gate.
 """

@@ -1,4 +1,4 @@
-"""The baseline for `bench.ingest`: a bare aiohttp app that parses the same JSON body and answers 200.
+"""The baseline for `bench.ingest`: a bare aiohttp app that parses the JSON body and answers 200.
 
 `python -m bench._bare --host 127.0.0.1 --port P` — one POST route at the gateway's inbound path,
 no middleware, no database, no access log: what aiohttp plus `json.loads` cost on this machine.
