@@ -13,10 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels import InvalidPayload, generic
 from gateway import agents
-from gateway.auth import Principal, principal_for, token_from
+from gateway.auth import Principal, token_from
 from gateway.errors import ApiError, bad_request, not_found
 from gateway.ingest import IngestError
-from gateway.keys import DATABASE, DISPATCHER, INGESTOR, SETTINGS
+from gateway.keys import DATABASE, DISPATCHER, INGESTOR, SETTINGS, TOKENS
 from gateway.pops import StoredPop
 from gateway.serialize import agent_json, contact_json, event_json, ticket_json
 from routing.assignment import agent_load
@@ -45,8 +45,7 @@ async def authenticate(request: web.Request, *, allow_query: bool = False) -> Pr
     token = token_from(request, allow_query=allow_query)
     if token is None:
         raise ApiError(401, "unauthorized", "Send an API token as 'Authorization: Bearer <token>'.")
-    async with request.app[DATABASE].reading() as session:
-        principal = await principal_for(session, token)
+    principal = await request.app[TOKENS].principal(token)
     if principal is None:
         raise ApiError(401, "unauthorized", "The API token is unknown or revoked.")
     return principal
@@ -207,9 +206,9 @@ async def get_contact(request: web.Request) -> web.Response:
         if contact is None:
             raise not_found("contact")
         identities = await store.identities_of(session, [contact.id])
-        open_tickets = await store.open_tickets_of(session, contact.id)
+        open_tickets = await store.open_tickets_of(session, [contact.id])
     body = contact_json(contact, identities)
-    body["open_tickets"] = [ticket_json(t) for t in open_tickets]
+    body["open_tickets"] = [ticket_json(t) for t in open_tickets.get(contact.id, [])]
     return web.json_response(body)
 
 

@@ -11,11 +11,21 @@ from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractAccessLogger
 
 from gateway import api, ws
+from gateway.auth import TokenCache
 from gateway.bus import open_bus
 from gateway.dispatch import Dispatcher
 from gateway.errors import error_middleware
 from gateway.ingest import Ingestor
-from gateway.keys import AGENT_SOCKETS, BUS, DATABASE, DISPATCHER, INGESTOR, OPEN_SOCKETS, SETTINGS
+from gateway.keys import (
+    AGENT_SOCKETS,
+    BUS,
+    DATABASE,
+    DISPATCHER,
+    INGESTOR,
+    OPEN_SOCKETS,
+    SETTINGS,
+    TOKENS,
+)
 from gateway.settings import Settings
 from timeline.db import Database
 
@@ -41,6 +51,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     database = Database(app[SETTINGS].database_url)
     await database.upgrade()
     app[DATABASE] = database
+    app[TOKENS] = TokenCache(database.sessions)
     yield
     await database.dispose()
 
@@ -48,9 +59,12 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _bus_and_services(app: web.Application) -> AsyncIterator[None]:
     bus = await open_bus(app[SETTINGS].redis_url)
     app[BUS] = bus
-    app[INGESTOR] = Ingestor(app[DATABASE], bus, app[SETTINGS])
+    ingestor = Ingestor(app[DATABASE], bus, app[SETTINGS])
+    await ingestor.start()
+    app[INGESTOR] = ingestor
     app[DISPATCHER] = Dispatcher(app[DATABASE], bus)
     yield
+    await ingestor.stop()
     await bus.close()
 
 

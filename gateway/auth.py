@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
 from argon2 import PasswordHasher
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.errors import ApiError
 from timeline.models import Agent, ApiToken, Role
@@ -73,3 +74,31 @@ def token_from(request: web.Request, *, allow_query: bool = False) -> str | None
     if allow_query:
         return request.query.get("token") or None
     return None
+
+
+class TokenCache:
+    """Recently verified tokens, so that a busy integration costs no query per request.
+
+    A token revoked in the database stops working within `ttl` seconds on every process.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], ttl: float = 10.0) -> None:
+        self._sessions = sessions
+        self._ttl = ttl
+        self._known: dict[str, tuple[Principal, float]] = {}
+
+    async def principal(self, token: str) -> Principal | None:
+        key = hash_token(token)
+        now = time.monotonic()
+        cached = self._known.get(key)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        async with self._sessions() as session:
+            principal = await principal_for(session, token)
+        if principal is None:
+            self._known.pop(key, None)
+            return None
+        if len(self._known) > 10_000:
+            self._known.clear()
+        self._known[key] = (principal, now + self._ttl)
+        return principal

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.bus import SUPERVISORS_TOPIC, Bus
-from gateway.pops import StoredPop, contact_card, publish_pops, store_pop
-from routing.assignment import assign_ticket, fill_agent
+from gateway.pops import PopRequest, StoredPop, publish_pops, store_pops
+from routing.assignment import AssignmentRequest, assign_ticket, fill_agent
 from timeline.db import Database
 from timeline.models import Ticket, utcnow
 
@@ -21,7 +23,7 @@ class Dispatcher:
         """Give the agent the oldest waiting tickets it has room for; returns their ids."""
         async with self._db.transaction() as session:
             ticket_ids = await fill_agent(session, agent_id, utcnow())
-            pops = [await _assigned_pop(session, agent_id, tid) for tid in ticket_ids]
+            pops = await _assigned_pops(session, agent_id, ticket_ids)
         await self._announce(pops)
         return ticket_ids
 
@@ -31,10 +33,9 @@ class Dispatcher:
             ticket = await session.get(Ticket, ticket_id)
             if ticket is None or ticket.assignee_id is not None:
                 return None
-            agent_id = await assign_ticket(
-                session, ticket_id, ticket.channel, utcnow(), excluded=excluded
-            )
-            pops = [await _assigned_pop(session, agent_id, ticket_id)] if agent_id else []
+            request = AssignmentRequest(ticket_id, ticket.channel, excluded=excluded)
+            agent_id = await assign_ticket(session, request, utcnow())
+            pops = await _assigned_pops(session, agent_id, [ticket_id]) if agent_id else []
         await self._announce(pops)
         return agent_id
 
@@ -42,7 +43,8 @@ class Dispatcher:
         self, session: AsyncSession, agent_id: int, ticket_id: int
     ) -> StoredPop:
         """Store the pop for a manual assignment; the caller publishes it after its commit."""
-        return await _assigned_pop(session, agent_id, ticket_id)
+        (pop,) = await _assigned_pops(session, agent_id, [ticket_id])
+        return pop
 
     async def publish(self, pops: list[StoredPop]) -> None:
         await self._announce(pops)
@@ -62,14 +64,14 @@ class Dispatcher:
             )
 
 
-async def _assigned_pop(session: AsyncSession, agent_id: int, ticket_id: int) -> StoredPop:
-    ticket = (await session.execute(select(Ticket).where(Ticket.id == ticket_id))).scalar_one()
-    card = await contact_card(session, ticket.contact_id)
-    return await store_pop(
+async def _assigned_pops(
+    session: AsyncSession, agent_id: int, ticket_ids: Sequence[int]
+) -> list[StoredPop]:
+    if not ticket_ids:
+        return []
+    query = select(Ticket).where(Ticket.id.in_(ticket_ids)).order_by(Ticket.id)
+    tickets = list((await session.execute(query)).scalars())
+    return await store_pops(
         session,
-        agent_id=agent_id,
-        reason="assigned",
-        channel=ticket.channel,
-        card=card,
-        ticket=ticket,
+        [PopRequest(agent_id, "assigned", t.channel, t.contact_id, t) for t in tickets],
     )

@@ -1,42 +1,51 @@
 """The one ingest path (DESIGN.md): journal → dedupe → identify → ticket → append → route → pop.
 
-Every channel ends here with a normalised `InboundEvent`. The journal row is committed first,
-so an authenticated payload is never lost even if what follows fails. The rest is one
-transaction: the event is never committed without its contact, ticket and routing decision,
-so a crash can leave a payload in the journal but never a half-stored event or a ticket that
-nobody will route.
+Every channel ends here with a normalised `InboundEvent`. Inbounds queue up and a writer takes
+whatever has gathered as one batch (group commit): the batch's raw payloads are journaled and
+committed first, so nothing authenticated is lost whatever follows; then one transaction
+dedupes, identifies, chooses tickets, appends the events, routes and stores the pops for the
+whole batch, a statement per step rather than per event. Each caller is answered only after
+that commit, so a 202 always means committed. Under light load a batch is one event and
+nothing waits; under heavy load the batches grow and the cost per event falls.
+
+A batch that fails is retried, then split into single events, so one bad event cannot take
+its neighbours down: it alone is journaled as failed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass, field, replace
 
-from sqlalchemy import delete
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.bus import SUPERVISORS_TOPIC, Bus
-from gateway.pops import StoredPop, contact_card, publish_pops, store_pop
+from gateway.pops import PopRequest, StoredPop, publish_pops, store_pops
 from gateway.settings import Settings
-from routing.assignment import assign_ticket
-from routing.contacts import identity_of, resolve_contact
+from routing.assignment import AssignmentRequest, assign_tickets
+from routing.contacts import identity_of, resolve_contacts
+from routing.identity import IdentityKey
 from routing.tickets import TicketAction, TicketState, choose_ticket
 from timeline import store
 from timeline.db import Database
 from timeline.events import InboundEvent
 from timeline.models import (
-    Contact,
-    InboundJournal,
+    OPEN_STATUSES,
     JournalStatus,
     Ticket,
+    TicketStatus,
+    TimelineEvent,
     utcnow,
 )
 
 log = logging.getLogger(__name__)
 
-# Two first messages from one new sender race for its identity; a retry finds the winner.
+MAX_BATCH = 256
+# A batch can lose a race with another process (a new contact's identity, a deadlock);
+# retrying finds the winner's rows. After that, events are stored one by one.
 _ATTEMPTS = 3
 
 
@@ -60,18 +69,46 @@ class IngestResult:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    result: IngestResult
-    pops: list[StoredPop]
-
-
 class IngestError(Exception):
     """The payload was accepted and journaled but could not be stored; it can be replayed."""
 
-    def __init__(self, journal_id: int) -> None:
+    def __init__(self, journal_id: int | None) -> None:
         super().__init__(f"ingest failed; journal entry {journal_id}")
         self.journal_id = journal_id
+
+
+@dataclass(eq=False)
+class _Job:
+    event: InboundEvent
+    payload: bytes
+    content_type: str | None
+    done: asyncio.Future[IngestResult]
+    journal_id: int | None = None
+    # Later copies of the same event in one batch: answered as retries once this one is.
+    copies: list[_Job] = field(default_factory=list)
+
+    @property
+    def key(self) -> store.EventKey:
+        return (self.event.channel, self.event.external_id)
+
+    def answer(self, result: IngestResult) -> None:
+        if not self.done.done():
+            self.done.set_result(result)
+        for copy in self.copies:
+            copy.answer(replace(result, duplicate=True))
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
+        for copy in self.copies:
+            copy.fail(error)
+
+
+@dataclass(slots=True)
+class _Stored:
+    results: dict[_Job, IngestResult]
+    pops: list[StoredPop]
+    routed: list[tuple[int, int | None]]  # (ticket id, assignee) of tickets that were routed
 
 
 class Ingestor:
@@ -79,211 +116,357 @@ class Ingestor:
         self._db = db
         self._bus = bus
         self._settings = settings
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._writers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """SQLite has one writer at a time anyway; PostgreSQL gets a few concurrent batches."""
+        for n in range(1 if self._db.is_sqlite else 4):
+            self._writers.append(asyncio.create_task(self._write_batches(), name=f"ingest-{n}"))
+
+    async def stop(self) -> None:
+        for writer in self._writers:
+            writer.cancel()
+        for writer in self._writers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        while not self._queue.empty():
+            self._queue.get_nowait().fail(RuntimeError("the gateway is shutting down"))
+
+    async def ingest(
+        self, event: InboundEvent, *, payload: bytes, content_type: str | None
+    ) -> IngestResult:
+        """Store one event (or find it stored before) and answer once it is committed."""
+        job = _Job(event, payload, content_type, asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(job)
+        # Shielded: a caller who hangs up must not cancel the batch its event is part of.
+        return await asyncio.shield(job.done)
 
     async def reject(
         self, *, channel: str, payload: bytes, content_type: str | None, reason: str
     ) -> int:
         """Keep an authentic but malformed payload, with why it was refused."""
         async with self._db.transaction() as session:
-            entry = await store.journal(
+            (journal_id,) = await store.journal(
                 session,
-                channel=channel,
-                payload=payload,
-                content_type=content_type,
+                [(channel, payload, content_type)],
                 status=JournalStatus.REJECTED,
                 reason=reason,
             )
-            return entry.id
+            return journal_id
 
-    async def ingest(
-        self, event: InboundEvent, *, payload: bytes, content_type: str | None
-    ) -> IngestResult:
-        async with self._db.reading() as session:
-            existing = await _previous_result(session, event)
-        if existing is not None:
-            return existing
-        async with self._db.transaction() as session:
-            entry = await store.journal(
-                session, channel=event.channel, payload=payload, content_type=content_type
-            )
-            journal_id = entry.id
-        try:
-            stored = await self._store(event, journal_id)
-        except Exception as error:
-            log.exception("ingest of journal entry %s failed", journal_id)
-            await self._mark_failed(journal_id, error)
-            raise IngestError(journal_id) from error
+    async def _write_batches(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._process(batch)
+            except Exception:  # the database is unreachable: answer everyone, never hang
+                log.exception("ingest batch of %d events failed", len(batch))
+                for job in batch:
+                    job.fail(IngestError(job.journal_id))
+
+    async def _process(self, batch: list[_Job]) -> None:
+        fresh = await self._journal_first(batch)
+        stored = await self._store(fresh)
         await publish_pops(self._bus, stored.pops)
-        if not stored.result.duplicate:
+        for ticket_id, assignee_id in stored.routed:
             await self._bus.publish(
                 SUPERVISORS_TOPIC,
-                {
-                    "type": "queue_update",
-                    "queue": "default",
-                    "ticket_id": stored.result.ticket_id,
-                    "assignee_id": stored.result.assignee_id,
-                },
-            )
-        return stored.result
+                {"type": "queue_update", "queue": "default", "ticket_id": ticket_id,
+                 "assignee_id": assignee_id},
+            )  # fmt: skip
+        for job, result in stored.results.items():
+            job.answer(result)
 
-    async def _store(self, event: InboundEvent, journal_id: int) -> _Stored:
+    async def _journal_first(self, batch: list[_Job]) -> list[_Job]:
+        """Journal and commit the payloads of events not stored before; answer the retries."""
+        leaders: dict[store.EventKey, _Job] = {}
+        for job in batch:
+            if job.key in leaders:
+                leaders[job.key].copies.append(job)
+            else:
+                leaders[job.key] = job
+        async with self._db.transaction() as session:
+            stored = await store.events_by_key(session, leaders.keys())
+            fresh = [job for key, job in leaders.items() if key not in stored]
+            journal_ids = await store.journal(
+                session, [(j.event.channel, j.payload, j.content_type) for j in fresh]
+            )
+            retries = {
+                leaders[key]: await _previous_result(session, e) for key, e in stored.items()
+            }
+        for job, journal_id in zip(fresh, journal_ids, strict=True):
+            job.journal_id = journal_id
+        for job, result in retries.items():
+            job.answer(result)
+        return fresh
+
+    async def _store(self, jobs: list[_Job]) -> _Stored:
+        if not jobs:
+            return _Stored({}, [], [])
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 async with self._db.transaction() as session:
-                    return await self._store_once(session, event, journal_id)
-            except (IntegrityError, DBAPIError) as error:
-                if not _is_retryable(error) or attempt == _ATTEMPTS:
-                    raise
-                async with self._db.transaction() as session:
-                    existing = await _previous_result(session, event)
-                    if existing is not None:
-                        # A concurrent retry of the same payload won: answer as it did.
-                        await session.execute(
-                            delete(InboundJournal).where(InboundJournal.id == journal_id)
-                        )
-                        return _Stored(existing, [])
+                    return await _BatchWriter(session, self._settings).write(jobs)
+            except Exception as error:
+                if _is_race(error) and attempt < _ATTEMPTS:
+                    continue
+                if len(jobs) > 1:
+                    return await self._store_one_by_one(jobs)
+                await self._mark_failed(jobs[0], error)
+                return _Stored({}, [], [])
         raise AssertionError("unreachable")
 
-    async def _store_once(
-        self, session: AsyncSession, event: InboundEvent, journal_id: int
-    ) -> _Stored:
-        now = utcnow()
-        contact = await self._identify(session, event)
-        ticket, previous_assignee = await self._choose_ticket(session, event, contact, now)
-        row = await store.append_event(
-            session,
-            _with_journal(event, journal_id),
-            contact_id=contact.id if contact else None,
-            ticket_id=ticket.id,
-            sender=event.sender.raw,
-        )
-        ticket.updated_at = now
-        pops = await self._route(session, event, ticket, now, previous_assignee)
-        await session.flush()
-        await store.mark_journal(session, journal_id, JournalStatus.ACCEPTED, event_id=row.id)
-        result = IngestResult(
-            event_id=row.id,
-            contact_id=contact.id if contact else None,
-            ticket_id=ticket.id,
-            ticket_number=ticket.number,
-            assignee_id=ticket.assignee_id,
-        )
-        return _Stored(result, pops)
+    async def _store_one_by_one(self, jobs: list[_Job]) -> _Stored:
+        merged = _Stored({}, [], [])
+        for job in jobs:
+            stored = await self._store([job])
+            merged.results.update(stored.results)
+            merged.pops.extend(stored.pops)
+            merged.routed.extend(stored.routed)
+        return merged
 
-    async def _identify(self, session: AsyncSession, event: InboundEvent) -> Contact | None:
-        identity = identity_of(event.sender, self._settings.default_region)
-        if identity is None:
-            return None
-        contact = await resolve_contact(session, identity, event.sender.name)
-        await store.lock_contact(session, contact.id)
-        return contact
+    async def _mark_failed(self, job: _Job, error: Exception) -> None:
+        log.error(
+            "ingest of journal entry %s failed: %s", job.journal_id, type(error).__name__,
+            exc_info=error,
+        )  # fmt: skip
+        if job.journal_id is not None:
+            async with self._db.transaction() as session:
+                await store.mark_journal(
+                    session,
+                    job.journal_id,
+                    JournalStatus.FAILED,
+                    reason=f"{type(error).__name__}: {error}",
+                )
+        job.fail(IngestError(job.journal_id))
 
-    async def _choose_ticket(
-        self, session: AsyncSession, event: InboundEvent, contact: Contact | None, now: datetime
-    ) -> tuple[Ticket, int | None]:
-        """The ticket for this event, and the agent who held it before if it was reopened."""
-        hinted = await _hinted_ticket(session, event)
-        open_ticket = last_resolved = None
-        if contact is not None and hinted is None:
-            open_ticket = await store.open_ticket_of(session, contact.id)
-            if open_ticket is None:
-                last_resolved = await store.last_resolved_ticket_of(session, contact.id)
+
+class _BatchWriter:
+    """One batch inside one transaction, step by step as DESIGN.md lists them."""
+
+    def __init__(self, session: AsyncSession, settings: Settings) -> None:
+        self.session = session
+        self.settings = settings
+        self.now = utcnow()
+
+    async def write(self, jobs: list[_Job]) -> _Stored:
+        jobs, results = await self._drop_stored_meanwhile(jobs)
+        contact_of = await self._identify(jobs)
+        ticket_of, waiting = await self._choose_tickets(jobs, contact_of)
+        events = await self._append(jobs, contact_of, ticket_of)
+        assigned = await assign_tickets(self.session, waiting, self.now)
+        pops = await self._pops(jobs, contact_of, ticket_of, assigned)
+        await store.mark_journal_accepted(
+            self.session,
+            [(j.journal_id, e.id) for j, e in zip(jobs, events, strict=True) if j.journal_id],
+        )
+        for job, event in zip(jobs, events, strict=True):
+            ticket = ticket_of[job]
+            results[job] = IngestResult(
+                event_id=event.id,
+                contact_id=contact_of.get(job),
+                ticket_id=ticket.id,
+                ticket_number=ticket.number,
+                assignee_id=ticket.assignee_id,
+            )
+        routed = [(w.ticket_id, assigned.get(w.ticket_id)) for w in waiting]
+        return _Stored(results, pops, routed)
+
+    async def _drop_stored_meanwhile(
+        self, jobs: list[_Job]
+    ) -> tuple[list[_Job], dict[_Job, IngestResult]]:
+        """Another process may have stored the same event since we journaled it."""
+        stored = await store.events_by_key(self.session, [j.key for j in jobs])
+        if not stored:
+            return jobs, {}
+        results = {
+            j: await _previous_result(self.session, stored[j.key]) for j in jobs if j.key in stored
+        }
+        await store.forget_journal(self.session, [j.journal_id for j in results if j.journal_id])
+        return [j for j in jobs if j.key not in stored], results
+
+    async def _identify(self, jobs: list[_Job]) -> dict[_Job, int]:
+        region = self.settings.default_region
+        identities: dict[_Job, IdentityKey] = {}
+        for job in jobs:
+            identity = identity_of(job.event.sender, region)
+            if identity is not None:
+                identities[job] = identity
+        contacts = await resolve_contacts(
+            self.session, [(i, job.event.sender.name) for job, i in identities.items()]
+        )
+        await store.lock_contacts(self.session, set(contacts.values()))
+        return {job: contacts[identity] for job, identity in identities.items()}
+
+    async def _choose_tickets(
+        self, jobs: list[_Job], contact_of: dict[_Job, int]
+    ) -> tuple[dict[_Job, Ticket], list[AssignmentRequest]]:
+        """Each event's ticket, in arrival order, as if the events came one at a time."""
+        session, contact_ids = self.session, set(contact_of.values())
+        by_number = await store.tickets_by_number(
+            session, {n for j in jobs if (n := j.event.thread.ticket_number) is not None}
+        )
+        by_reference = await store.tickets_by_reference(
+            session, {(j.event.channel, ref) for j in jobs for ref in j.event.thread.references}
+        )
+        open_of = await store.open_ticket_by_contact(session, contact_ids)
+        resolved_of = await store.last_resolved_ticket_by_contact(session, contact_ids)
+        ticket_of: dict[_Job, Ticket] = {}
+        new_tickets: list[Ticket] = []
+        preferred: dict[Ticket, int | None] = {}
+        for job in jobs:
+            contact_id = contact_of.get(job)
+            hinted = _hinted(job.event, by_number, by_reference)
+            open_ticket = last_resolved = None
+            if contact_id is not None:
+                open_ticket, last_resolved = open_of.get(contact_id), resolved_of.get(contact_id)
+            ticket, action, previous = self._ticket_for(
+                job.event, contact_id, hinted, open_ticket, last_resolved
+            )
+            ticket_of[job] = ticket
+            if action is TicketAction.NEW:
+                new_tickets.append(ticket)
+            if action is not TicketAction.APPEND:
+                preferred[ticket] = previous
+            if contact_id is not None:
+                open_of[contact_id] = ticket
+            ticket.updated_at = self.now
+        await store.add_tickets(session, new_tickets)
+        waiting = [
+            AssignmentRequest(t.id, t.channel, preferred=p)
+            for t, p in preferred.items()
+            if t.assignee_id is None and t.status in OPEN_STATUSES
+        ]
+        return ticket_of, waiting
+
+    def _ticket_for(
+        self,
+        event: InboundEvent,
+        contact_id: int | None,
+        hinted: Ticket | None,
+        open_ticket: Ticket | None,
+        last_resolved: Ticket | None,
+    ) -> tuple[Ticket, TicketAction, int | None]:
+        # Tickets created earlier in this batch have no id yet; the policy only needs a handle.
+        candidates = {id(t): t for t in (hinted, open_ticket, last_resolved) if t is not None}
         choice = choose_ticket(
             hinted=_state(hinted),
             open_ticket=_state(open_ticket),
             last_resolved=_state(last_resolved),
-            now=now,
-            reopen_window=self._settings.reopen_window,
+            now=self.now,
+            reopen_window=self.settings.reopen_window,
         )
         if choice.action is TicketAction.NEW:
-            ticket = await store.create_ticket(
-                session,
-                contact_id=contact.id if contact else None,
+            linked = candidates[choice.linked_ticket_id] if choice.linked_ticket_id else None
+            ticket = Ticket(
+                contact_id=contact_id,
                 channel=event.channel,
                 subject=event.subject,
                 queue="default",
-                linked_ticket_id=choice.linked_ticket_id,
+                linked_ticket_id=linked.id if linked else None,
+                status=TicketStatus.NEW,
+                priority="normal",
+                created_at=self.now,
             )
-            return ticket, None
-        candidates = (hinted, open_ticket, last_resolved)
-        ticket = next(t for t in candidates if t is not None and t.id == choice.ticket_id)
+            return ticket, choice.action, None
+        assert choice.ticket_id is not None
+        ticket = candidates[choice.ticket_id]
         if choice.action is TicketAction.REOPEN:
-            return ticket, store.reopen(ticket, now)
-        return ticket, None
+            return ticket, choice.action, store.reopen(ticket, self.now)
+        return ticket, choice.action, None
 
-    async def _route(
+    async def _append(
+        self, jobs: list[_Job], contact_of: dict[_Job, int], ticket_of: dict[_Job, Ticket]
+    ) -> list[TimelineEvent]:
+        events = [
+            _timeline_event(job.event, job.journal_id, contact_of.get(job), ticket_of[job].id)
+            for job in jobs
+        ]
+        await store.add_events(self.session, events)
+        return events
+
+    async def _pops(
         self,
-        session: AsyncSession,
-        event: InboundEvent,
-        ticket: Ticket,
-        now: datetime,
-        preferred_agent: int | None,
+        jobs: list[_Job],
+        contact_of: dict[_Job, int],
+        ticket_of: dict[_Job, Ticket],
+        assigned: dict[int, int],
     ) -> list[StoredPop]:
-        if ticket.assignee_id is not None:
-            reason, agent_id = "new_message", ticket.assignee_id
-        else:
-            assigned = await assign_ticket(
-                session, ticket.id, ticket.channel, now, preferred=preferred_agent
+        """One pop per ticket and batch: to whoever holds the ticket now."""
+        requests: dict[int, PopRequest] = {}
+        for job in jobs:
+            ticket = ticket_of[job]
+            if ticket.assignee_id is None:
+                continue
+            reason = "assigned" if ticket.id in assigned else "new_message"
+            requests[ticket.id] = PopRequest(
+                ticket.assignee_id, reason, job.event.channel, contact_of.get(job), ticket
             )
-            if assigned is None:
-                return []
-            reason, agent_id = "assigned", assigned
-        card = await contact_card(session, ticket.contact_id)
-        pop = await store_pop(
-            session,
-            agent_id=agent_id,
-            reason=reason,
-            channel=event.channel,
-            card=card,
-            ticket=ticket,
-        )
-        return [pop]
-
-    async def _mark_failed(self, journal_id: int, error: Exception) -> None:
-        async with self._db.transaction() as session:
-            await store.mark_journal(
-                session, journal_id, JournalStatus.FAILED, reason=f"{type(error).__name__}: {error}"
-            )
+        return await store_pops(self.session, list(requests.values()))
 
 
-async def _previous_result(session: AsyncSession, event: InboundEvent) -> IngestResult | None:
-    row = await store.find_event(session, event.channel, event.external_id)
-    if row is None:
+def _hinted(
+    event: InboundEvent,
+    by_number: dict[int, Ticket],
+    by_reference: dict[store.EventKey, Ticket],
+) -> Ticket | None:
+    if event.thread.ticket_number in by_number:
+        return by_number[event.thread.ticket_number]
+    for reference in reversed(event.thread.references):  # the newest reference first
+        if (event.channel, reference) in by_reference:
+            return by_reference[(event.channel, reference)]
+    return None
+
+
+def _state(ticket: Ticket | None) -> TicketState | None:
+    if ticket is None:
         return None
-    ticket = await session.get(Ticket, row.ticket_id) if row.ticket_id else None
+    return TicketState(id(ticket), ticket.status, ticket.resolved_at)
+
+
+def _timeline_event(
+    event: InboundEvent, journal_id: int | None, contact_id: int | None, ticket_id: int
+) -> TimelineEvent:
+    return TimelineEvent(
+        channel=event.channel,
+        external_id=event.external_id,
+        kind=event.kind,
+        direction=event.direction,
+        contact_id=contact_id,
+        ticket_id=ticket_id,
+        sender=event.sender.raw,
+        recipient=event.recipient,
+        subject=event.subject,
+        body=event.text,
+        html=event.html,
+        attachments=[
+            {"filename": a.filename, "content_type": a.content_type, "size": a.size, "url": a.url}
+            for a in event.attachments
+        ],
+        occurred_at=event.occurred_at,
+        journal_id=journal_id,
+    )
+
+
+async def _previous_result(session: AsyncSession, event: TimelineEvent) -> IngestResult:
+    ticket = await session.get(Ticket, event.ticket_id) if event.ticket_id else None
     return IngestResult(
-        event_id=row.id,
-        contact_id=row.contact_id,
-        ticket_id=row.ticket_id,
+        event_id=event.id,
+        contact_id=event.contact_id,
+        ticket_id=event.ticket_id,
         ticket_number=ticket.number if ticket else None,
         assignee_id=ticket.assignee_id if ticket else None,
         duplicate=True,
     )
 
 
-async def _hinted_ticket(session: AsyncSession, event: InboundEvent) -> Ticket | None:
-    if event.thread.ticket_number is not None:
-        ticket = await store.ticket_by_number(session, event.thread.ticket_number)
-        if ticket is not None:
-            return ticket
-    return await store.ticket_of_references(session, event.channel, event.thread.references)
-
-
-def _state(ticket: Ticket | None) -> TicketState | None:
-    if ticket is None:
-        return None
-    return TicketState(ticket.id, ticket.status, ticket.resolved_at)
-
-
-def _with_journal(event: InboundEvent, journal_id: int) -> InboundEvent:
-    return replace(event, journal_id=journal_id)
-
-
-def _is_retryable(error: Exception) -> bool:
-    """Unique violations (a concurrent first message) and PostgreSQL deadlocks are retried."""
-    if isinstance(error, IntegrityError):
-        return True
-    code = getattr(getattr(error, "orig", None), "sqlstate", None) or getattr(
-        getattr(error, "orig", None), "pgcode", None
-    )
-    return code in {"40P01", "40001"}
+def _is_race(error: Exception) -> bool:
+    """Lost races worth retrying: unique violations and PostgreSQL deadlocks/serialisation."""
+    if not isinstance(error, DBAPIError):
+        return False
+    orig = error.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code in {"23505", "40P01", "40001"} or "UNIQUE constraint failed" in str(orig)

@@ -6,6 +6,7 @@ from collections import Counter
 
 from aiohttp import web
 
+from gateway.auth import TokenCache
 from gateway.bus import Bus
 from gateway.dispatch import Dispatcher
 from gateway.ingest import Ingestor
@@ -17,6 +18,7 @@ DATABASE = web.AppKey("database", Database)
 BUS = web.AppKey("bus", Bus)
 INGESTOR = web.AppKey("ingestor", Ingestor)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+TOKENS = web.AppKey("tokens", TokenCache)
 # How many WebSockets each agent holds on this process; the last to close takes it offline.
 AGENT_SOCKETS = web.AppKey("agent_sockets", Counter[int])
 # Every open WebSocket of this process, closed with "going away" on shutdown.

@@ -6,17 +6,20 @@ agent who was not connected receives it on reconnect (see `gateway.ws`).
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.bus import Bus, agent_topic
 from gateway.serialize import JSON, contact_json, event_preview, ticket_summary
 from timeline import store
-from timeline.models import Contact, Ticket
+from timeline.models import Contact, Identity, ScreenPop, Ticket
 
 RECENT_EVENTS_ON_CARD = 5
+OPEN_TICKETS_ON_CARD = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,20 +28,38 @@ class StoredPop:
     message: JSON
 
 
-async def contact_card(session: AsyncSession, contact_id: int | None) -> JSON:
-    """Name, identities, tags, open tickets and the last interactions across every channel."""
-    if contact_id is None:
-        return unknown_caller_card()
-    contact = await session.get(Contact, contact_id)
-    if contact is None:
-        return unknown_caller_card()
-    identities = await store.identities_of(session, [contact_id])
-    open_tickets = await store.open_tickets_of(session, contact_id)
-    recent = await store.recent_events(session, contact_id, limit=RECENT_EVENTS_ON_CARD)
+@dataclass(frozen=True, slots=True)
+class PopRequest:
+    agent_id: int
+    reason: str
+    channel: str
+    contact_id: int | None
+    ticket: Ticket | None
+    call: JSON | None = None
+
+
+async def contact_cards(session: AsyncSession, contact_ids: Collection[int]) -> dict[int, JSON]:
+    """Name, identities, tags, open tickets and the last interactions across every channel.
+
+    Four queries for any number of contacts: pops are built for a whole batch at once.
+    """
+    if not contact_ids:
+        return {}
+    contacts = (await session.execute(select(Contact).where(Contact.id.in_(contact_ids)))).scalars()
+    identities: dict[int, list[Identity]] = defaultdict(list)
+    for identity in await store.identities_of(session, contact_ids):
+        identities[identity.contact_id].append(identity)
+    open_tickets = await store.open_tickets_of(session, contact_ids)
+    recent = await store.recent_events_of(session, contact_ids, limit=RECENT_EVENTS_ON_CARD)
     return {
-        **contact_json(contact, identities),
-        "open_tickets": [ticket_summary(t) for t in open_tickets],
-        "recent": [event_preview(e) for e in recent],
+        contact.id: {
+            **contact_json(contact, identities[contact.id]),
+            "open_tickets": [
+                ticket_summary(t) for t in open_tickets.get(contact.id, [])[:OPEN_TICKETS_ON_CARD]
+            ],
+            "recent": [event_preview(e) for e in recent.get(contact.id, [])],
+        }
+        for contact in contacts
     }
 
 
@@ -53,26 +74,29 @@ def unknown_caller_card() -> JSON:
     }
 
 
-async def store_pop(
-    session: AsyncSession,
-    *,
-    agent_id: int,
-    reason: str,
-    channel: str,
-    card: JSON,
-    ticket: Ticket | None,
-    call: JSON | None = None,
-) -> StoredPop:
-    payload: dict[str, Any] = {
-        "type": "screen_pop",
-        "reason": reason,
-        "channel": channel,
-        "contact": card,
-        "ticket": ticket_summary(ticket) if ticket is not None else None,
-        "call": call,
-    }
-    pop_id = await store.store_pop(session, agent_id, payload)
-    return StoredPop(agent_id, {**payload, "id": pop_id})
+async def store_pops(session: AsyncSession, requests: Sequence[PopRequest]) -> list[StoredPop]:
+    """Build and keep the pops of `requests`; the caller publishes them after its commit."""
+    if not requests:
+        return []
+    cards = await contact_cards(session, {r.contact_id for r in requests if r.contact_id})
+    payloads = [
+        {
+            "type": "screen_pop",
+            "reason": r.reason,
+            "channel": r.channel,
+            "contact": cards.get(r.contact_id) if r.contact_id else None,
+            "ticket": ticket_summary(r.ticket) if r.ticket is not None else None,
+            "call": r.call,
+        }
+        for r in requests
+    ]
+    for payload in payloads:
+        payload["contact"] = payload["contact"] or unknown_caller_card()
+    rows = [
+        ScreenPop(agent_id=r.agent_id, payload=p) for r, p in zip(requests, payloads, strict=True)
+    ]
+    await store.add_pops(session, rows)
+    return [StoredPop(row.agent_id, {**row.payload, "id": row.id}) for row in rows]
 
 
 async def publish_pops(bus: Bus, pops: list[StoredPop]) -> None:

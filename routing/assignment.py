@@ -35,6 +35,21 @@ class AgentLoad:
     def open_tickets(self) -> int:
         return sum(self.load.values())
 
+    def plus_one(self, channel: str) -> AgentLoad:
+        load = dict(self.load)
+        load[channel] = load.get(channel, 0) + 1
+        return AgentLoad(self.agent_id, self.capacity, load)
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentRequest:
+    """A waiting ticket to place; `excluded` just handed it back and must not get it again."""
+
+    ticket_id: int
+    channel: str
+    preferred: int | None = None
+    excluded: int | None = None
+
 
 def choose_agent(
     candidates: Sequence[AgentLoad], channel: str, preferred: int | None = None
@@ -106,23 +121,36 @@ async def _set_assignee(
     return True
 
 
-async def assign_ticket(
-    session: AsyncSession,
-    ticket_id: int,
-    channel: str,
-    now: datetime,
-    preferred: int | None = None,
-    excluded: int | None = None,
-) -> int | None:
-    """Assign an unassigned open ticket to the best available agent; None leaves it waiting.
+async def assign_tickets(
+    session: AsyncSession, requests: Sequence[AssignmentRequest], now: datetime
+) -> dict[int, int]:
+    """Assign waiting tickets, in order, to the best available agents; unplaced ones wait.
 
-    `excluded` is an agent who just handed this ticket back and must not get it again.
+    The agents are locked and counted once for the whole list, and each assignment counts
+    towards the next choice, so a batch never overfills an agent either.
     """
-    agents = [a for a in await _lock_agents(session, None) if a.id != excluded]
-    agent_id = choose_agent(await _loads(session, agents), channel, preferred)
-    if agent_id is None or not await _set_assignee(session, ticket_id, agent_id, now):
-        return None
-    return agent_id
+    if not requests:
+        return {}
+    agents = await _lock_agents(session, None)
+    if not agents:
+        return {}
+    loads = {load.agent_id: load for load in await _loads(session, agents)}
+    assigned: dict[int, int] = {}
+    for request in requests:
+        candidates = [load for load in loads.values() if load.agent_id != request.excluded]
+        agent_id = choose_agent(candidates, request.channel, request.preferred)
+        if agent_id is None or not await _set_assignee(session, request.ticket_id, agent_id, now):
+            continue
+        assigned[request.ticket_id] = agent_id
+        loads[agent_id] = loads[agent_id].plus_one(request.channel)
+    return assigned
+
+
+async def assign_ticket(
+    session: AsyncSession, request: AssignmentRequest, now: datetime
+) -> int | None:
+    """Assign one waiting ticket; None leaves it waiting."""
+    return (await assign_tickets(session, [request], now)).get(request.ticket_id)
 
 
 async def fill_agent(session: AsyncSession, agent_id: int, now: datetime) -> list[int]:

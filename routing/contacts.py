@@ -2,30 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from routing.identity import IdentityKey, normalise
 from timeline import store
 from timeline.events import Address
-from timeline.models import Contact
 
 
 def identity_of(address: Address, region: str) -> IdentityKey | None:
     return normalise(address.kind, address.raw, region)
 
 
-async def resolve_contact(
-    session: AsyncSession, identity: IdentityKey, display_name: str | None
-) -> Contact:
-    """The contact owning `identity`, created (named from the channel) if nobody does yet.
+async def resolve_contacts(
+    session: AsyncSession, senders: Sequence[tuple[IdentityKey, str | None]]
+) -> dict[IdentityKey, int]:
+    """The contact of each sender identity, creating (and naming) those nobody owns yet.
 
-    Two first messages from one new sender can race; the unique identity constraint makes the
-    loser's transaction fail, and the ingest path retries it, finding the winner's contact.
+    A sender seen twice in one batch becomes one contact. Two processes creating the same new
+    contact at once collide on the unique identity; the loser's transaction fails and the
+    ingest path retries it, finding the winner's contact.
     """
-    contact = await store.contact_by_identity(session, identity.kind, identity.value)
-    if contact is not None:
-        return contact
-    name = (display_name or "").strip() or identity.value
-    return await store.create_contact(
-        session, name=name[:200], identities=[(identity.kind, identity.value)]
+    known = await store.contact_ids_by_identity(session, {(i.kind, i.value) for i, _ in senders})
+    contacts = {i: known[(i.kind, i.value)] for i, _ in senders if (i.kind, i.value) in known}
+    missing: dict[IdentityKey, str] = {}
+    for identity, name in senders:
+        if identity not in contacts and identity not in missing:
+            missing[identity] = ((name or "").strip() or identity.value)[:200]
+    created = await store.create_contacts(
+        session, [(name, [(i.kind, i.value)]) for i, name in missing.items()]
     )
+    contacts.update(zip(missing, (c.id for c in created), strict=True))
+    return contacts

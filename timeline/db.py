@@ -22,6 +22,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # Any fixed number: the PostgreSQL advisory lock that serialises concurrent `upgrade`s when
 # several gateway processes start at once on one database.
 _MIGRATION_LOCK = 7_254_001
+# Execution option that marks a SQLite connection as the writer (see `_begin`).
+_WRITER = "switchboard_writer"
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -52,8 +54,12 @@ def _create_sqlite_engine(url: str) -> AsyncEngine:
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Connection) -> None:
         # A deferred transaction that later writes can fail with SQLITE_BUSY without waiting;
-        # taking the write lock up front makes concurrent writers queue instead.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # taking the write lock up front makes concurrent writers queue instead. Readers keep
+        # a deferred BEGIN: in WAL mode they never wait for the writer.
+        if conn.get_execution_options().get(_WRITER):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
 
     return engine
 
@@ -73,6 +79,7 @@ class Database:
         self.url = url
         self.engine = create_engine(url)
         self.sessions = session_factory(self.engine)
+        self._writer_sessions = session_factory(self.engine.execution_options(**{_WRITER: True}))
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
 
@@ -83,7 +90,7 @@ class Database:
             async with self.sessions() as session, session.begin():
                 yield session
             return
-        async with self._write_lock, self.sessions() as session, session.begin():
+        async with self._write_lock, self._writer_sessions() as session, session.begin():
             yield session
 
     @asynccontextmanager

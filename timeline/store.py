@@ -1,18 +1,21 @@
 """Queries and writes on the timeline, inside a session the caller owns.
 
-Every function here runs within the caller's transaction: the ingest path composes several of
-them into one unit of work.
+Every function runs within the caller's transaction, and the ingest path's functions take a
+whole batch of events at once: a statement per step for the batch, not per event, which is
+what lets one commit acknowledge many inbounds (group commit).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
-from timeline.events import InboundEvent
 from timeline.models import (
     OPEN_STATUSES,
     Contact,
@@ -23,210 +26,84 @@ from timeline.models import (
     Ticket,
     TicketStatus,
     TimelineEvent,
-    utcnow,
 )
 
 # Ticket numbers are what customers quote on the phone; they start above the ids of a fresh
 # database so they look like ticket numbers from day one.
 TICKET_NUMBER_OFFSET = 10_000
 
+EventKey = tuple[str, str]  # (channel, external_id)
+IdentityPair = tuple[str, str]  # (kind, normalised value)
 
-async def find_event(session: AsyncSession, channel: str, external_id: str) -> TimelineEvent | None:
-    query = select(TimelineEvent).where(
-        TimelineEvent.channel == channel, TimelineEvent.external_id == external_id
-    )
-    return (await session.execute(query)).scalar_one_or_none()
+
+# --- journal --------------------------------------------------------------------------------
 
 
 async def journal(
     session: AsyncSession,
+    entries: Sequence[tuple[str, bytes, str | None]],
     *,
-    channel: str,
-    payload: bytes,
-    content_type: str | None,
     status: JournalStatus = JournalStatus.RECEIVED,
     reason: str | None = None,
-) -> InboundJournal:
-    entry = InboundJournal(
-        channel=channel, payload=payload, content_type=content_type, status=status, reason=reason
-    )
-    session.add(entry)
+) -> list[int]:
+    """Keep raw payloads `(channel, payload, content_type)`; their ids, in order."""
+    rows = [
+        InboundJournal(
+            channel=channel,
+            payload=payload,
+            content_type=content_type,
+            status=status,
+            reason=reason,
+        )
+        for channel, payload, content_type in entries
+    ]
+    session.add_all(rows)
     await session.flush()
-    return entry
+    return [row.id for row in rows]
 
 
 async def mark_journal(
-    session: AsyncSession,
-    journal_id: int,
-    status: JournalStatus,
-    *,
-    reason: str | None = None,
-    event_id: int | None = None,
+    session: AsyncSession, journal_id: int, status: JournalStatus, *, reason: str | None = None
 ) -> None:
     await session.execute(
         update(InboundJournal)
         .where(InboundJournal.id == journal_id)
-        .values(status=status, reason=reason, event_id=event_id)
+        .values(status=status, reason=reason)
     )
 
 
-async def contact_by_identity(session: AsyncSession, kind: str, value: str) -> Contact | None:
-    query = (
-        select(Contact)
-        .join(Identity, Identity.contact_id == Contact.id)
-        .where(Identity.kind == kind, Identity.value == value)
-    )
-    return (await session.execute(query)).scalar_one_or_none()
-
-
-async def create_contact(
-    session: AsyncSession,
-    *,
-    name: str,
-    identities: Iterable[tuple[str, str]],
-    tags: Sequence[str] = (),
-    attributes: dict[str, object] | None = None,
-) -> Contact:
-    contact = Contact(name=name, tags=list(tags), attributes=dict(attributes or {}))
-    session.add(contact)
-    await session.flush()
-    session.add_all(Identity(contact_id=contact.id, kind=k, value=v) for k, v in identities)
-    await session.flush()
-    return contact
-
-
-async def lock_contact(session: AsyncSession, contact_id: int) -> None:
-    """Serialise ticket choice per contact (PostgreSQL row lock; SQLite has one writer anyway)."""
-    await session.execute(select(Contact.id).where(Contact.id == contact_id).with_for_update())
-
-
-async def identities_of(session: AsyncSession, contact_ids: Sequence[int]) -> list[Identity]:
-    query = select(Identity).where(Identity.contact_id.in_(contact_ids)).order_by(Identity.id)
-    return list((await session.execute(query)).scalars())
-
-
-async def ticket_by_number(session: AsyncSession, number: int) -> Ticket | None:
-    return (
-        await session.execute(select(Ticket).where(Ticket.number == number))
-    ).scalar_one_or_none()
-
-
-async def ticket_of_references(
-    session: AsyncSession, channel: str, references: Sequence[str]
-) -> Ticket | None:
-    """The ticket of the newest stored event any of `references` names (e.g. Message-IDs)."""
-    if not references:
-        return None
-    query = (
-        select(Ticket)
-        .join(TimelineEvent, TimelineEvent.ticket_id == Ticket.id)
-        .where(TimelineEvent.channel == channel, TimelineEvent.external_id.in_(references))
-        .order_by(TimelineEvent.id.desc())
-        .limit(1)
-    )
-    return (await session.execute(query)).scalar_one_or_none()
-
-
-async def open_ticket_of(session: AsyncSession, contact_id: int) -> Ticket | None:
-    query = (
-        select(Ticket)
-        .where(Ticket.contact_id == contact_id, Ticket.status.in_(OPEN_STATUSES))
-        .order_by(Ticket.id.desc())
-        .limit(1)
-    )
-    return (await session.execute(query)).scalar_one_or_none()
-
-
-async def last_resolved_ticket_of(session: AsyncSession, contact_id: int) -> Ticket | None:
-    query = (
-        select(Ticket)
-        .where(
-            Ticket.contact_id == contact_id,
-            Ticket.status.in_((TicketStatus.RESOLVED, TicketStatus.CLOSED)),
+async def mark_journal_accepted(session: AsyncSession, events: Sequence[tuple[int, int]]) -> None:
+    """`(journal_id, event_id)` pairs: these payloads are now timeline events."""
+    if events:
+        await session.execute(
+            update(InboundJournal),
+            [{"id": j, "status": JournalStatus.ACCEPTED, "event_id": e} for j, e in events],
         )
-        .order_by(Ticket.resolved_at.desc(), Ticket.id.desc())
-        .limit(1)
+
+
+async def forget_journal(session: AsyncSession, journal_ids: Collection[int]) -> None:
+    """Drop entries of payloads that turned out to be retries of stored events."""
+    if journal_ids:
+        await session.execute(delete(InboundJournal).where(InboundJournal.id.in_(journal_ids)))
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+async def events_by_key(
+    session: AsyncSession, keys: Collection[EventKey]
+) -> dict[EventKey, TimelineEvent]:
+    if not keys:
+        return {}
+    query = select(TimelineEvent).where(
+        tuple_(TimelineEvent.channel, TimelineEvent.external_id).in_(list(keys))
     )
-    return (await session.execute(query)).scalar_one_or_none()
+    return {(e.channel, e.external_id): e for e in (await session.execute(query)).scalars()}
 
 
-async def open_tickets_of(session: AsyncSession, contact_id: int, limit: int = 10) -> list[Ticket]:
-    query = (
-        select(Ticket)
-        .where(Ticket.contact_id == contact_id, Ticket.status.in_(OPEN_STATUSES))
-        .order_by(Ticket.id.desc())
-        .limit(limit)
-    )
-    return list((await session.execute(query)).scalars())
-
-
-async def create_ticket(
-    session: AsyncSession,
-    *,
-    contact_id: int | None,
-    channel: str,
-    subject: str | None,
-    queue: str,
-    linked_ticket_id: int | None = None,
-) -> Ticket:
-    ticket = Ticket(
-        contact_id=contact_id,
-        channel=channel,
-        subject=subject,
-        queue=queue,
-        linked_ticket_id=linked_ticket_id,
-    )
-    session.add(ticket)
+async def add_events(session: AsyncSession, events: Sequence[TimelineEvent]) -> None:
+    session.add_all(events)
     await session.flush()
-    ticket.number = ticket.id + TICKET_NUMBER_OFFSET
-    return ticket
-
-
-def reopen(ticket: Ticket, now: datetime) -> int | None:
-    """Back to waiting, unassigned; returns who held it, who may be preferred when routing.
-
-    The assignee is released rather than kept, since keeping it could put that agent over
-    capacity without anybody deciding so.
-    """
-    previous = ticket.assignee_id
-    ticket.status = TicketStatus.NEW
-    ticket.resolved_at = None
-    ticket.assignee_id = None
-    ticket.assigned_at = None
-    ticket.updated_at = now
-    return previous
-
-
-async def append_event(
-    session: AsyncSession,
-    event: InboundEvent,
-    *,
-    contact_id: int | None,
-    ticket_id: int | None,
-    sender: str,
-) -> TimelineEvent:
-    row = TimelineEvent(
-        channel=event.channel,
-        external_id=event.external_id,
-        kind=event.kind,
-        direction=event.direction,
-        contact_id=contact_id,
-        ticket_id=ticket_id,
-        sender=sender,
-        recipient=event.recipient,
-        subject=event.subject,
-        body=event.text,
-        html=event.html,
-        attachments=[
-            {"filename": a.filename, "content_type": a.content_type, "size": a.size, "url": a.url}
-            for a in event.attachments
-        ],
-        occurred_at=event.occurred_at,
-        journal_id=event.journal_id,
-    )
-    session.add(row)
-    await session.flush()
-    return row
 
 
 async def recent_events(
@@ -255,11 +132,218 @@ async def recent_events(
     return list((await session.execute(query)).scalars())
 
 
-async def store_pop(session: AsyncSession, agent_id: int, payload: dict[str, object]) -> int:
-    pop = ScreenPop(agent_id=agent_id, payload=payload, created_at=utcnow())
-    session.add(pop)
+async def recent_events_of(
+    session: AsyncSession, contact_ids: Collection[int], *, limit: int
+) -> dict[int, list[TimelineEvent]]:
+    """The newest `limit` events of each contact, newest first, in one query."""
+    if not contact_ids:
+        return {}
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=TimelineEvent.contact_id,
+            order_by=(TimelineEvent.occurred_at.desc(), TimelineEvent.id.desc()),
+        )
+        .label("rank")
+    )
+    ranked = select(TimelineEvent, rank).where(TimelineEvent.contact_id.in_(contact_ids)).subquery()
+    event = aliased(TimelineEvent, ranked)
+    query = select(event).where(ranked.c.rank <= limit).order_by(ranked.c.rank)
+    recent: dict[int, list[TimelineEvent]] = defaultdict(list)
+    for row in (await session.execute(query)).scalars():
+        if row.contact_id is not None:
+            recent[row.contact_id].append(row)
+    return recent
+
+
+# --- contacts and identities ----------------------------------------------------------------
+
+
+async def contact_by_identity(session: AsyncSession, kind: str, value: str) -> Contact | None:
+    query = (
+        select(Contact)
+        .join(Identity, Identity.contact_id == Contact.id)
+        .where(Identity.kind == kind, Identity.value == value)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def contact_ids_by_identity(
+    session: AsyncSession, pairs: Collection[IdentityPair]
+) -> dict[IdentityPair, int]:
+    if not pairs:
+        return {}
+    query = select(Identity.kind, Identity.value, Identity.contact_id).where(
+        tuple_(Identity.kind, Identity.value).in_(list(pairs))
+    )
+    return {(kind, value): cid for kind, value, cid in await session.execute(query)}
+
+
+async def create_contact(
+    session: AsyncSession,
+    *,
+    name: str,
+    identities: Iterable[IdentityPair],
+    tags: Sequence[str] = (),
+    attributes: dict[str, Any] | None = None,
+) -> Contact:
+    (contact,) = await create_contacts(
+        session, [(name, list(identities))], tags=tags, attributes=attributes
+    )
+    return contact
+
+
+async def create_contacts(
+    session: AsyncSession,
+    contacts: Sequence[tuple[str, Sequence[IdentityPair]]],
+    *,
+    tags: Sequence[str] = (),
+    attributes: dict[str, Any] | None = None,
+) -> list[Contact]:
+    """New contacts `(name, identities)`, two statements however many there are."""
+    rows = [
+        Contact(name=name, tags=list(tags), attributes=dict(attributes or {}))
+        for name, _ in contacts
+    ]
+    session.add_all(rows)
     await session.flush()
-    return pop.id
+    session.add_all(
+        Identity(contact_id=row.id, kind=kind, value=value)
+        for row, (_, pairs) in zip(rows, contacts, strict=True)
+        for kind, value in pairs
+    )
+    await session.flush()
+    return rows
+
+
+async def lock_contacts(session: AsyncSession, contact_ids: Collection[int]) -> None:
+    """Serialise ticket choice per contact across processes (PostgreSQL row locks, id order).
+
+    SQLite has a single writer already, so it needs (and supports) no row locks.
+    """
+    if contact_ids and session.get_bind().dialect.name != "sqlite":
+        query = (
+            select(Contact.id)
+            .where(Contact.id.in_(contact_ids))
+            .order_by(Contact.id)
+            .with_for_update()
+        )
+        await session.execute(query)
+
+
+async def identities_of(session: AsyncSession, contact_ids: Collection[int]) -> list[Identity]:
+    query = select(Identity).where(Identity.contact_id.in_(contact_ids)).order_by(Identity.id)
+    return list((await session.execute(query)).scalars())
+
+
+# --- tickets --------------------------------------------------------------------------------
+
+
+async def tickets_by_number(session: AsyncSession, numbers: Collection[int]) -> dict[int, Ticket]:
+    if not numbers:
+        return {}
+    query = select(Ticket).where(Ticket.number.in_(numbers))
+    return {t.number: t for t in (await session.execute(query)).scalars() if t.number}
+
+
+async def tickets_by_reference(
+    session: AsyncSession, references: Collection[EventKey]
+) -> dict[EventKey, Ticket]:
+    """The ticket of each stored event named by `(channel, external_id)` (e.g. Message-IDs)."""
+    if not references:
+        return {}
+    query = (
+        select(TimelineEvent.channel, TimelineEvent.external_id, Ticket)
+        .join(Ticket, TimelineEvent.ticket_id == Ticket.id)
+        .where(tuple_(TimelineEvent.channel, TimelineEvent.external_id).in_(list(references)))
+    )
+    return {(channel, ref): ticket for channel, ref, ticket in await session.execute(query)}
+
+
+async def open_ticket_by_contact(
+    session: AsyncSession, contact_ids: Collection[int]
+) -> dict[int, Ticket]:
+    """Each contact's newest open (new, open or pending) ticket."""
+    tickets = await open_tickets_of(session, contact_ids)
+    return {contact_id: found[0] for contact_id, found in tickets.items()}
+
+
+async def open_tickets_of(
+    session: AsyncSession, contact_ids: Collection[int]
+) -> dict[int, list[Ticket]]:
+    """Open tickets per contact, newest first."""
+    if not contact_ids:
+        return {}
+    query = (
+        select(Ticket)
+        .where(Ticket.contact_id.in_(contact_ids), Ticket.status.in_(OPEN_STATUSES))
+        .order_by(Ticket.id.desc())
+    )
+    grouped: dict[int, list[Ticket]] = defaultdict(list)
+    for ticket in (await session.execute(query)).scalars():
+        if ticket.contact_id is not None:
+            grouped[ticket.contact_id].append(ticket)
+    return grouped
+
+
+async def last_resolved_ticket_by_contact(
+    session: AsyncSession, contact_ids: Collection[int]
+) -> dict[int, Ticket]:
+    """Each contact's most recently resolved or closed ticket."""
+    if not contact_ids:
+        return {}
+    newest = (
+        select(Ticket.contact_id, func.max(Ticket.resolved_at).label("resolved_at"))
+        .where(
+            Ticket.contact_id.in_(contact_ids),
+            Ticket.status.in_((TicketStatus.RESOLVED, TicketStatus.CLOSED)),
+        )
+        .group_by(Ticket.contact_id)
+        .subquery()
+    )
+    query = (
+        select(Ticket)
+        .join(
+            newest,
+            and_(
+                Ticket.contact_id == newest.c.contact_id, Ticket.resolved_at == newest.c.resolved_at
+            ),
+        )
+        .where(Ticket.status.in_((TicketStatus.RESOLVED, TicketStatus.CLOSED)))
+        .order_by(Ticket.id)
+    )
+    return {t.contact_id: t for t in (await session.execute(query)).scalars() if t.contact_id}
+
+
+async def add_tickets(session: AsyncSession, tickets: Sequence[Ticket]) -> None:
+    """Insert new tickets (one statement) and give each its human number."""
+    session.add_all(tickets)
+    await session.flush()
+    for ticket in tickets:
+        ticket.number = ticket.id + TICKET_NUMBER_OFFSET
+
+
+def reopen(ticket: Ticket, now: datetime) -> int | None:
+    """Back to waiting, unassigned; returns who held it, who may be preferred when routing.
+
+    The assignee is released rather than kept, since keeping it could put that agent over
+    capacity without anybody deciding so.
+    """
+    previous = ticket.assignee_id
+    ticket.status = TicketStatus.NEW
+    ticket.resolved_at = None
+    ticket.assignee_id = None
+    ticket.assigned_at = None
+    ticket.updated_at = now
+    return previous
+
+
+# --- screen-pops ----------------------------------------------------------------------------
+
+
+async def add_pops(session: AsyncSession, pops: Sequence[ScreenPop]) -> None:
+    session.add_all(pops)
+    await session.flush()
 
 
 async def pops_after(session: AsyncSession, agent_id: int, after_id: int) -> list[ScreenPop]:

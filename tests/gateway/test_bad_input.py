@@ -163,7 +163,7 @@ async def test_a_failure_after_journaling_keeps_the_payload_as_failed(
     async def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("simulated crash while appending")
 
-    monkeypatch.setattr(store, "append_event", broken)
+    monkeypatch.setattr(store, "add_events", broken)
     response = await client.post("/api/v1/inbound", json=inbound("m1"), headers=bearer(agent))
 
     assert response.status == 500
