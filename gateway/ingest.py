@@ -209,7 +209,8 @@ class Ingestor:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 async with self._db.transaction() as session:
-                    return await _BatchWriter(session, self._settings).write(jobs)
+                    writer = _BatchWriter(session, self._settings)
+                    return await writer.write(jobs, recheck=attempt > 1)
             except Exception as error:
                 if _is_race(error) and attempt < _ATTEMPTS:
                     continue
@@ -252,21 +253,24 @@ class _BatchWriter:
         self.settings = settings
         self.now = utcnow()
 
-    async def write(self, jobs: list[_Job]) -> _Stored:
-        jobs, results = await self._drop_stored_meanwhile(jobs)
+    async def write(self, jobs: list[_Job], *, recheck: bool) -> _Stored:
+        """`recheck` after a lost race: another process may have stored some of the events."""
+        results: dict[_Job, IngestResult] = {}
+        if recheck:
+            jobs, results = await self._drop_stored_meanwhile(jobs)
         contact_of = await self._identify(jobs)
         ticket_of, waiting = await self._choose_tickets(jobs, contact_of)
-        events = await self._append(jobs, contact_of, ticket_of)
+        event_ids = await self._append(jobs, contact_of, ticket_of)
         assigned = await assign_tickets(self.session, waiting, self.now)
         pops = await self._pops(jobs, contact_of, ticket_of, assigned)
         await store.mark_journal_accepted(
             self.session,
-            [(j.journal_id, e.id) for j, e in zip(jobs, events, strict=True) if j.journal_id],
+            [(j.journal_id, e) for j, e in zip(jobs, event_ids, strict=True) if j.journal_id],
         )
-        for job, event in zip(jobs, events, strict=True):
+        for job, event_id in zip(jobs, event_ids, strict=True):
             ticket = ticket_of[job]
             results[job] = IngestResult(
-                event_id=event.id,
+                event_id=event_id,
                 contact_id=contact_of.get(job),
                 ticket_id=ticket.id,
                 ticket_number=ticket.number,
@@ -278,7 +282,6 @@ class _BatchWriter:
     async def _drop_stored_meanwhile(
         self, jobs: list[_Job]
     ) -> tuple[list[_Job], dict[_Job, IngestResult]]:
-        """Another process may have stored the same event since we journaled it."""
         stored = await store.events_by_key(self.session, [j.key for j in jobs])
         if not stored:
             return jobs, {}
@@ -380,13 +383,14 @@ class _BatchWriter:
 
     async def _append(
         self, jobs: list[_Job], contact_of: dict[_Job, int], ticket_of: dict[_Job, Ticket]
-    ) -> list[TimelineEvent]:
-        events = [
-            _timeline_event(job.event, job.journal_id, contact_of.get(job), ticket_of[job].id)
-            for job in jobs
-        ]
-        await store.add_events(self.session, events)
-        return events
+    ) -> list[int]:
+        return await store.add_events(
+            self.session,
+            [
+                _timeline_event(job.event, job.journal_id, contact_of.get(job), ticket_of[job].id)
+                for job in jobs
+            ],
+        )
 
     async def _pops(
         self,
@@ -429,26 +433,26 @@ def _state(ticket: Ticket | None) -> TicketState | None:
 
 def _timeline_event(
     event: InboundEvent, journal_id: int | None, contact_id: int | None, ticket_id: int
-) -> TimelineEvent:
-    return TimelineEvent(
-        channel=event.channel,
-        external_id=event.external_id,
-        kind=event.kind,
-        direction=event.direction,
-        contact_id=contact_id,
-        ticket_id=ticket_id,
-        sender=event.sender.raw,
-        recipient=event.recipient,
-        subject=event.subject,
-        body=event.text,
-        html=event.html,
-        attachments=[
+) -> store.Row:
+    return {
+        "channel": event.channel,
+        "external_id": event.external_id,
+        "kind": event.kind,
+        "direction": event.direction,
+        "contact_id": contact_id,
+        "ticket_id": ticket_id,
+        "sender": event.sender.raw,
+        "recipient": event.recipient,
+        "subject": event.subject,
+        "body": event.text,
+        "html": event.html,
+        "attachments": [
             {"filename": a.filename, "content_type": a.content_type, "size": a.size, "url": a.url}
             for a in event.attachments
         ],
-        occurred_at=event.occurred_at,
-        journal_id=journal_id,
-    )
+        "occurred_at": event.occurred_at,
+        "journal_id": journal_id,
+    }
 
 
 async def _previous_result(session: AsyncSession, event: TimelineEvent) -> IngestResult:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.bus import Bus, agent_topic
 from gateway.serialize import JSON, contact_json, event_preview, ticket_summary
 from timeline import store
-from timeline.models import Contact, Identity, ScreenPop, Ticket
+from timeline.models import Contact, Identity, Ticket
 
 RECENT_EVENTS_ON_CARD = 5
 OPEN_TICKETS_ON_CARD = 10
@@ -92,11 +92,14 @@ async def store_pops(session: AsyncSession, requests: Sequence[PopRequest]) -> l
     ]
     for payload in payloads:
         payload["contact"] = payload["contact"] or unknown_caller_card()
-    rows = [
-        ScreenPop(agent_id=r.agent_id, payload=p) for r, p in zip(requests, payloads, strict=True)
+    ids = await store.add_pops(
+        session,
+        [{"agent_id": r.agent_id, "payload": p} for r, p in zip(requests, payloads, strict=True)],
+    )
+    return [
+        StoredPop(r.agent_id, {**p, "id": pop_id})
+        for r, p, pop_id in zip(requests, payloads, ids, strict=True)
     ]
-    await store.add_pops(session, rows)
-    return [StoredPop(row.agent_id, {**row.payload, "id": row.id}) for row in rows]
 
 
 async def publish_pops(bus: Bus, pops: list[StoredPop]) -> None:

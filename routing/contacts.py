@@ -33,5 +33,5 @@ async def resolve_contacts(
     created = await store.create_contacts(
         session, [(name, [(i.kind, i.value)]) for i, name in missing.items()]
     )
-    contacts.update(zip(missing, (c.id for c in created), strict=True))
+    contacts.update(zip(missing, created, strict=True))
     return contacts

@@ -161,6 +161,15 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column()
 
 
+# Ticket numbers are what customers quote on the phone; they start above the ids of a fresh
+# database so they look like ticket numbers from day one.
+TICKET_NUMBER_OFFSET = 10_000
+
+
+def _ticket_number(context: Any) -> int:
+    return int(context.get_current_parameters()["id"]) + TICKET_NUMBER_OFFSET
+
+
 class Ticket(Base):
     __tablename__ = "tickets"
     __table_args__ = (
@@ -169,7 +178,8 @@ class Ticket(Base):
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    number: Mapped[int | None] = mapped_column(Id, unique=True)
+    # Derived from the id, which `timeline.store.insert` assigns before the INSERT.
+    number: Mapped[int | None] = mapped_column(Id, unique=True, default=_ticket_number)
     contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
     status: Mapped[str] = mapped_column(String(16), default=TicketStatus.NEW)
     priority: Mapped[str] = mapped_column(String(16), default="normal")
