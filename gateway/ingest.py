@@ -38,6 +38,7 @@ from timeline.models import (
     Ticket,
     TicketStatus,
     TimelineEvent,
+    ticket_number,
     utcnow,
 )
 
@@ -245,6 +246,25 @@ class Ingestor:
         job.fail(IngestError(job.journal_id))
 
 
+@dataclass(eq=False)
+class NewTicket:
+    """A ticket this batch opens: a plain record, cheaper than an ORM object per ticket."""
+
+    contact_id: int | None
+    channel: str
+    subject: str | None
+    linked_ticket_id: int | None
+    queue: str = "default"
+    id: int = 0
+    number: int = 0
+    status: str = TicketStatus.NEW
+    assignee_id: int | None = None
+    resolved_at: None = None
+
+
+AnyTicket = Ticket | NewTicket
+
+
 class _BatchWriter:
     """One batch inside one transaction, step by step as DESIGN.md lists them."""
 
@@ -262,6 +282,9 @@ class _BatchWriter:
         ticket_of, waiting = await self._choose_tickets(jobs, contact_of)
         event_ids = await self._append(jobs, contact_of, ticket_of)
         assigned = await assign_tickets(self.session, waiting, self.now)
+        for ticket in set(ticket_of.values()):
+            if isinstance(ticket, NewTicket) and ticket.id in assigned:
+                ticket.assignee_id, ticket.status = assigned[ticket.id], TicketStatus.OPEN
         pops = await self._pops(jobs, contact_of, ticket_of, assigned)
         await store.mark_journal_accepted(
             self.session,
@@ -306,7 +329,7 @@ class _BatchWriter:
 
     async def _choose_tickets(
         self, jobs: list[_Job], contact_of: dict[_Job, int]
-    ) -> tuple[dict[_Job, Ticket], list[AssignmentRequest]]:
+    ) -> tuple[dict[_Job, AnyTicket], list[AssignmentRequest]]:
         """Each event's ticket, in arrival order, as if the events came one at a time."""
         session, contact_ids = self.session, set(contact_of.values())
         by_number = await store.tickets_by_number(
@@ -315,11 +338,15 @@ class _BatchWriter:
         by_reference = await store.tickets_by_reference(
             session, {(j.event.channel, ref) for j in jobs for ref in j.event.thread.references}
         )
-        open_of = await store.open_ticket_by_contact(session, contact_ids)
-        resolved_of = await store.last_resolved_ticket_by_contact(session, contact_ids)
-        ticket_of: dict[_Job, Ticket] = {}
-        new_tickets: list[Ticket] = []
-        preferred: dict[Ticket, int | None] = {}
+        open_of: dict[int, AnyTicket] = dict(
+            await store.open_ticket_by_contact(session, contact_ids)
+        )
+        resolved_of = await store.last_resolved_ticket_by_contact(
+            session, contact_ids - set(open_of)
+        )
+        ticket_of: dict[_Job, AnyTicket] = {}
+        new_tickets: list[NewTicket] = []
+        preferred: dict[AnyTicket, int | None] = {}
         for job in jobs:
             contact_id = contact_of.get(job)
             hinted = _hinted(job.event, by_number, by_reference)
@@ -330,14 +357,15 @@ class _BatchWriter:
                 job.event, contact_id, hinted, open_ticket, last_resolved
             )
             ticket_of[job] = ticket
-            if action is TicketAction.NEW:
+            if isinstance(ticket, NewTicket) and action is TicketAction.NEW:
                 new_tickets.append(ticket)
             if action is not TicketAction.APPEND:
                 preferred[ticket] = previous
             if contact_id is not None:
                 open_of[contact_id] = ticket
-            ticket.updated_at = self.now
-        await store.add_tickets(session, new_tickets)
+            if isinstance(ticket, Ticket):
+                ticket.updated_at = self.now
+        await self._insert_tickets(new_tickets)
         waiting = [
             AssignmentRequest(t.id, t.channel, preferred=p)
             for t, p in preferred.items()
@@ -350,9 +378,9 @@ class _BatchWriter:
         event: InboundEvent,
         contact_id: int | None,
         hinted: Ticket | None,
-        open_ticket: Ticket | None,
+        open_ticket: AnyTicket | None,
         last_resolved: Ticket | None,
-    ) -> tuple[Ticket, TicketAction, int | None]:
+    ) -> tuple[AnyTicket, TicketAction, int | None]:
         # Tickets created earlier in this batch have no id yet; the policy only needs a handle.
         candidates = {id(t): t for t in (hinted, open_ticket, last_resolved) if t is not None}
         choice = choose_ticket(
@@ -364,25 +392,41 @@ class _BatchWriter:
         )
         if choice.action is TicketAction.NEW:
             linked = candidates[choice.linked_ticket_id] if choice.linked_ticket_id else None
-            ticket = Ticket(
+            ticket = NewTicket(
                 contact_id=contact_id,
                 channel=event.channel,
                 subject=event.subject,
-                queue="default",
                 linked_ticket_id=linked.id if linked else None,
-                status=TicketStatus.NEW,
-                priority="normal",
-                created_at=self.now,
             )
             return ticket, choice.action, None
         assert choice.ticket_id is not None
-        ticket = candidates[choice.ticket_id]
-        if choice.action is TicketAction.REOPEN:
-            return ticket, choice.action, store.reopen(ticket, self.now)
-        return ticket, choice.action, None
+        chosen = candidates[choice.ticket_id]
+        if choice.action is TicketAction.REOPEN and isinstance(chosen, Ticket):
+            return chosen, choice.action, store.reopen(chosen, self.now)
+        return chosen, choice.action, None
+
+    async def _insert_tickets(self, tickets: list[NewTicket]) -> None:
+        ids = await store.insert_rows(
+            self.session,
+            Ticket,
+            [
+                {
+                    "contact_id": t.contact_id,
+                    "channel": t.channel,
+                    "subject": t.subject,
+                    "queue": t.queue,
+                    "linked_ticket_id": t.linked_ticket_id,
+                    "created_at": self.now,
+                    "updated_at": self.now,
+                }
+                for t in tickets
+            ],
+        )
+        for ticket, ticket_id in zip(tickets, ids, strict=True):
+            ticket.id, ticket.number = ticket_id, ticket_number(ticket_id)
 
     async def _append(
-        self, jobs: list[_Job], contact_of: dict[_Job, int], ticket_of: dict[_Job, Ticket]
+        self, jobs: list[_Job], contact_of: dict[_Job, int], ticket_of: dict[_Job, AnyTicket]
     ) -> list[int]:
         return await store.add_events(
             self.session,
@@ -396,7 +440,7 @@ class _BatchWriter:
         self,
         jobs: list[_Job],
         contact_of: dict[_Job, int],
-        ticket_of: dict[_Job, Ticket],
+        ticket_of: dict[_Job, AnyTicket],
         assigned: dict[int, int],
     ) -> list[StoredPop]:
         """One pop per ticket and batch: to whoever holds the ticket now."""
@@ -425,7 +469,7 @@ def _hinted(
     return None
 
 
-def _state(ticket: Ticket | None) -> TicketState | None:
+def _state(ticket: AnyTicket | None) -> TicketState | None:
     if ticket is None:
         return None
     return TicketState(id(ticket), ticket.status, ticket.resolved_at)

@@ -14,9 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.bus import Bus, agent_topic
-from gateway.serialize import JSON, contact_json, event_preview, ticket_summary
+from gateway.serialize import JSON, TicketLike, contact_json, event_preview, ticket_summary
 from timeline import store
-from timeline.models import Contact, Identity, Ticket
+from timeline.models import Contact, Identity
 
 RECENT_EVENTS_ON_CARD = 5
 OPEN_TICKETS_ON_CARD = 10
@@ -34,7 +34,7 @@ class PopRequest:
     reason: str
     channel: str
     contact_id: int | None
-    ticket: Ticket | None
+    ticket: TicketLike | None
     call: JSON | None = None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from timeline.models import Agent, Contact, Identity, Ticket, TimelineEvent
 
@@ -31,7 +31,20 @@ def contact_json(contact: Contact, identities: Sequence[Identity]) -> JSON:
     }
 
 
-def ticket_summary(ticket: Ticket) -> JSON:
+class TicketLike(Protocol):
+    """What a ticket summary needs: a stored `Ticket` or one the ingest batch just opened."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def number(self) -> int | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def subject(self) -> str | None: ...
+
+
+def ticket_summary(ticket: TicketLike) -> JSON:
     return {
         "id": ticket.id,
         "number": ticket.number,

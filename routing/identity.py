@@ -6,6 +6,7 @@ The same person must be found whether a PBX sends `+49 30 5557 1600`, `004930555
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from email.utils import parseaddr
@@ -53,6 +54,7 @@ class IdentityKey:
     value: str
 
 
+@functools.lru_cache(maxsize=65_536)  # pure, and parsing numbers is the costly part of ingest
 def normalise(kind: str, raw: str, region: str) -> IdentityKey | None:
     """The identity for a raw value of a known kind, or None when it identifies nobody.
 

@@ -166,8 +166,12 @@ class ApiToken(Base):
 TICKET_NUMBER_OFFSET = 10_000
 
 
+def ticket_number(ticket_id: int) -> int:
+    return ticket_id + TICKET_NUMBER_OFFSET
+
+
 def _ticket_number(context: Any) -> int:
-    return int(context.get_current_parameters()["id"]) + TICKET_NUMBER_OFFSET
+    return ticket_number(int(context.get_current_parameters()["id"]))
 
 
 class Ticket(Base):
