@@ -163,6 +163,10 @@ class Ingestor:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._process(batch)
+            except asyncio.CancelledError:
+                for job in batch:
+                    job.fail(RuntimeError("the gateway is shutting down"))
+                raise
             except Exception:  # the database is unreachable: answer everyone, never hang
                 log.exception("ingest batch of %d events failed", len(batch))
                 for job in batch:
