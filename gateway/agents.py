@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from gateway.auth import hash_password, issue_token
 from gateway.errors import ApiError
@@ -47,7 +47,7 @@ def validate(new: NewAgent) -> NewAgent:
     )
 
 
-async def create_agent(session: AsyncSession, new: NewAgent) -> tuple[Agent, str]:
+def create_agent(session: Session, new: NewAgent) -> tuple[Agent, str]:
     """The stored agent and its first API token (shown once, stored hashed)."""
     new = validate(new)
     agent = Agent(
@@ -62,15 +62,15 @@ async def create_agent(session: AsyncSession, new: NewAgent) -> tuple[Agent, str
     )
     session.add(agent)
     try:
-        await session.flush()
+        session.flush()
     except IntegrityError:
         raise ApiError(409, "agent_exists", f"An agent with e-mail {new.email} exists.") from None
-    return agent, await issue_token(session, agent.id)
+    return agent, issue_token(session, agent.id)
 
 
-async def set_presence(session: AsyncSession, agent_id: int, presence: Presence) -> Agent | None:
+def set_presence(session: Session, agent_id: int, presence: Presence) -> Agent | None:
     agent = (
-        await session.execute(select(Agent).where(Agent.id == agent_id).with_for_update())
+        session.execute(select(Agent).where(Agent.id == agent_id).with_for_update())
     ).scalar_one_or_none()
     if agent is not None and agent.presence != presence:
         agent.presence = presence

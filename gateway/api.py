@@ -143,14 +143,14 @@ async def create_contact(request: web.Request) -> web.Response:
         raise bad_request("invalid_payload", "Field 'attributes' must be an object.")
     try:
         async with request.app[DATABASE].transaction() as session:
-            contact = await store.create_contact(
-                session,
+            contact = await session.run_sync(
+                store.create_contact,
                 name=name.strip()[:200],
                 identities=identities,
                 tags=tags,
                 attributes=attributes,
             )
-            stored = await store.identities_of(session, [contact.id])
+            stored = await session.run_sync(store.identities_of, [contact.id])
     except IntegrityError:
         raise ApiError(
             409, "identity_taken", "One of the identities already belongs to another contact."
@@ -191,10 +191,10 @@ async def find_contacts(request: web.Request) -> web.Response:
     if key is None:
         return web.json_response({"contacts": []})
     async with request.app[DATABASE].reading() as session:
-        contact = await store.contact_by_identity(session, key.kind, key.value)
+        contact = await session.run_sync(store.contact_by_identity, key.kind, key.value)
         if contact is None:
             return web.json_response({"contacts": []})
-        identities = await store.identities_of(session, [contact.id])
+        identities = await session.run_sync(store.identities_of, [contact.id])
     return web.json_response({"contacts": [contact_json(contact, identities)]})
 
 
@@ -205,8 +205,8 @@ async def get_contact(request: web.Request) -> web.Response:
         contact = await session.get(Contact, path_id(request))
         if contact is None:
             raise not_found("contact")
-        identities = await store.identities_of(session, [contact.id])
-        open_tickets = await store.open_tickets_of(session, [contact.id])
+        identities = await session.run_sync(store.identities_of, [contact.id])
+        open_tickets = await session.run_sync(store.open_tickets_of, [contact.id])
     body = contact_json(contact, identities)
     body["open_tickets"] = [ticket_json(t) for t in open_tickets.get(contact.id, [])]
     return web.json_response(body)
@@ -221,7 +221,9 @@ async def contact_timeline(request: web.Request) -> web.Response:
         contact = await session.get(Contact, path_id(request))
         if contact is None:
             raise not_found("contact")
-        events = await store.recent_events(session, contact.id, limit=limit + 1, before_id=before)
+        events = await session.run_sync(
+            store.recent_events, contact.id, limit=limit + 1, before_id=before
+        )
     more = len(events) > limit
     events = events[:limit]
     return web.json_response(
@@ -341,7 +343,7 @@ async def _set_status(session: AsyncSession, ticket: Ticket, status: str, now: d
     ticket.resolved_at = None
     if reopening and ticket.assignee_id is not None:
         holder, ticket.assignee_id = ticket.assignee_id, None
-        load = await agent_load(session, holder)
+        load = await session.run_sync(agent_load, holder)
         if load is not None and load.capacity.allows(load.load, ticket.channel):
             ticket.assignee_id = holder
 
@@ -350,7 +352,7 @@ async def _assign_manually(
     session: AsyncSession, ticket: Ticket, agent_id: int, now: datetime
 ) -> None:
     """An explicit assignment still respects the agent's capacity (checked under its lock)."""
-    load = await agent_load(session, agent_id)
+    load = await session.run_sync(agent_load, agent_id)
     if load is None:
         raise bad_request("invalid_assignee", f"There is no agent {agent_id}.")
     if ticket.status in OPEN_STATUSES and not load.capacity.allows(load.load, ticket.channel):
@@ -372,7 +374,7 @@ async def create_agent(request: web.Request) -> web.Response:
     data = await read_json_object(request)
     new = _new_agent(data)
     async with request.app[DATABASE].transaction() as session:
-        agent, token = await agents.create_agent(session, new)
+        agent, token = await session.run_sync(agents.create_agent, new)
     return web.json_response({**agent_json(agent), "token": token}, status=201)
 
 
@@ -430,7 +432,7 @@ async def patch_agent(request: web.Request) -> web.Response:
         raise bad_request("invalid_payload", "Only 'presence' can be changed here.")
     presence = agents.parse_presence(data["presence"])
     async with request.app[DATABASE].transaction() as session:
-        agent = await agents.set_presence(session, agent_id, presence)
+        agent = await session.run_sync(agents.set_presence, agent_id, presence)
         if agent is None:
             raise not_found("agent")
     if agent.presence == "available":

@@ -15,6 +15,7 @@ from aiohttp import web
 from argon2 import PasswordHasher
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from gateway.errors import ApiError
 from timeline.models import Agent, ApiToken, Role
@@ -49,20 +50,20 @@ class Principal:
             raise ApiError(403, "forbidden", f"This needs the role {allowed}.")
 
 
-async def issue_token(session: AsyncSession, agent_id: int) -> str:
+def issue_token(session: Session, agent_id: int) -> str:
     token = new_token()
     session.add(ApiToken(agent_id=agent_id, token_hash=hash_token(token)))
-    await session.flush()
+    session.flush()
     return token
 
 
-async def principal_for(session: AsyncSession, token: str) -> Principal | None:
+def principal_for(session: Session, token: str) -> Principal | None:
     query = (
         select(Agent.id, Agent.name, Agent.role)
         .join(ApiToken, ApiToken.agent_id == Agent.id)
         .where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
     )
-    row = (await session.execute(query)).one_or_none()
+    row = session.execute(query).one_or_none()
     return Principal(*row) if row else None
 
 
@@ -94,7 +95,7 @@ class TokenCache:
         if cached is not None and cached[1] > now:
             return cached[0]
         async with self._sessions() as session:
-            principal = await principal_for(session, token)
+            principal = await session.run_sync(principal_for, token)
         if principal is None:
             self._known.pop(key, None)
             return None

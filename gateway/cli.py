@@ -117,7 +117,7 @@ async def _agent_add(settings: Settings, args: argparse.Namespace) -> int:
     try:
         await database.upgrade()
         async with database.transaction() as session:
-            agent, token = await create_agent(session, new)
+            agent, token = await session.run_sync(create_agent, new)
     except ApiError as error:
         print(f"switchboard: {error.detail}", file=sys.stderr)
         return 1

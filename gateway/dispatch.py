@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from gateway.bus import SUPERVISORS_TOPIC, Bus
 from gateway.pops import PopRequest, StoredPop, publish_pops, store_pops
@@ -22,8 +23,8 @@ class Dispatcher:
     async def offer_waiting(self, agent_id: int) -> list[int]:
         """Give the agent the oldest waiting tickets it has room for; returns their ids."""
         async with self._db.transaction() as session:
-            ticket_ids = await fill_agent(session, agent_id, utcnow())
-            pops = await _assigned_pops(session, agent_id, ticket_ids)
+            ticket_ids = await session.run_sync(fill_agent, agent_id, utcnow())
+            pops = await session.run_sync(assigned_pops, agent_id, ticket_ids)
         await self._announce(pops)
         return ticket_ids
 
@@ -34,8 +35,8 @@ class Dispatcher:
             if ticket is None or ticket.assignee_id is not None:
                 return None
             request = AssignmentRequest(ticket_id, ticket.channel, excluded=excluded)
-            agent_id = await assign_ticket(session, request, utcnow())
-            pops = await _assigned_pops(session, agent_id, [ticket_id]) if agent_id else []
+            agent_id = await session.run_sync(assign_ticket, request, utcnow())
+            pops = await session.run_sync(assigned_pops, agent_id, [ticket_id]) if agent_id else []
         await self._announce(pops)
         return agent_id
 
@@ -43,7 +44,7 @@ class Dispatcher:
         self, session: AsyncSession, agent_id: int, ticket_id: int
     ) -> StoredPop:
         """Store the pop for a manual assignment; the caller publishes it after its commit."""
-        (pop,) = await _assigned_pops(session, agent_id, [ticket_id])
+        (pop,) = await session.run_sync(assigned_pops, agent_id, [ticket_id])
         return pop
 
     async def publish(self, pops: list[StoredPop]) -> None:
@@ -64,14 +65,13 @@ class Dispatcher:
             )
 
 
-async def _assigned_pops(
-    session: AsyncSession, agent_id: int, ticket_ids: Sequence[int]
-) -> list[StoredPop]:
+def assigned_pops(session: Session, agent_id: int, ticket_ids: Sequence[int]) -> list[StoredPop]:
+    """Store the pops telling an agent it now holds these tickets."""
     if not ticket_ids:
         return []
     query = select(Ticket).where(Ticket.id.in_(ticket_ids)).order_by(Ticket.id)
-    tickets = list((await session.execute(query)).scalars())
-    return await store_pops(
+    tickets = list(session.execute(query).scalars())
+    return store_pops(
         session,
         [PopRequest(agent_id, "assigned", t.channel, t.contact_id, t) for t in tickets],
     )

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from gateway.bus import SUPERVISORS_TOPIC, Bus
 from gateway.pops import PopRequest, StoredPop, publish_pops, store_pops
@@ -147,14 +147,13 @@ class Ingestor:
         self, *, channel: str, payload: bytes, content_type: str | None, reason: str
     ) -> int:
         """Keep an authentic but malformed payload, with why it was refused."""
-        async with self._db.transaction() as session:
-            (journal_id,) = await store.journal(
-                session,
-                [(channel, payload, content_type)],
-                status=JournalStatus.REJECTED,
-                reason=reason,
-            )
-            return journal_id
+        (journal_id,) = await self._db.run(
+            store.journal,
+            [(channel, payload, content_type)],
+            status=JournalStatus.REJECTED,
+            reason=reason,
+        )
+        return journal_id
 
     async def _write_batches(self) -> None:
         while True:
@@ -193,15 +192,7 @@ class Ingestor:
                 leaders[job.key].copies.append(job)
             else:
                 leaders[job.key] = job
-        async with self._db.transaction() as session:
-            stored = await store.events_by_key(session, leaders.keys())
-            fresh = [job for key, job in leaders.items() if key not in stored]
-            journal_ids = await store.journal(
-                session, [(j.event.channel, j.payload, j.content_type) for j in fresh]
-            )
-            retries = {
-                leaders[key]: await _previous_result(session, e) for key, e in stored.items()
-            }
+        fresh, journal_ids, retries = await self._db.run(_journal_new, leaders)
         for job, journal_id in zip(fresh, journal_ids, strict=True):
             job.journal_id = journal_id
         for job, result in retries.items():
@@ -213,9 +204,7 @@ class Ingestor:
             return _Stored({}, [], [])
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                async with self._db.transaction() as session:
-                    writer = _BatchWriter(session, self._settings)
-                    return await writer.write(jobs, recheck=attempt > 1)
+                return await self._db.run(_write_batch, self._settings, jobs, attempt > 1)
             except Exception as error:
                 if _is_race(error) and attempt < _ATTEMPTS:
                     continue
@@ -240,14 +229,30 @@ class Ingestor:
             exc_info=error,
         )  # fmt: skip
         if job.journal_id is not None:
-            async with self._db.transaction() as session:
-                await store.mark_journal(
-                    session,
-                    job.journal_id,
-                    JournalStatus.FAILED,
-                    reason=f"{type(error).__name__}: {error}",
-                )
+            await self._db.run(
+                store.mark_journal,
+                job.journal_id,
+                JournalStatus.FAILED,
+                reason=f"{type(error).__name__}: {error}",
+            )
         job.fail(IngestError(job.journal_id))
+
+
+def _journal_new(
+    session: Session, leaders: dict[store.EventKey, _Job]
+) -> tuple[list[_Job], list[int], dict[_Job, IngestResult]]:
+    """Journal the payloads of events not stored before; the retries' earlier results."""
+    stored = store.events_by_key(session, leaders.keys())
+    fresh = [job for key, job in leaders.items() if key not in stored]
+    journal_ids = store.journal(
+        session, [(j.event.channel, j.payload, j.content_type) for j in fresh]
+    )
+    retries = {leaders[key]: _previous_result(session, e) for key, e in stored.items()}
+    return fresh, journal_ids, retries
+
+
+def _write_batch(session: Session, settings: Settings, jobs: list[_Job], recheck: bool) -> _Stored:
+    return _BatchWriter(session, settings).write(jobs, recheck=recheck)
 
 
 @dataclass(eq=False)
@@ -272,25 +277,25 @@ AnyTicket = Ticket | NewTicket
 class _BatchWriter:
     """One batch inside one transaction, step by step as DESIGN.md lists them."""
 
-    def __init__(self, session: AsyncSession, settings: Settings) -> None:
+    def __init__(self, session: Session, settings: Settings) -> None:
         self.session = session
         self.settings = settings
         self.now = utcnow()
 
-    async def write(self, jobs: list[_Job], *, recheck: bool) -> _Stored:
+    def write(self, jobs: list[_Job], *, recheck: bool) -> _Stored:
         """`recheck` after a lost race: another process may have stored some of the events."""
         results: dict[_Job, IngestResult] = {}
         if recheck:
-            jobs, results = await self._drop_stored_meanwhile(jobs)
-        contact_of = await self._identify(jobs)
-        ticket_of, waiting = await self._choose_tickets(jobs, contact_of)
-        event_ids = await self._append(jobs, contact_of, ticket_of)
-        assigned = await assign_tickets(self.session, waiting, self.now)
+            jobs, results = self._drop_stored_meanwhile(jobs)
+        contact_of = self._identify(jobs)
+        ticket_of, waiting = self._choose_tickets(jobs, contact_of)
+        event_ids = self._append(jobs, contact_of, ticket_of)
+        assigned = assign_tickets(self.session, waiting, self.now)
         for ticket in set(ticket_of.values()):
             if isinstance(ticket, NewTicket) and ticket.id in assigned:
                 ticket.assignee_id, ticket.status = assigned[ticket.id], TicketStatus.OPEN
-        pops = await self._pops(jobs, contact_of, ticket_of, assigned)
-        await store.mark_journal_accepted(
+        pops = self._pops(jobs, contact_of, ticket_of, assigned)
+        store.mark_journal_accepted(
             self.session,
             [(j.journal_id, e) for j, e in zip(jobs, event_ids, strict=True) if j.journal_id],
         )
@@ -306,48 +311,44 @@ class _BatchWriter:
         routed = [(w.ticket_id, assigned.get(w.ticket_id)) for w in waiting]
         return _Stored(results, pops, routed)
 
-    async def _drop_stored_meanwhile(
+    def _drop_stored_meanwhile(
         self, jobs: list[_Job]
     ) -> tuple[list[_Job], dict[_Job, IngestResult]]:
-        stored = await store.events_by_key(self.session, [j.key for j in jobs])
+        stored = store.events_by_key(self.session, [j.key for j in jobs])
         if not stored:
             return jobs, {}
         results = {
-            j: await _previous_result(self.session, stored[j.key]) for j in jobs if j.key in stored
+            j: _previous_result(self.session, stored[j.key]) for j in jobs if j.key in stored
         }
-        await store.forget_journal(self.session, [j.journal_id for j in results if j.journal_id])
+        store.forget_journal(self.session, [j.journal_id for j in results if j.journal_id])
         return [j for j in jobs if j.key not in stored], results
 
-    async def _identify(self, jobs: list[_Job]) -> dict[_Job, int]:
+    def _identify(self, jobs: list[_Job]) -> dict[_Job, int]:
         region = self.settings.default_region
         identities: dict[_Job, IdentityKey] = {}
         for job in jobs:
             identity = identity_of(job.event.sender, region)
             if identity is not None:
                 identities[job] = identity
-        contacts = await resolve_contacts(
+        contacts = resolve_contacts(
             self.session, [(i, job.event.sender.name) for job, i in identities.items()]
         )
-        await store.lock_contacts(self.session, set(contacts.values()))
+        store.lock_contacts(self.session, set(contacts.values()))
         return {job: contacts[identity] for job, identity in identities.items()}
 
-    async def _choose_tickets(
+    def _choose_tickets(
         self, jobs: list[_Job], contact_of: dict[_Job, int]
     ) -> tuple[dict[_Job, AnyTicket], list[AssignmentRequest]]:
         """Each event's ticket, in arrival order, as if the events came one at a time."""
         session, contact_ids = self.session, set(contact_of.values())
-        by_number = await store.tickets_by_number(
+        by_number = store.tickets_by_number(
             session, {n for j in jobs if (n := j.event.thread.ticket_number) is not None}
         )
-        by_reference = await store.tickets_by_reference(
+        by_reference = store.tickets_by_reference(
             session, {(j.event.channel, ref) for j in jobs for ref in j.event.thread.references}
         )
-        open_of: dict[int, AnyTicket] = dict(
-            await store.open_ticket_by_contact(session, contact_ids)
-        )
-        resolved_of = await store.last_resolved_ticket_by_contact(
-            session, contact_ids - set(open_of)
-        )
+        open_of: dict[int, AnyTicket] = dict(store.open_ticket_by_contact(session, contact_ids))
+        resolved_of = store.last_resolved_ticket_by_contact(session, contact_ids - set(open_of))
         ticket_of: dict[_Job, AnyTicket] = {}
         new_tickets: list[NewTicket] = []
         preferred: dict[AnyTicket, int | None] = {}
@@ -369,7 +370,7 @@ class _BatchWriter:
                 open_of[contact_id] = ticket
             if isinstance(ticket, Ticket):
                 ticket.updated_at = self.now
-        await self._insert_tickets(new_tickets)
+        self._insert_tickets(new_tickets)
         waiting = [
             AssignmentRequest(t.id, t.channel, preferred=p)
             for t, p in preferred.items()
@@ -409,8 +410,8 @@ class _BatchWriter:
             return chosen, choice.action, store.reopen(chosen, self.now)
         return chosen, choice.action, None
 
-    async def _insert_tickets(self, tickets: list[NewTicket]) -> None:
-        ids = await store.insert_rows(
+    def _insert_tickets(self, tickets: list[NewTicket]) -> None:
+        ids = store.insert_rows(
             self.session,
             Ticket,
             [
@@ -429,10 +430,10 @@ class _BatchWriter:
         for ticket, ticket_id in zip(tickets, ids, strict=True):
             ticket.id, ticket.number = ticket_id, ticket_number(ticket_id)
 
-    async def _append(
+    def _append(
         self, jobs: list[_Job], contact_of: dict[_Job, int], ticket_of: dict[_Job, AnyTicket]
     ) -> list[int]:
-        return await store.add_events(
+        return store.add_events(
             self.session,
             [
                 _timeline_event(job.event, job.journal_id, contact_of.get(job), ticket_of[job].id)
@@ -440,7 +441,7 @@ class _BatchWriter:
             ],
         )
 
-    async def _pops(
+    def _pops(
         self,
         jobs: list[_Job],
         contact_of: dict[_Job, int],
@@ -457,7 +458,7 @@ class _BatchWriter:
             requests[ticket.id] = PopRequest(
                 ticket.assignee_id, reason, job.event.channel, contact_of.get(job), ticket
             )
-        return await store_pops(self.session, list(requests.values()))
+        return store_pops(self.session, list(requests.values()))
 
 
 def _hinted(
@@ -503,8 +504,8 @@ def _timeline_event(
     }
 
 
-async def _previous_result(session: AsyncSession, event: TimelineEvent) -> IngestResult:
-    ticket = await session.get(Ticket, event.ticket_id) if event.ticket_id else None
+def _previous_result(session: Session, event: TimelineEvent) -> IngestResult:
+    ticket = session.get(Ticket, event.ticket_id) if event.ticket_id else None
     return IngestResult(
         event_id=event.id,
         contact_id=event.contact_id,

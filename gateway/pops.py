@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from gateway.bus import Bus, agent_topic
 from gateway.serialize import JSON, TicketLike, contact_json, event_preview, ticket_summary
@@ -38,19 +38,19 @@ class PopRequest:
     call: JSON | None = None
 
 
-async def contact_cards(session: AsyncSession, contact_ids: Collection[int]) -> dict[int, JSON]:
+def contact_cards(session: Session, contact_ids: Collection[int]) -> dict[int, JSON]:
     """Name, identities, tags, open tickets and the last interactions across every channel.
 
     Four queries for any number of contacts: pops are built for a whole batch at once.
     """
     if not contact_ids:
         return {}
-    contacts = (await session.execute(select(Contact).where(Contact.id.in_(contact_ids)))).scalars()
+    contacts = (session.execute(select(Contact).where(Contact.id.in_(contact_ids)))).scalars()
     identities: dict[int, list[Identity]] = defaultdict(list)
-    for identity in await store.identities_of(session, contact_ids):
+    for identity in store.identities_of(session, contact_ids):
         identities[identity.contact_id].append(identity)
-    open_tickets = await store.open_tickets_of(session, contact_ids)
-    recent = await store.recent_events_of(session, contact_ids, limit=RECENT_EVENTS_ON_CARD)
+    open_tickets = store.open_tickets_of(session, contact_ids)
+    recent = store.recent_events_of(session, contact_ids, limit=RECENT_EVENTS_ON_CARD)
     return {
         contact.id: {
             **contact_json(contact, identities[contact.id]),
@@ -74,11 +74,11 @@ def unknown_caller_card() -> JSON:
     }
 
 
-async def store_pops(session: AsyncSession, requests: Sequence[PopRequest]) -> list[StoredPop]:
+def store_pops(session: Session, requests: Sequence[PopRequest]) -> list[StoredPop]:
     """Build and keep the pops of `requests`; the caller publishes them after its commit."""
     if not requests:
         return []
-    cards = await contact_cards(session, {r.contact_id for r in requests if r.contact_id})
+    cards = contact_cards(session, {r.contact_id for r in requests if r.contact_id})
     payloads = [
         {
             "type": "screen_pop",
@@ -92,7 +92,7 @@ async def store_pops(session: AsyncSession, requests: Sequence[PopRequest]) -> l
     ]
     for payload in payloads:
         payload["contact"] = payload["contact"] or unknown_caller_card()
-    ids = await store.add_pops(
+    ids = store.add_pops(
         session,
         [{"agent_id": r.agent_id, "payload": p} for r, p in zip(requests, payloads, strict=True)],
     )

@@ -78,7 +78,7 @@ class AgentSession:
         async with self.app[DATABASE].reading() as session:
             agent = await session.get(Agent, self.principal.agent_id)
             after = agent.last_acked_pop_id if agent else 0
-            missed = await store.pops_after(session, self.principal.agent_id, after)
+            missed = await session.run_sync(store.pops_after, self.principal.agent_id, after)
         for pop in missed:
             self._replayed.add(pop.id)
             await self._send({**pop.payload, "id": pop.id, "replayed": True})
@@ -118,7 +118,7 @@ class AgentSession:
 
     async def _set_presence(self, presence: Presence) -> None:
         async with self.app[DATABASE].transaction() as session:
-            agent = await agents.set_presence(session, self.principal.agent_id, presence)
+            agent = await session.run_sync(agents.set_presence, self.principal.agent_id, presence)
         if agent is None:
             return
         await self._send(
@@ -142,7 +142,9 @@ class AgentSession:
         """The agent's last console closed: nothing may be routed to an empty chair."""
         try:
             async with self.app[DATABASE].transaction() as session:
-                await agents.set_presence(session, self.principal.agent_id, Presence.OFFLINE)
+                await session.run_sync(
+                    agents.set_presence, self.principal.agent_id, Presence.OFFLINE
+                )
         except Exception:
             log.exception("could not set agent %s offline", self.principal.agent_id)
 

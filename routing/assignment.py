@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
@@ -66,19 +66,19 @@ def choose_agent(
     return min(with_room, key=lambda c: (c.open_tickets, c.agent_id)).agent_id
 
 
-async def _lock_agents(session: AsyncSession, agent_ids: Sequence[int] | None) -> list[Agent]:
+def _lock_agents(session: Session, agent_ids: Sequence[int] | None) -> list[Agent]:
     query = select(Agent).where(Agent.presence == Presence.AVAILABLE)
     if agent_ids is not None:
         query = query.where(Agent.id.in_(agent_ids))
     query = query.order_by(Agent.id).with_for_update()
-    return list((await session.execute(query)).scalars())
+    return list((session.execute(query)).scalars())
 
 
-async def _loads(session: AsyncSession, agents: Sequence[Agent]) -> list[AgentLoad]:
+def _loads(session: Session, agents: Sequence[Agent]) -> list[AgentLoad]:
     ids = [a.id for a in agents]
     per_channel: dict[int, dict[str, int]] = defaultdict(dict)
     if ids:
-        rows = await session.execute(
+        rows = session.execute(
             select(Ticket.assignee_id, Ticket.channel, func.count())
             .where(Ticket.assignee_id.in_(ids), Ticket.status.in_(OPEN_STATUSES))
             .group_by(Ticket.assignee_id, Ticket.channel)
@@ -89,16 +89,14 @@ async def _loads(session: AsyncSession, agents: Sequence[Agent]) -> list[AgentLo
     return [AgentLoad(a.id, Capacity.from_json(a.capacity), per_channel[a.id]) for a in agents]
 
 
-async def agent_load(session: AsyncSession, agent_id: int) -> AgentLoad | None:
+def agent_load(session: Session, agent_id: int) -> AgentLoad | None:
     """One agent's capacity and load, whatever its presence, with its row locked."""
     query = select(Agent).where(Agent.id == agent_id).with_for_update()
-    agents = list((await session.execute(query)).scalars())
-    return (await _loads(session, agents))[0] if agents else None
+    agents = list((session.execute(query)).scalars())
+    return (_loads(session, agents))[0] if agents else None
 
 
-async def _set_assignee(
-    session: AsyncSession, ticket_id: int, agent_id: int, now: datetime
-) -> bool:
+def _set_assignee(session: Session, ticket_id: int, agent_id: int, now: datetime) -> bool:
     """Only where nobody holds the ticket yet: the guard against assigning one ticket twice."""
     values = {
         "assignee_id": agent_id,
@@ -106,7 +104,7 @@ async def _set_assignee(
         "updated_at": now,
         "status": TicketStatus.OPEN,
     }
-    result = await session.execute(
+    result = session.execute(
         update(Ticket)
         .where(Ticket.id == ticket_id, Ticket.assignee_id.is_(None))
         .values(**values)
@@ -121,8 +119,8 @@ async def _set_assignee(
     return True
 
 
-async def assign_tickets(
-    session: AsyncSession, requests: Sequence[AssignmentRequest], now: datetime
+def assign_tickets(
+    session: Session, requests: Sequence[AssignmentRequest], now: datetime
 ) -> dict[int, int]:
     """Assign waiting tickets, in order, to the best available agents; unplaced ones wait.
 
@@ -131,34 +129,32 @@ async def assign_tickets(
     """
     if not requests:
         return {}
-    agents = await _lock_agents(session, None)
+    agents = _lock_agents(session, None)
     if not agents:
         return {}
-    loads = {load.agent_id: load for load in await _loads(session, agents)}
+    loads = {load.agent_id: load for load in _loads(session, agents)}
     assigned: dict[int, int] = {}
     for request in requests:
         candidates = [load for load in loads.values() if load.agent_id != request.excluded]
         agent_id = choose_agent(candidates, request.channel, request.preferred)
-        if agent_id is None or not await _set_assignee(session, request.ticket_id, agent_id, now):
+        if agent_id is None or not _set_assignee(session, request.ticket_id, agent_id, now):
             continue
         assigned[request.ticket_id] = agent_id
         loads[agent_id] = loads[agent_id].plus_one(request.channel)
     return assigned
 
 
-async def assign_ticket(
-    session: AsyncSession, request: AssignmentRequest, now: datetime
-) -> int | None:
+def assign_ticket(session: Session, request: AssignmentRequest, now: datetime) -> int | None:
     """Assign one waiting ticket; None leaves it waiting."""
-    return (await assign_tickets(session, [request], now)).get(request.ticket_id)
+    return (assign_tickets(session, [request], now)).get(request.ticket_id)
 
 
-async def fill_agent(session: AsyncSession, agent_id: int, now: datetime) -> list[int]:
+def fill_agent(session: Session, agent_id: int, now: datetime) -> list[int]:
     """Give an agent who has room the oldest waiting tickets it may take, up to its capacity."""
-    agents = await _lock_agents(session, [agent_id])
+    agents = _lock_agents(session, [agent_id])
     if not agents:
         return []
-    (agent,) = await _loads(session, agents)
+    (agent,) = _loads(session, agents)
     load = dict(agent.load)
     assigned: list[int] = []
     skipped_channels: set[str] = set()
@@ -175,7 +171,7 @@ async def fill_agent(session: AsyncSession, agent_id: int, now: datetime) -> lis
             .limit(1)
             .with_for_update(skip_locked=True)
         )
-        row = (await session.execute(query)).one_or_none()
+        row = (session.execute(query)).one_or_none()
         if row is None:
             return assigned
         ticket_id, channel = row
@@ -184,6 +180,6 @@ async def fill_agent(session: AsyncSession, agent_id: int, now: datetime) -> lis
             if agent.capacity.is_full(load):
                 return assigned
             continue
-        if await _set_assignee(session, ticket_id, agent_id, now):
+        if _set_assignee(session, ticket_id, agent_id, now):
             assigned.append(ticket_id)
             load[channel] = load.get(channel, 0) + 1

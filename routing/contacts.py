@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from routing.identity import IdentityKey, normalise
 from timeline import store
@@ -15,8 +15,8 @@ def identity_of(address: Address, region: str) -> IdentityKey | None:
     return normalise(address.kind, address.raw, region)
 
 
-async def resolve_contacts(
-    session: AsyncSession, senders: Sequence[tuple[IdentityKey, str | None]]
+def resolve_contacts(
+    session: Session, senders: Sequence[tuple[IdentityKey, str | None]]
 ) -> dict[IdentityKey, int]:
     """The contact of each sender identity, creating (and naming) those nobody owns yet.
 
@@ -24,13 +24,13 @@ async def resolve_contacts(
     contact at once collide on the unique identity; the loser's transaction fails and the
     ingest path retries it, finding the winner's contact.
     """
-    known = await store.contact_ids_by_identity(session, {(i.kind, i.value) for i, _ in senders})
+    known = store.contact_ids_by_identity(session, {(i.kind, i.value) for i, _ in senders})
     contacts = {i: known[(i.kind, i.value)] for i, _ in senders if (i.kind, i.value) in known}
     missing: dict[IdentityKey, str] = {}
     for identity, name in senders:
         if identity not in contacts and identity not in missing:
             missing[identity] = ((name or "").strip() or identity.value)[:200]
-    created = await store.create_contacts(
+    created = store.create_contacts(
         session, [(name, [(i.kind, i.value)]) for i, name in missing.items()]
     )
     contacts.update(zip(missing, created, strict=True))

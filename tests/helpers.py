@@ -42,7 +42,7 @@ class Agents:
             capacity=Capacity.parse(capacity),
         )
         async with self.app[DATABASE].transaction() as session:
-            agent, token = await create_agent(session, new)
+            agent, token = await session.run_sync(create_agent, new)
         return {**agent_json(agent), "token": token}
 
 

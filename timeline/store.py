@@ -13,8 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, and_, delete, func, or_, select, text, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from timeline.models import (
     OPEN_STATUSES,
@@ -39,7 +38,7 @@ _NEXT_IDS = text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM gene
 Row = dict[str, Any]
 
 
-async def _next_ids(session: AsyncSession, table: Table, n: int) -> Sequence[int]:
+def _next_ids(session: Session, table: Table, n: int) -> Sequence[int]:
     """Ids for `n` new rows, taken before the INSERT so a batch goes in as one statement.
 
     SQLite cannot promise the order of a multi-row INSERT's RETURNING, so SQLAlchemy would
@@ -49,13 +48,13 @@ async def _next_ids(session: AsyncSession, table: Table, n: int) -> Sequence[int
     column default would take them.
     """
     if session.get_bind().dialect.name == "sqlite":
-        largest = (await session.execute(select(func.max(table.c.id)))).scalar_one() or 0
+        largest = (session.execute(select(func.max(table.c.id)))).scalar_one() or 0
         return range(largest + 1, largest + 1 + n)
-    result = await session.execute(_NEXT_IDS, {"table": table.name, "n": n})
+    result = session.execute(_NEXT_IDS, {"table": table.name, "n": n})
     return result.scalars().all()
 
 
-async def insert_rows(session: AsyncSession, model: type[Base], rows: list[Row]) -> list[int]:
+def insert_rows(session: Session, model: type[Base], rows: list[Row]) -> list[int]:
     """Insert plain rows (column defaults apply) in one statement; their new ids, in order.
 
     The hot path inserts with Core rather than the ORM's unit of work, which costs far more
@@ -65,30 +64,30 @@ async def insert_rows(session: AsyncSession, model: type[Base], rows: list[Row])
         return []
     table = model.__table__
     assert isinstance(table, Table)
-    ids = list(await _next_ids(session, table, len(rows)))
+    ids = list(_next_ids(session, table, len(rows)))
     for row, row_id in zip(rows, ids, strict=True):
         row["id"] = row_id
-    await session.execute(table.insert(), rows)
+    session.execute(table.insert(), rows)
     return ids
 
 
-async def insert(session: AsyncSession, objects: Sequence[Base]) -> None:
+def insert(session: Session, objects: Sequence[Base]) -> None:
     """Insert new ORM objects of one class in one statement, ids given beforehand."""
     if not objects:
         return
     table = type(objects[0]).__table__
     assert isinstance(table, Table)
-    for obj, obj_id in zip(objects, await _next_ids(session, table, len(objects)), strict=True):
+    for obj, obj_id in zip(objects, _next_ids(session, table, len(objects)), strict=True):
         obj.id = obj_id  # type: ignore[attr-defined]
     session.add_all(objects)
-    await session.flush()
+    session.flush()
 
 
 # --- journal --------------------------------------------------------------------------------
 
 
-async def journal(
-    session: AsyncSession,
+def journal(
+    session: Session,
     entries: Sequence[tuple[str, bytes, str | None]],
     *,
     status: JournalStatus = JournalStatus.RECEIVED,
@@ -105,61 +104,59 @@ async def journal(
         }
         for channel, payload, content_type in entries
     ]
-    return await insert_rows(session, InboundJournal, rows)
+    return insert_rows(session, InboundJournal, rows)
 
 
-async def mark_journal(
-    session: AsyncSession, journal_id: int, status: JournalStatus, *, reason: str | None = None
+def mark_journal(
+    session: Session, journal_id: int, status: JournalStatus, *, reason: str | None = None
 ) -> None:
-    await session.execute(
+    session.execute(
         update(InboundJournal)
         .where(InboundJournal.id == journal_id)
         .values(status=status, reason=reason)
     )
 
 
-async def mark_journal_accepted(session: AsyncSession, events: Sequence[tuple[int, int]]) -> None:
+def mark_journal_accepted(session: Session, events: Sequence[tuple[int, int]]) -> None:
     """`(journal_id, event_id)` pairs: these payloads are now timeline events."""
     if events:
-        await session.execute(
+        session.execute(
             update(InboundJournal),
             [{"id": j, "status": JournalStatus.ACCEPTED, "event_id": e} for j, e in events],
         )
 
 
-async def forget_journal(session: AsyncSession, journal_ids: Collection[int]) -> None:
+def forget_journal(session: Session, journal_ids: Collection[int]) -> None:
     """Drop entries of payloads that turned out to be retries of stored events."""
     if journal_ids:
-        await session.execute(delete(InboundJournal).where(InboundJournal.id.in_(journal_ids)))
+        session.execute(delete(InboundJournal).where(InboundJournal.id.in_(journal_ids)))
 
 
 # --- events ---------------------------------------------------------------------------------
 
 
-async def events_by_key(
-    session: AsyncSession, keys: Collection[EventKey]
-) -> dict[EventKey, TimelineEvent]:
+def events_by_key(session: Session, keys: Collection[EventKey]) -> dict[EventKey, TimelineEvent]:
     if not keys:
         return {}
     query = select(TimelineEvent).where(
         tuple_(TimelineEvent.channel, TimelineEvent.external_id).in_(list(keys))
     )
-    return {(e.channel, e.external_id): e for e in (await session.execute(query)).scalars()}
+    return {(e.channel, e.external_id): e for e in (session.execute(query)).scalars()}
 
 
-async def add_events(session: AsyncSession, events: list[Row]) -> list[int]:
+def add_events(session: Session, events: list[Row]) -> list[int]:
     """New timeline events as rows of `timeline_events`; their ids, in order."""
-    return await insert_rows(session, TimelineEvent, events)
+    return insert_rows(session, TimelineEvent, events)
 
 
-async def recent_events(
-    session: AsyncSession, contact_id: int, *, limit: int, before_id: int | None = None
+def recent_events(
+    session: Session, contact_id: int, *, limit: int, before_id: int | None = None
 ) -> list[TimelineEvent]:
     """Newest first, by when it happened; `before_id` continues after that event (a cursor)."""
     query = select(TimelineEvent).where(TimelineEvent.contact_id == contact_id)
     if before_id is not None:
         cursor = (
-            await session.execute(
+            session.execute(
                 select(TimelineEvent.occurred_at, TimelineEvent.id).where(
                     TimelineEvent.id == before_id
                 )
@@ -175,11 +172,11 @@ async def recent_events(
             )
         )
     query = query.order_by(TimelineEvent.occurred_at.desc(), TimelineEvent.id.desc()).limit(limit)
-    return list((await session.execute(query)).scalars())
+    return list((session.execute(query)).scalars())
 
 
-async def recent_events_of(
-    session: AsyncSession, contact_ids: Collection[int], *, limit: int
+def recent_events_of(
+    session: Session, contact_ids: Collection[int], *, limit: int
 ) -> dict[int, list[TimelineEvent]]:
     """The newest `limit` events of each contact, newest first, in one query."""
     if not contact_ids:
@@ -196,7 +193,7 @@ async def recent_events_of(
     event = aliased(TimelineEvent, ranked)
     query = select(event).where(ranked.c.rank <= limit).order_by(ranked.c.rank)
     recent: dict[int, list[TimelineEvent]] = defaultdict(list)
-    for row in (await session.execute(query)).scalars():
+    for row in (session.execute(query)).scalars():
         if row.contact_id is not None:
             recent[row.contact_id].append(row)
     return recent
@@ -205,51 +202,51 @@ async def recent_events_of(
 # --- contacts and identities ----------------------------------------------------------------
 
 
-async def contact_by_identity(session: AsyncSession, kind: str, value: str) -> Contact | None:
+def contact_by_identity(session: Session, kind: str, value: str) -> Contact | None:
     query = (
         select(Contact)
         .join(Identity, Identity.contact_id == Contact.id)
         .where(Identity.kind == kind, Identity.value == value)
     )
-    return (await session.execute(query)).scalar_one_or_none()
+    return (session.execute(query)).scalar_one_or_none()
 
 
-async def contact_ids_by_identity(
-    session: AsyncSession, pairs: Collection[IdentityPair]
+def contact_ids_by_identity(
+    session: Session, pairs: Collection[IdentityPair]
 ) -> dict[IdentityPair, int]:
     if not pairs:
         return {}
     query = select(Identity.kind, Identity.value, Identity.contact_id).where(
         tuple_(Identity.kind, Identity.value).in_(list(pairs))
     )
-    return {(kind, value): cid for kind, value, cid in await session.execute(query)}
+    return {(kind, value): cid for kind, value, cid in session.execute(query)}
 
 
-async def create_contact(
-    session: AsyncSession,
+def create_contact(
+    session: Session,
     *,
     name: str,
     identities: Iterable[IdentityPair],
     tags: Sequence[str] = (),
     attributes: dict[str, Any] | None = None,
 ) -> Contact:
-    (contact_id,) = await create_contacts(
+    (contact_id,) = create_contacts(
         session, [(name, list(identities))], tags=tags, attributes=attributes
     )
-    contact = await session.get(Contact, contact_id)
+    contact = session.get(Contact, contact_id)
     assert contact is not None
     return contact
 
 
-async def create_contacts(
-    session: AsyncSession,
+def create_contacts(
+    session: Session,
     contacts: Sequence[tuple[str, Sequence[IdentityPair]]],
     *,
     tags: Sequence[str] = (),
     attributes: dict[str, Any] | None = None,
 ) -> list[int]:
     """New contacts `(name, identities)`, two statements however many there are; their ids."""
-    ids = await insert_rows(
+    ids = insert_rows(
         session,
         Contact,
         [
@@ -257,7 +254,7 @@ async def create_contacts(
             for name, _ in contacts
         ],
     )
-    await insert_rows(
+    insert_rows(
         session,
         Identity,
         [
@@ -269,7 +266,7 @@ async def create_contacts(
     return ids
 
 
-async def lock_contacts(session: AsyncSession, contact_ids: Collection[int]) -> None:
+def lock_contacts(session: Session, contact_ids: Collection[int]) -> None:
     """Serialise ticket choice per contact across processes (PostgreSQL row locks, id order).
 
     SQLite has a single writer already, so it needs (and supports) no row locks.
@@ -281,26 +278,26 @@ async def lock_contacts(session: AsyncSession, contact_ids: Collection[int]) -> 
             .order_by(Contact.id)
             .with_for_update()
         )
-        await session.execute(query)
+        session.execute(query)
 
 
-async def identities_of(session: AsyncSession, contact_ids: Collection[int]) -> list[Identity]:
+def identities_of(session: Session, contact_ids: Collection[int]) -> list[Identity]:
     query = select(Identity).where(Identity.contact_id.in_(contact_ids)).order_by(Identity.id)
-    return list((await session.execute(query)).scalars())
+    return list((session.execute(query)).scalars())
 
 
 # --- tickets --------------------------------------------------------------------------------
 
 
-async def tickets_by_number(session: AsyncSession, numbers: Collection[int]) -> dict[int, Ticket]:
+def tickets_by_number(session: Session, numbers: Collection[int]) -> dict[int, Ticket]:
     if not numbers:
         return {}
     query = select(Ticket).where(Ticket.number.in_(numbers))
-    return {t.number: t for t in (await session.execute(query)).scalars() if t.number}
+    return {t.number: t for t in (session.execute(query)).scalars() if t.number}
 
 
-async def tickets_by_reference(
-    session: AsyncSession, references: Collection[EventKey]
+def tickets_by_reference(
+    session: Session, references: Collection[EventKey]
 ) -> dict[EventKey, Ticket]:
     """The ticket of each stored event named by `(channel, external_id)` (e.g. Message-IDs)."""
     if not references:
@@ -310,20 +307,16 @@ async def tickets_by_reference(
         .join(Ticket, TimelineEvent.ticket_id == Ticket.id)
         .where(tuple_(TimelineEvent.channel, TimelineEvent.external_id).in_(list(references)))
     )
-    return {(channel, ref): ticket for channel, ref, ticket in await session.execute(query)}
+    return {(channel, ref): ticket for channel, ref, ticket in session.execute(query)}
 
 
-async def open_ticket_by_contact(
-    session: AsyncSession, contact_ids: Collection[int]
-) -> dict[int, Ticket]:
+def open_ticket_by_contact(session: Session, contact_ids: Collection[int]) -> dict[int, Ticket]:
     """Each contact's newest open (new, open or pending) ticket."""
-    tickets = await open_tickets_of(session, contact_ids)
+    tickets = open_tickets_of(session, contact_ids)
     return {contact_id: found[0] for contact_id, found in tickets.items()}
 
 
-async def open_tickets_of(
-    session: AsyncSession, contact_ids: Collection[int]
-) -> dict[int, list[Ticket]]:
+def open_tickets_of(session: Session, contact_ids: Collection[int]) -> dict[int, list[Ticket]]:
     """Open tickets per contact, newest first."""
     if not contact_ids:
         return {}
@@ -333,14 +326,14 @@ async def open_tickets_of(
         .order_by(Ticket.id.desc())
     )
     grouped: dict[int, list[Ticket]] = defaultdict(list)
-    for ticket in (await session.execute(query)).scalars():
+    for ticket in (session.execute(query)).scalars():
         if ticket.contact_id is not None:
             grouped[ticket.contact_id].append(ticket)
     return grouped
 
 
-async def last_resolved_ticket_by_contact(
-    session: AsyncSession, contact_ids: Collection[int]
+def last_resolved_ticket_by_contact(
+    session: Session, contact_ids: Collection[int]
 ) -> dict[int, Ticket]:
     """Each contact's most recently resolved or closed ticket."""
     if not contact_ids:
@@ -365,12 +358,12 @@ async def last_resolved_ticket_by_contact(
         .where(Ticket.status.in_((TicketStatus.RESOLVED, TicketStatus.CLOSED)))
         .order_by(Ticket.id)
     )
-    return {t.contact_id: t for t in (await session.execute(query)).scalars() if t.contact_id}
+    return {t.contact_id: t for t in (session.execute(query)).scalars() if t.contact_id}
 
 
-async def add_tickets(session: AsyncSession, tickets: Sequence[Ticket]) -> None:
+def add_tickets(session: Session, tickets: Sequence[Ticket]) -> None:
     """Insert new tickets, each with its human number (see `Ticket.number`), in one statement."""
-    await insert(session, tickets)
+    insert(session, tickets)
 
 
 def reopen(ticket: Ticket, now: datetime) -> int | None:
@@ -391,19 +384,19 @@ def reopen(ticket: Ticket, now: datetime) -> int | None:
 # --- screen-pops ----------------------------------------------------------------------------
 
 
-async def add_pops(session: AsyncSession, pops: list[Row]) -> list[int]:
+def add_pops(session: Session, pops: list[Row]) -> list[int]:
     """New screen-pops as rows `{"agent_id", "payload"}`; their ids, in order."""
-    return await insert_rows(session, ScreenPop, pops)
+    return insert_rows(session, ScreenPop, pops)
 
 
-async def pops_after(session: AsyncSession, agent_id: int, after_id: int) -> list[ScreenPop]:
+def pops_after(session: Session, agent_id: int, after_id: int) -> list[ScreenPop]:
     query = (
         select(ScreenPop)
         .where(ScreenPop.agent_id == agent_id, ScreenPop.id > after_id)
         .order_by(ScreenPop.id)
     )
-    return list((await session.execute(query)).scalars())
+    return list((session.execute(query)).scalars())
 
 
-async def count(session: AsyncSession, model: type[object]) -> int:
-    return (await session.execute(select(func.count()).select_from(model))).scalar_one()
+def count(session: Session, model: type[object]) -> int:
+    return (session.execute(select(func.count()).select_from(model))).scalar_one()

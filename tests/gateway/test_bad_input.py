@@ -16,7 +16,10 @@ from timeline.models import Contact, InboundJournal, Role, Ticket, TimelineEvent
 
 async def stored(client: TestClient) -> dict[str, int]:
     async with client.server.app[DATABASE].reading() as session:
-        return {m.__name__: await store.count(session, m) for m in (Contact, Ticket, TimelineEvent)}
+        return {
+            m.__name__: await session.run_sync(store.count, m)
+            for m in (Contact, Ticket, TimelineEvent)
+        }
 
 
 async def journal(client: TestClient) -> list[InboundJournal]:
@@ -142,7 +145,7 @@ async def test_an_unexpected_failure_is_a_500_with_a_request_id_and_no_trace(
     )
     contact_id = (await created.json())["id"]
 
-    async def broken(*_args: Any, **_kwargs: Any) -> Any:
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("database on fire at /srv/secret/path")
 
     monkeypatch.setattr(store, "recent_events", broken)
@@ -160,7 +163,7 @@ async def test_a_failure_after_journaling_keeps_the_payload_as_failed(
 ) -> None:
     agent = await agents.add()
 
-    async def broken(*_args: Any, **_kwargs: Any) -> Any:
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("simulated crash while appending")
 
     monkeypatch.setattr(store, "add_events", broken)

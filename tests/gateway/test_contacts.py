@@ -43,7 +43,7 @@ async def timeline(
 
 async def stored(client: TestClient) -> dict[str, int]:
     async with client.server.app[DATABASE].reading() as session:
-        return {m.__name__: await store.count(session, m) for m in (Contact, Identity)}
+        return {m.__name__: await session.run_sync(store.count, m) for m in (Contact, Identity)}
 
 
 def assert_error(status: int, body: Any, expected_status: int, code: str) -> None:

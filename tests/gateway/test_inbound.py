@@ -21,7 +21,7 @@ async def post(client: TestClient, agent: dict[str, Any], payload: Any) -> tuple
 async def counts(client: TestClient) -> dict[str, int]:
     async with client.server.app[DATABASE].reading() as session:
         return {
-            model.__name__: await store.count(session, model)
+            model.__name__: await session.run_sync(store.count, model)
             for model in (Contact, Ticket, TimelineEvent, InboundJournal)
         }
 

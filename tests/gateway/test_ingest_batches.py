@@ -36,8 +36,8 @@ async def test_copies_of_one_event_arriving_together_store_it_once(
     assert len({body["event_id"] for _, body in answers}) == 1
     assert sorted(body["duplicate"] for _, body in answers) == [False] + [True] * 9
     async with client.server.app[DATABASE].reading() as session:
-        assert await store.count(session, TimelineEvent) == 1
-        assert await store.count(session, InboundJournal) == 1
+        assert await session.run_sync(store.count, TimelineEvent) == 1
+        assert await session.run_sync(store.count, InboundJournal) == 1
 
 
 async def test_messages_of_one_new_sender_arriving_together_share_contact_and_ticket(
@@ -60,10 +60,10 @@ async def test_one_event_that_cannot_be_stored_fails_alone(
     agent = await agents.add()
     add_events = store.add_events
 
-    async def refuse_poison(session: Any, rows: list[dict[str, Any]]) -> list[int]:
+    def refuse_poison(session: Any, rows: list[dict[str, Any]]) -> list[int]:
         if any(row["external_id"] == "poison" for row in rows):
             raise RuntimeError("this event cannot be stored")
-        return await add_events(session, rows)
+        return add_events(session, rows)
 
     monkeypatch.setattr(store, "add_events", refuse_poison)
     payloads = [inbound(f"good-{i}", sender=f"+4917{i:08d}") for i in range(8)]
@@ -79,6 +79,6 @@ async def test_one_event_that_cannot_be_stored_fails_alone(
     assert set(statuses.values()) == {202}
     async with client.server.app[DATABASE].reading() as session:
         journal = list((await session.execute(select(InboundJournal))).scalars())
-        stored = await store.count(session, TimelineEvent)
+        stored = await session.run_sync(store.count, TimelineEvent)
     assert stored == 8
     assert sorted(e.status for e in journal) == ["accepted"] * 8 + ["failed"]
