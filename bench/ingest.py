@@ -33,6 +33,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from bench._load import (
     LOOPBACK,
     Bodies,
@@ -60,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent workers")
     parser.add_argument("--senders", type=int, default=2000, help="distinct sender numbers")
     parser.add_argument(
+        "--available-agents",
+        type=int,
+        default=0,
+        help="agents available with room for every ticket, so each event is routed and popped",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="run the gateway under a sampling profiler"
     )
     parser.add_argument(
@@ -82,11 +90,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _add_agent(workdir: Path, env: dict[str, str]) -> str:
+def _add_agent(workdir: Path, env: dict[str, str], n: int = 0) -> tuple[int, str]:
+    """Agent `n` (0: the integration sending the load) as the CLI prints it: (id, token)."""
     done = subprocess.run(
         [
             *(sys.executable, "-m", "gateway", "agent", "add"),
-            *("--name", "Bench", "--email", "bench@example.com", "--password", "benchpass1"),
+            *("--name", f"Bench {n}", "--email", f"bench{n}@example.com"),
+            *("--password", "benchpass1", "--capacity", "100000"),
         ],
         cwd=workdir,
         env=env,
@@ -100,7 +110,21 @@ def _add_agent(workdir: Path, env: dict[str, str]) -> str:
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"`gateway agent add` printed no JSON:\n{done.stdout}{done.stderr}")
-    return str(json.loads(lines[-1])["token"])
+    agent = json.loads(lines[-1])
+    return int(agent["id"]), str(agent["token"])
+
+
+async def _make_available(port: int, agents: list[tuple[int, str]]) -> None:
+    """Agents that take every new ticket, so each event is also routed and popped."""
+    async with aiohttp.ClientSession() as http:
+        for agent_id, token in agents:
+            async with http.patch(
+                f"http://{LOOPBACK}:{port}/api/v1/agents/{agent_id}",
+                json={"presence": "available"},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response:
+                if response.status != 200:
+                    raise RuntimeError(f"could not make agent {agent_id} available")
 
 
 def _gateway_argv(port: int, profile: Path | None, profiler: str) -> list[str]:
@@ -161,7 +185,8 @@ async def _bench_bare(workdir: Path, env: dict[str, str], args: argparse.Namespa
 async def _bench_gateway(
     workdir: Path, env: dict[str, str], args: argparse.Namespace, profile: Path | None
 ) -> tuple[LoadResult, dict[str, Any]]:
-    token = _add_agent(workdir, env)
+    _, token = _add_agent(workdir, env)
+    available = [_add_agent(workdir, env, n) for n in range(1, args.available_agents + 1)]
     port = free_port()
     gateway = ServerProcess(
         "gateway", _gateway_argv(port, profile, args.profiler), cwd=workdir, env=env
@@ -169,6 +194,7 @@ async def _bench_gateway(
     stopped = False
     try:
         await wait_ready(gateway, http_ok(f"http://{LOOPBACK}:{port}/healthz"), within=120)
+        await _make_available(port, available)
         result = await run_load(
             f"http://{LOOPBACK}:{port}{INBOUND_PATH}",
             Bodies(f"gw-{uuid.uuid4().hex[:8]}", args.senders),
@@ -326,6 +352,7 @@ async def _main(args: argparse.Namespace) -> int:
                 "seconds": args.seconds,
                 "warmup_s": args.warmup,
                 "senders": args.senders,
+                "available_agents": args.available_agents,
                 "cpus": os.cpu_count(),
                 "loadavg_1m_at_start": round(loadavg, 2),
                 "python": sys.version.split()[0],

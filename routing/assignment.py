@@ -13,8 +13,9 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -96,29 +97,6 @@ def agent_load(session: Session, agent_id: int) -> AgentLoad | None:
     return (_loads(session, agents))[0] if agents else None
 
 
-def _set_assignee(session: Session, ticket_id: int, agent_id: int, now: datetime) -> bool:
-    """Only where nobody holds the ticket yet: the guard against assigning one ticket twice."""
-    values = {
-        "assignee_id": agent_id,
-        "assigned_at": now,
-        "updated_at": now,
-        "status": TicketStatus.OPEN,
-    }
-    result = session.execute(
-        update(Ticket)
-        .where(Ticket.id == ticket_id, Ticket.assignee_id.is_(None))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if not result.rowcount:  # type: ignore[attr-defined]
-        return False
-    loaded = session.identity_map.get(identity_key(Ticket, ticket_id))
-    if loaded is not None:
-        for name, value in values.items():
-            set_committed_value(loaded, name, value)
-    return True
-
-
 def assign_tickets(
     session: Session, requests: Sequence[AssignmentRequest], now: datetime
 ) -> dict[int, int]:
@@ -133,15 +111,44 @@ def assign_tickets(
     if not agents:
         return {}
     loads = {load.agent_id: load for load in _loads(session, agents)}
-    assigned: dict[int, int] = {}
+    plan: dict[int, int] = {}
     for request in requests:
         candidates = [load for load in loads.values() if load.agent_id != request.excluded]
         agent_id = choose_agent(candidates, request.channel, request.preferred)
-        if agent_id is None or not _set_assignee(session, request.ticket_id, agent_id, now):
-            continue
-        assigned[request.ticket_id] = agent_id
-        loads[agent_id] = loads[agent_id].plus_one(request.channel)
-    return assigned
+        if agent_id is not None:
+            plan[request.ticket_id] = agent_id
+            loads[agent_id] = loads[agent_id].plus_one(request.channel)
+    return _set_assignees(session, plan, now)
+
+
+def _set_assignees(session: Session, plan: dict[int, int], now: datetime) -> dict[int, int]:
+    """Apply `{ticket: agent}` in one statement, only where nobody holds the ticket yet.
+
+    That guard is what keeps one ticket from being assigned twice; the tickets it refused
+    (taken meanwhile by another process) are left out of the answer.
+    """
+    if not plan:
+        return {}
+    table = Ticket.__table__
+    assert isinstance(table, Table)
+    values = {"assigned_at": now, "updated_at": now, "status": TicketStatus.OPEN}
+    statement = (
+        update(table)
+        .where(table.c.id == bindparam("ticket"), table.c.assignee_id.is_(None))
+        .values(assignee_id=bindparam("agent"), **values)
+    )
+    result = session.execute(statement, [{"ticket": t, "agent": a} for t, a in plan.items()])
+    updated = cast(CursorResult[Any], result).rowcount
+    if updated != len(plan) or not session.get_bind().dialect.supports_sane_multi_rowcount:
+        held = session.execute(select(Ticket.id, Ticket.assignee_id).where(Ticket.id.in_(plan)))
+        holders = {ticket_id: agent_id for ticket_id, agent_id in held}
+        plan = {t: a for t, a in plan.items() if holders.get(t) == a}
+    for ticket_id, agent_id in plan.items():
+        loaded = session.identity_map.get(identity_key(Ticket, ticket_id))
+        if loaded is not None:
+            for name, value in {**values, "assignee_id": agent_id}.items():
+                set_committed_value(loaded, name, value)
+    return plan
 
 
 def assign_ticket(session: Session, request: AssignmentRequest, now: datetime) -> int | None:
@@ -180,6 +187,6 @@ def fill_agent(session: Session, agent_id: int, now: datetime) -> list[int]:
             if agent.capacity.is_full(load):
                 return assigned
             continue
-        if _set_assignee(session, ticket_id, agent_id, now):
+        if _set_assignees(session, {ticket_id: agent_id}, now):
             assigned.append(ticket_id)
             load[channel] = load.get(channel, 0) + 1
