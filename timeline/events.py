@@ -90,3 +90,49 @@ _TICKET_TAG = re.compile(r"\[#(\d{1,18})\]")
 def ticket_tag(subject: str | None) -> int | None:
     match = _TICKET_TAG.search(subject or "")
     return int(match.group(1)) if match else None
+
+
+class CallPhase(enum.StrEnum):
+    """Where a call is in its life; every telephony channel maps its events onto these."""
+
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    ENDED = "ended"
+
+
+class HangupCause(enum.StrEnum):
+    """Why a call ended (the causes of Zammad's generic CTI, which PBX scripts already send)."""
+
+    NORMAL_CLEARING = "normalClearing"
+    BUSY = "busy"
+    CANCEL = "cancel"
+    NO_ANSWER = "noAnswer"
+    CONGESTION = "congestion"
+    NOT_FOUND = "notFound"
+    FORWARDED = "forwarded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class CallSignal:
+    """One thing that happened to one call, from any telephony channel.
+
+    `provider` and `call_id` together name the call (a CTI `callId`, a Twilio `CallSid`, an
+    Asterisk `Linkedid`); several signals update the same call. `agents` names the agents
+    to ring (by name, extension or e-mail) when the PBX says whom; `answered_by` names the
+    agent who answered, if the provider knows.
+    """
+
+    provider: str
+    call_id: str
+    phase: CallPhase
+    direction: Direction
+    caller: Address
+    callee: str
+    occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    agents: tuple[str, ...] = ()
+    answered_by: str | None = None
+    cause: HangupCause | None = None
+    duration_seconds: int | None = None
+    recording_url: str | None = None
+    queue: str | None = None
