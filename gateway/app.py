@@ -10,15 +10,17 @@ from importlib import resources
 from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractAccessLogger
 
-from gateway import api, ws
+from gateway import api, telephony, ws
 from gateway.auth import TokenCache
 from gateway.bus import open_bus
+from gateway.calls import CallDesk
 from gateway.dispatch import Dispatcher
 from gateway.errors import error_middleware
 from gateway.ingest import Ingestor
 from gateway.keys import (
     AGENT_SOCKETS,
     BUS,
+    CALLS,
     DATABASE,
     DISPATCHER,
     INGESTOR,
@@ -42,6 +44,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_bus_and_services)
     app.on_shutdown.append(_close_sockets)
     app.add_routes(api.routes)
+    app.add_routes(telephony.routes)
     app.add_routes(ws.routes)
     app.router.add_get("/", _landing_page)
     return app
@@ -63,6 +66,7 @@ async def _bus_and_services(app: web.Application) -> AsyncIterator[None]:
     await ingestor.start()
     app[INGESTOR] = ingestor
     app[DISPATCHER] = Dispatcher(app[DATABASE], bus)
+    app[CALLS] = CallDesk(app[DATABASE], bus, app[SETTINGS])
     yield
     await ingestor.stop()
     await bus.close()

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gateway.auth import TokenCache
 from gateway.bus import Bus
+from gateway.calls import CallDesk
 from gateway.dispatch import Dispatcher
 from gateway.ingest import Ingestor
 from gateway.settings import Settings
@@ -19,6 +20,7 @@ BUS = web.AppKey("bus", Bus)
 INGESTOR = web.AppKey("ingestor", Ingestor)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 TOKENS = web.AppKey("tokens", TokenCache)
+CALLS = web.AppKey("calls", CallDesk)
 # How many WebSockets each agent holds on this process; the last to close takes it offline.
 AGENT_SOCKETS = web.AppKey("agent_sockets", Counter[int])
 # Every open WebSocket of this process, closed with "going away" on shutdown.

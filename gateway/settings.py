@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from channels.cti import NumberFormat
 from routing import identity
 
 # Which identity kind a channel's sender ids are; custom channels add to this by setting.
@@ -38,6 +39,9 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     channels: Mapping[str, str] = field(default_factory=lambda: dict(BUILTIN_CHANNELS))
     log_level: str = "INFO"
+    # Callers refused on `newCall` (Zammad's caller-ID blocking): numbers or prefixes, E.164.
+    cti_blocked: tuple[str, ...] = ()
+    cti_number_format: NumberFormat = NumberFormat.AUTO
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -62,6 +66,10 @@ class Settings:
             max_body_bytes=int(_number("MAX_BODY_BYTES", get("MAX_BODY_BYTES"), 1024 * 1024)),
             channels={**BUILTIN_CHANNELS, **_custom_channels(get("CUSTOM_CHANNELS"))},
             log_level=(get("LOG_LEVEL") or defaults.log_level).upper(),
+            cti_blocked=tuple(
+                n.strip() for n in (get("CTI_BLOCKED_NUMBERS") or "").split(",") if n.strip()
+            ),
+            cti_number_format=_number_format(get("CTI_NUMBER_FORMAT")),
         )
 
 
@@ -88,3 +96,11 @@ def _custom_channels(raw: str | None) -> dict[str, str]:
             raise SettingsError(f"SWITCHBOARD_CUSTOM_CHANNELS: expected name=kind, got {part!r}")
         channels[name.strip().lower()] = kind.strip().lower()
     return channels
+
+
+def _number_format(raw: str | None) -> NumberFormat:
+    try:
+        return NumberFormat((raw or NumberFormat.AUTO).lower())
+    except ValueError:
+        formats = ", ".join(NumberFormat)
+        raise SettingsError(f"SWITCHBOARD_CTI_NUMBER_FORMAT must be one of {formats}") from None

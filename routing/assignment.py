@@ -190,3 +190,25 @@ def fill_agent(session: Session, agent_id: int, now: datetime) -> list[int]:
         if _set_assignees(session, {ticket_id: agent_id}, now):
             assigned.append(ticket_id)
             load[channel] = load.get(channel, 0) + 1
+
+
+def agents_named(session: Session, references: Sequence[str]) -> list[int]:
+    """Agents a PBX names, by name, extension or e-mail (case does not matter), in id order."""
+    wanted = {r.strip().lower() for r in references if r.strip()}
+    if not wanted:
+        return []
+    query = (
+        select(Agent.id)
+        .where(
+            func.lower(Agent.name).in_(wanted)
+            | Agent.extension.in_(wanted)
+            | func.lower(Agent.email).in_(wanted)
+        )
+        .order_by(Agent.id)
+    )
+    return list(session.execute(query).scalars())
+
+
+def available_agents(session: Session) -> list[int]:
+    query = select(Agent.id).where(Agent.presence == Presence.AVAILABLE).order_by(Agent.id)
+    return list(session.execute(query).scalars())

@@ -73,6 +73,7 @@ class Base(DeclarativeBase):
         dict[str, Any]: JSON,
         list[str]: JSON,
         list[dict[str, Any]]: JSON,
+        list[int]: JSON,
     }
 
 
@@ -241,7 +242,10 @@ class TimelineEvent(Base):
 
 
 class ScreenPop(Base):
-    """A pop as sent to one agent, kept so a reconnecting agent receives what it missed."""
+    """A pop as sent to one agent, kept so a reconnecting agent receives what it missed.
+
+    A pop for a call that another agent answered is withdrawn, and no longer replayed.
+    """
 
     __tablename__ = "screen_pops"
     __table_args__ = (Index(None, "agent_id", "id"),)
@@ -250,3 +254,56 @@ class ScreenPop(Base):
     agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"))
     payload: Mapped[dict[str, Any]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    withdrawn_at: Mapped[datetime | None] = mapped_column()
+
+
+class CallState(enum.StrEnum):
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    COMPLETED = "completed"
+    MISSED = "missed"
+    UNANSWERED = "unanswered"  # an outbound call the customer did not pick up
+    BLOCKED = "blocked"
+    FAILED = "failed"
+
+
+FINAL_CALL_STATES = (
+    CallState.COMPLETED,
+    CallState.MISSED,
+    CallState.UNANSWERED,
+    CallState.BLOCKED,
+    CallState.FAILED,
+)
+
+
+class Call(Base):
+    """One phone call through its life; its timeline event is updated, never duplicated."""
+
+    __tablename__ = "calls"
+    __table_args__ = (
+        UniqueConstraint("provider", "call_id"),
+        Index(None, "state", "started_at"),
+        Index(None, "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    call_id: Mapped[str] = mapped_column(String(200))
+    event_id: Mapped[int] = mapped_column(ForeignKey("timeline_events.id"))
+    direction: Mapped[str] = mapped_column(String(3))
+    state: Mapped[str] = mapped_column(String(16))
+    from_number: Mapped[str] = mapped_column(Text)
+    to_number: Mapped[str] = mapped_column(Text)
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    queue: Mapped[str | None] = mapped_column(String(64))
+    answered_by_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"))
+    # Which agents were rung, and the pop each was shown: {"<agent id>": <pop id>}.
+    pops: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    started_at: Mapped[datetime] = mapped_column()
+    answered_at: Mapped[datetime | None] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column()
+    duration_seconds: Mapped[int | None] = mapped_column(Integer)
+    cause: Mapped[str | None] = mapped_column(String(32))
+    recording_url: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -426,12 +426,28 @@ def add_pops(session: Session, pops: list[Row]) -> list[int]:
 
 
 def pops_after(session: Session, agent_id: int, after_id: int) -> list[ScreenPop]:
+    """The agent's pops after `after_id` that still stand (not withdrawn)."""
     query = (
         select(ScreenPop)
-        .where(ScreenPop.agent_id == agent_id, ScreenPop.id > after_id)
+        .where(
+            ScreenPop.agent_id == agent_id,
+            ScreenPop.id > after_id,
+            ScreenPop.withdrawn_at.is_(None),
+        )
         .order_by(ScreenPop.id)
     )
     return list((session.execute(query)).scalars())
+
+
+def withdraw_pops(session: Session, pop_ids: Collection[int], now: datetime) -> list[ScreenPop]:
+    """Mark standing pops withdrawn; the ones that were still standing."""
+    if not pop_ids:
+        return []
+    query = select(ScreenPop).where(ScreenPop.id.in_(pop_ids), ScreenPop.withdrawn_at.is_(None))
+    pops = list(session.execute(query).scalars())
+    for pop in pops:
+        pop.withdrawn_at = now
+    return pops
 
 
 def count(session: Session, model: type[object]) -> int:
