@@ -42,6 +42,8 @@ class Settings:
     # Callers refused on `newCall` (Zammad's caller-ID blocking): numbers or prefixes, E.164.
     cti_blocked: tuple[str, ...] = ()
     cti_number_format: NumberFormat = NumberFormat.AUTO
+    twilio_voice_greeting: str | None = None
+    twilio_voice_queue: str = "support"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -70,6 +72,8 @@ class Settings:
                 n.strip() for n in (get("CTI_BLOCKED_NUMBERS") or "").split(",") if n.strip()
             ),
             cti_number_format=_number_format(get("CTI_NUMBER_FORMAT")),
+            twilio_voice_greeting=get("TWILIO_VOICE_GREETING"),
+            twilio_voice_queue=get("TWILIO_VOICE_QUEUE") or defaults.twilio_voice_queue,
         )
 
 

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import hmac
 from datetime import datetime
+from typing import NoReturn
 
 from aiohttp import web
 from sqlalchemy import select
 
-from channels import InvalidPayload, cti
+from channels import InvalidPayload, cti, twilio_voice
 from gateway.api import authenticate, query_int
-from gateway.calls import call_json
+from gateway.calls import CallOutcome, call_json
 from gateway.errors import ApiError, bad_request
 from gateway.ingest import IngestError
 from gateway.keys import CALLS, DATABASE, INGESTOR, SETTINGS
+from timeline.events import CallSignal
 from timeline.models import Call, CallState
 
 routes = web.RouteTableDef()
 
 TOKEN_HEADER = "X-Switchboard-Token"
+TWILIO_SIGNATURE = "X-Twilio-Signature"
+VOICE_STATUS_PATH = "/webhooks/twilio/voice/status"
 
 
 @routes.post("/webhooks/cti")
@@ -58,6 +62,99 @@ async def _cti(request: web.Request, supplied: str | None) -> web.Response:
     if outcome.blocked:
         return web.json_response({"action": "reject", "reason": "busy"})
     return web.json_response({})
+
+
+async def _receive(request: web.Request, signal: CallSignal, body: bytes) -> CallOutcome:
+    try:
+        return await request.app[CALLS].receive(
+            signal, payload=body, content_type=request.content_type
+        )
+    except IngestError as error:
+        raise ApiError(
+            500,
+            "ingest_failed",
+            f"The payload is kept as journal entry {error.journal_id} but could not be stored.",
+        ) from None
+
+
+@routes.post("/webhooks/twilio/voice")
+async def twilio_voice_webhook(request: web.Request) -> web.Response:
+    """Ring the agents the card popped to (`<Dial>` their Voice SDK clients), else queue."""
+    body, form = await _twilio_form(request)
+    try:
+        signal = twilio_voice.parse_voice(form)
+    except InvalidPayload as error:
+        await _reject(request, body, error)
+    outcome = await _receive(request, signal, body)
+    if outcome.blocked:
+        return _twiml(twilio_voice.reject_twiml("busy"))
+    settings = request.app[SETTINGS]
+    ringing = outcome.call is not None and outcome.call["state"] == CallState.RINGING
+    agents = outcome.call["rung_agent_ids"] if ringing and outcome.call else []
+    return _twiml(
+        twilio_voice.answer_twiml(
+            greeting=settings.twilio_voice_greeting,
+            dial_clients=[voice_client(agent_id) for agent_id in agents],
+            queue=settings.twilio_voice_queue,
+            dial_action=_public(request, VOICE_STATUS_PATH),
+        )
+    )
+
+
+@routes.post(VOICE_STATUS_PATH)
+async def twilio_voice_status(request: web.Request) -> web.Response:
+    body, form = await _twilio_form(request)
+    try:
+        signals = twilio_voice.parse_status(form)
+    except InvalidPayload as error:
+        await _reject(request, body, error)
+    for signal in signals:
+        await _receive(request, signal, body)
+    return _twiml(twilio_voice.empty_twiml())
+
+
+def voice_client(agent_id: int) -> str:
+    """The Voice SDK identity an agent's console registers with Twilio."""
+    return f"agent-{agent_id}"
+
+
+async def _twilio_form(request: web.Request) -> tuple[bytes, dict[str, str]]:
+    """The form, if Twilio signed it: forged or unsigned requests are refused, nothing stored.
+
+    Twilio signs the URL it called, which behind a proxy is not the one we see: it is rebuilt
+    from SWITCHBOARD_PUBLIC_URL and the path and query of this request.
+    """
+    settings = request.app[SETTINGS]
+    if not settings.twilio_auth_token or not settings.public_url:
+        raise ApiError(
+            403,
+            "twilio_disabled",
+            "Twilio is not configured (SWITCHBOARD_TWILIO_AUTH_TOKEN, SWITCHBOARD_PUBLIC_URL).",
+        )
+    body = await request.read()
+    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    url = _public(request, request.path_qs)
+    if not twilio_voice.verify(
+        settings.twilio_auth_token, url, form, request.headers.get(TWILIO_SIGNATURE)
+    ):
+        raise ApiError(403, "invalid_signature", "The X-Twilio-Signature does not match.")
+    return body, form
+
+
+def _public(request: web.Request, path_qs: str) -> str:
+    public_url = request.app[SETTINGS].public_url or ""
+    return public_url.rstrip("/") + path_qs
+
+
+async def _reject(request: web.Request, body: bytes, error: InvalidPayload) -> NoReturn:
+    await request.app[INGESTOR].reject(
+        channel="voice", payload=body, content_type=request.content_type, reason=error.detail
+    )
+    raise bad_request(error.code, error.detail)
+
+
+def _twiml(text: str) -> web.Response:
+    return web.Response(text=text, content_type="text/xml")
 
 
 def _check_cti_token(request: web.Request, supplied: str | None) -> None:
