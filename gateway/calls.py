@@ -298,6 +298,17 @@ class _CallWork:
         event.body = text
 
 
+def link_call_to_ticket(session: Session, call_id: int, ticket_id: int) -> None:
+    """A call placed from a ticket belongs on that ticket's timeline."""
+    call = session.get(Call, call_id)
+    if call is None or session.get(Ticket, ticket_id) is None:
+        raise ValueError("no such call or ticket")
+    call.ticket_id = ticket_id
+    event = session.get(TimelineEvent, call.event_id)
+    assert event is not None
+    event.ticket_id = ticket_id
+
+
 def _customer(signal: CallSignal) -> Address:
     """The customer's side of the call: the caller inbound, the callee outbound."""
     if signal.direction is Direction.INBOUND:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from channels.cti import NumberFormat
+from channels.twilio_voice import TwilioAccount
 from routing import identity
 
 # Which identity kind a channel's sender ids are; custom channels add to this by setting.
@@ -44,6 +45,21 @@ class Settings:
     cti_number_format: NumberFormat = NumberFormat.AUTO
     twilio_voice_greeting: str | None = None
     twilio_voice_queue: str = "support"
+    twilio_account_sid: str | None = None
+    twilio_caller_id: str | None = None
+    twilio_api_url: str = "https://api.twilio.com"
+
+    @property
+    def twilio_account(self) -> TwilioAccount | None:
+        """Twilio's REST API, when account, token and our caller id are all configured."""
+        if not (self.twilio_account_sid and self.twilio_auth_token and self.twilio_caller_id):
+            return None
+        return TwilioAccount(
+            self.twilio_account_sid,
+            self.twilio_auth_token,
+            self.twilio_caller_id,
+            self.twilio_api_url,
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +90,9 @@ class Settings:
             cti_number_format=_number_format(get("CTI_NUMBER_FORMAT")),
             twilio_voice_greeting=get("TWILIO_VOICE_GREETING"),
             twilio_voice_queue=get("TWILIO_VOICE_QUEUE") or defaults.twilio_voice_queue,
+            twilio_account_sid=get("TWILIO_ACCOUNT_SID"),
+            twilio_caller_id=get("TWILIO_CALLER_ID"),
+            twilio_api_url=get("TWILIO_API_URL") or defaults.twilio_api_url,
         )
 
 

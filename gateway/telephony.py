@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import hmac
+import json
 from datetime import datetime
 from typing import NoReturn
 
+import aiohttp
 from aiohttp import web
 from sqlalchemy import select
+from twilio.base.exceptions import TwilioException
 
 from channels import InvalidPayload, cti, twilio_voice
-from gateway.api import authenticate, query_int
-from gateway.calls import CallOutcome, call_json
+from gateway.api import authenticate, query_int, read_json_object
+from gateway.calls import CallOutcome, call_json, link_call_to_ticket
 from gateway.errors import ApiError, bad_request
 from gateway.ingest import IngestError
 from gateway.keys import CALLS, DATABASE, INGESTOR, SETTINGS
-from timeline.events import CallSignal
-from timeline.models import Call, CallState
+from routing.identity import PHONE, normalise_phone
+from timeline import store
+from timeline.events import Address, CallPhase, CallSignal, Direction
+from timeline.models import Agent, Call, CallState, Ticket
 
 routes = web.RouteTableDef()
 
@@ -170,6 +175,75 @@ async def _cti_fields(request: web.Request, body: bytes) -> dict[str, list[str]]
         return cti.fields_from_json(body)
     form = await request.post()
     return cti.fields_from_form([(k, v) for k, v in form.items() if isinstance(v, str)])
+
+
+@routes.post("/api/v1/calls")
+async def click_to_call(request: web.Request) -> web.Response:
+    """Call a customer: through Twilio when configured, else the dial instruction for the PBX.
+
+    A PBX places the call itself and reports it over the CTI webhook, which puts it on the
+    timeline; a Twilio call is put there at once and followed by its status callbacks.
+    """
+    principal = await authenticate(request)
+    data = await read_json_object(request)
+    number = await _number_to_call(request, data)
+    ticket_id = data.get("ticket_id")
+    if ticket_id is not None:
+        await _require_ticket(request, ticket_id)
+    account = request.app[SETTINGS].twilio_account
+    if account is None:
+        async with request.app[DATABASE].reading() as session:
+            agent = await session.get(Agent, principal.agent_id)
+        extension = agent.extension if agent else None
+        return web.json_response({"dial": {"to": number, "extension": extension}, "call": None})
+    try:
+        call_sid = await twilio_voice.place_call(
+            account,
+            to=number,
+            agent_client=voice_client(principal.agent_id),
+            status_callback=_public(request, VOICE_STATUS_PATH),
+        )
+    except (TwilioException, aiohttp.ClientError) as error:
+        raise ApiError(502, "provider_error", f"Twilio refused the call: {error}") from None
+    signal = CallSignal(
+        provider=twilio_voice.PROVIDER,
+        call_id=call_sid,
+        phase=CallPhase.RINGING,
+        direction=Direction.OUTBOUND,
+        caller=Address("phone", account.caller_id),
+        callee=number,
+    )
+    outcome = await _receive(request, signal, json.dumps(data).encode())
+    if ticket_id is not None and outcome.call is not None:
+        await request.app[DATABASE].run(link_call_to_ticket, outcome.call["id"], ticket_id)
+        outcome.call["ticket_id"] = ticket_id
+    return web.json_response({"call": outcome.call, "dial": None}, status=201)
+
+
+async def _require_ticket(request: web.Request, ticket_id: object) -> None:
+    if not isinstance(ticket_id, int) or isinstance(ticket_id, bool):
+        raise bad_request("invalid_payload", "ticket_id must be a ticket id.")
+    async with request.app[DATABASE].reading() as session:
+        if await session.get(Ticket, ticket_id) is None:
+            raise bad_request("invalid_ticket", f"There is no ticket {ticket_id}.")
+
+
+async def _number_to_call(request: web.Request, data: dict[str, object]) -> str:
+    region = request.app[SETTINGS].default_region
+    if isinstance(data.get("to"), str):
+        number = normalise_phone(str(data["to"]), region)
+        if number is None:
+            raise bad_request("invalid_number", f"{data['to']!r} is not a phone number.")
+        return number
+    contact_id = data.get("contact_id")
+    if not isinstance(contact_id, int) or isinstance(contact_id, bool):
+        raise bad_request("invalid_payload", "Give 'to' (a number) or 'contact_id'.")
+    async with request.app[DATABASE].reading() as session:
+        identities = await session.run_sync(store.identities_of, [contact_id])
+    phones = [i.value for i in identities if i.kind == PHONE]
+    if not phones:
+        raise bad_request("no_phone", f"Contact {contact_id} has no phone number.")
+    return phones[0]
 
 
 @routes.get("/api/v1/calls")

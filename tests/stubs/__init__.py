@@ -1,0 +1,1 @@
+"""Local servers that speak providers' documented wire formats, for tests on loopback."""
