@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -10,13 +12,14 @@ from importlib import resources
 from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractAccessLogger
 
+from channels.asterisk import AmiListener
 from gateway import api, telephony, ws
 from gateway.auth import TokenCache
 from gateway.bus import open_bus
-from gateway.calls import CallDesk
+from gateway.calls import CallDesk, signal_json
 from gateway.dispatch import Dispatcher
 from gateway.errors import error_middleware
-from gateway.ingest import Ingestor
+from gateway.ingest import IngestError, Ingestor
 from gateway.keys import (
     AGENT_SOCKETS,
     BUS,
@@ -30,6 +33,7 @@ from gateway.keys import (
 )
 from gateway.settings import Settings
 from timeline.db import Database
+from timeline.events import CallSignal
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[OPEN_SOCKETS] = set()
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_bus_and_services)
+    app.cleanup_ctx.append(_asterisk)
     app.on_shutdown.append(_close_sockets)
     app.add_routes(api.routes)
     app.add_routes(telephony.routes)
@@ -70,6 +75,35 @@ async def _bus_and_services(app: web.Application) -> AsyncIterator[None]:
     yield
     await ingestor.stop()
     await bus.close()
+
+
+async def _asterisk(app: web.Application) -> AsyncIterator[None]:
+    """Follow an Asterisk PBX over AMI when one is configured (SWITCHBOARD_AMI_*)."""
+    settings = app[SETTINGS]
+    if not settings.ami_host:
+        yield
+        return
+    desk = app[CALLS]
+
+    async def on_signal(signal: CallSignal) -> None:
+        # AMI has no single raw payload per call event; the journal keeps the signal itself.
+        # A failure is journaled and logged by the desk; the listener carries on.
+        with contextlib.suppress(IngestError):
+            await desk.receive(signal, payload=signal_json(signal), content_type="application/json")
+
+    listener = AmiListener(
+        settings.ami_host,
+        settings.ami_port,
+        settings.ami_username or "",
+        settings.ami_secret or "",
+        on_signal,
+    )
+    running = asyncio.create_task(listener.run(), name="asterisk-ami")
+    yield
+    listener.stop()
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -10,8 +10,9 @@ nothing a call has already passed is undone.
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -182,6 +183,7 @@ class _CallWork:
         if call.state in FINAL_CALL_STATES:
             return CallOutcome(None, blocked=call.state == CallState.BLOCKED)
         call.updated_at = self.now
+        call.queue = call.queue or self.signal.queue
         if self.signal.phase is CallPhase.RINGING:
             return CallOutcome(None, pops=self._ring())
         if self.signal.phase is CallPhase.ANSWERED:
@@ -211,8 +213,10 @@ class _CallWork:
             return []
         if signal.agents:
             targets = agents_named(self.session, signal.agents)
+        elif signal.ring_available and not call.pops:
+            targets = available_agents(self.session)
         else:
-            targets = available_agents(self.session) if not call.pops else []
+            targets = []
         new = [agent_id for agent_id in targets if str(agent_id) not in call.pops]
         if not new:
             return []
@@ -341,6 +345,13 @@ def _seconds(start: datetime, end: datetime) -> int:
 def _clock(seconds: int | None) -> str:
     minutes, rest = divmod(seconds or 0, 60)
     return f"{minutes}:{rest:02d}"
+
+
+def signal_json(signal: CallSignal) -> bytes:
+    """A signal as JSON, for the journal where a channel has no raw payload of its own."""
+    fields = asdict(signal)
+    fields["occurred_at"] = signal.occurred_at.isoformat()
+    return json.dumps(fields).encode()
 
 
 def pop_call(call: Call) -> JSON:

@@ -48,6 +48,11 @@ class Settings:
     twilio_account_sid: str | None = None
     twilio_caller_id: str | None = None
     twilio_api_url: str = "https://api.twilio.com"
+    # Asterisk's manager interface; the listener runs when a host is set.
+    ami_host: str | None = None
+    ami_port: int = 5038
+    ami_username: str | None = None
+    ami_secret: str | None = None
 
     @property
     def twilio_account(self) -> TwilioAccount | None:
@@ -93,6 +98,10 @@ class Settings:
             twilio_account_sid=get("TWILIO_ACCOUNT_SID"),
             twilio_caller_id=get("TWILIO_CALLER_ID"),
             twilio_api_url=get("TWILIO_API_URL") or defaults.twilio_api_url,
+            ami_host=get("AMI_HOST"),
+            ami_port=int(_number("AMI_PORT", get("AMI_PORT"), defaults.ami_port)),
+            ami_username=get("AMI_USERNAME"),
+            ami_secret=get("AMI_SECRET"),
         )
 
 

@@ -120,7 +120,9 @@ class CallSignal:
     `provider` and `call_id` together name the call (a CTI `callId`, a Twilio `CallSid`, an
     Asterisk `Linkedid`); several signals update the same call. `agents` names the agents
     to ring (by name, extension or e-mail) when the PBX says whom; `answered_by` names the
-    agent who answered, if the provider knows.
+    agent who answered, if the provider knows. A ringing call that names no agents rings
+    every available agent, unless `ring_available` is off: a provider that names the agents
+    in a later signal (Asterisk's `DialBegin`) must not ring everybody first.
     """
 
     provider: str
@@ -136,3 +138,4 @@ class CallSignal:
     duration_seconds: int | None = None
     recording_url: str | None = None
     queue: str | None = None
+    ring_available: bool = True
