@@ -55,10 +55,10 @@ def fields_from_json(body: bytes) -> dict[str, list[str]]:
         raise InvalidPayload("invalid_payload", "The body must be a JSON object.")
     fields: dict[str, list[str]] = {}
     for key, value in data.items():
-        values = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, str | int) for v in values):
+        values = [v for v in (value if isinstance(value, list) else [value]) if v is not None]
+        if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in values):
             raise InvalidPayload("invalid_payload", f"Field {key!r} must be text.")
-        fields[key.removesuffix("[]")] = [str(v) for v in values if v is not None]
+        fields[key.removesuffix("[]")] = [str(v) for v in values]
     return fields
 
 

@@ -56,6 +56,9 @@ MISSED_CAUSES = (
 )
 
 
+_UNHEARD = {CallPhase.ANSWERED: "answer", CallPhase.ENDED: "hangup"}
+
+
 @dataclass
 class CallOutcome:
     call: JSON | None
@@ -120,16 +123,17 @@ def _apply(
         .where(Call.provider == signal.provider, Call.call_id == signal.call_id)
         .with_for_update()
     ).scalar_one_or_none()
-    if call is None and signal.phase is CallPhase.ANSWERED:
-        # Accepted and kept in the journal: the PBX may know calls we never heard ring.
-        log.warning("answer for an unknown call (%s)", signal.provider)
-        store.mark_journal(
-            session, journal_id, JournalStatus.ACCEPTED, reason="answer for an unknown call"
-        )
-        return CallOutcome(None)
+    note = None
+    if call is None and signal.phase is not CallPhase.RINGING:
+        # Its ring never reached us (lost, or sent before we listened): the call is opened
+        # where it is now, so an answered call is not later taken for a missed one.
+        note = f"{_UNHEARD[signal.phase]} for an unknown call"
+        log.warning("%s (%s)", note, signal.provider)
     desk = _CallWork(session, settings, signal)
     outcome = desk.open(journal_id) if call is None else desk.update(call)
-    store.mark_journal_accepted(session, [(journal_id, desk.call.event_id)])
+    store.mark_journal(
+        session, journal_id, JournalStatus.ACCEPTED, reason=note, event_id=desk.call.event_id
+    )
     outcome.call = call_json(desk.call)
     return outcome
 
@@ -185,7 +189,9 @@ class _CallWork:
         call.updated_at = self.now
         call.queue = call.queue or self.signal.queue
         if self.signal.phase is CallPhase.RINGING:
-            return CallOutcome(None, pops=self._ring())
+            # A ring that comes late, after the answer, rings nobody.
+            ringing = call.state == CallState.RINGING
+            return CallOutcome(None, pops=self._ring() if ringing else [])
         if self.signal.phase is CallPhase.ANSWERED:
             return self._answer() if call.state == CallState.RINGING else CallOutcome(None)
         return self._end()

@@ -50,20 +50,8 @@ async def _cti(request: web.Request, supplied: str | None) -> web.Response:
             await _cti_fields(request, body), request.app[SETTINGS].cti_number_format
         )
     except InvalidPayload as error:
-        await request.app[INGESTOR].reject(
-            channel="voice", payload=body, content_type=request.content_type, reason=error.detail
-        )
-        raise bad_request(error.code, error.detail) from None
-    try:
-        outcome = await request.app[CALLS].receive(
-            signal, payload=body, content_type=request.content_type
-        )
-    except IngestError as error:
-        raise ApiError(
-            500,
-            "ingest_failed",
-            f"The payload is kept as journal entry {error.journal_id} but could not be stored.",
-        ) from None
+        await _reject(request, body, error)
+    outcome = await _receive(request, signal, body)
     if outcome.blocked:
         return web.json_response({"action": "reject", "reason": "busy"})
     return web.json_response({})
@@ -137,7 +125,10 @@ async def _twilio_form(request: web.Request) -> tuple[bytes, dict[str, str]]:
             "Twilio is not configured (SWITCHBOARD_TWILIO_AUTH_TOKEN, SWITCHBOARD_PUBLIC_URL).",
         )
     body = await request.read()
-    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    try:
+        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    except ValueError:  # an unreadable body cannot carry a valid signature; nothing is kept
+        raise ApiError(400, "invalid_payload", "The body is not a readable form.") from None
     url = _public(request, request.path_qs)
     if not twilio_voice.verify(
         settings.twilio_auth_token, url, form, request.headers.get(TWILIO_SIGNATURE)
@@ -173,7 +164,10 @@ def _check_cti_token(request: web.Request, supplied: str | None) -> None:
 async def _cti_fields(request: web.Request, body: bytes) -> dict[str, list[str]]:
     if request.content_type == "application/json":
         return cti.fields_from_json(body)
-    form = await request.post()
+    try:
+        form = await request.post()
+    except ValueError:  # also UnicodeDecodeError: not a form this server can read
+        raise InvalidPayload("invalid_payload", "The body is not a readable form.") from None
     return cti.fields_from_form([(k, v) for k, v in form.items() if isinstance(v, str)])
 
 

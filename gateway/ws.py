@@ -85,7 +85,8 @@ class AgentSession:
 
     async def _forward(self, subscription: Subscription) -> None:
         async for message in subscription:
-            if message.get("id") in self._replayed:
+            # A pop both replayed and published goes out once; a withdrawal always goes out.
+            if message.get("type") == "screen_pop" and message.get("id") in self._replayed:
                 continue
             await self._send(message)
 

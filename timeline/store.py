@@ -135,12 +135,17 @@ def journal(
 
 
 def mark_journal(
-    session: Session, journal_id: int, status: JournalStatus, *, reason: str | None = None
+    session: Session,
+    journal_id: int,
+    status: JournalStatus,
+    *,
+    reason: str | None = None,
+    event_id: int | None = None,
 ) -> None:
     session.execute(
         update(InboundJournal)
         .where(InboundJournal.id == journal_id)
-        .values(status=status, reason=reason)
+        .values(status=status, reason=reason, event_id=event_id)
     )
 
 
