@@ -402,11 +402,6 @@ def last_resolved_ticket_by_contact(
     return {t.contact_id: t for t in (session.execute(query)).scalars() if t.contact_id}
 
 
-def add_tickets(session: Session, tickets: Sequence[Ticket]) -> None:
-    """Insert new tickets, each with its human number (see `Ticket.number`), in one statement."""
-    insert(session, tickets)
-
-
 def reopen(ticket: Ticket, now: datetime) -> int | None:
     """Back to waiting, unassigned; returns who held it, who may be preferred when routing.
 
