@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import linecache
 import re
+import shutil
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -229,3 +231,27 @@ def _summarise(samples: list[_Sample], *, top: int, head: str) -> tuple[str, dic
         "aiosqlite_threads_s": {k: round(v, 3) for k, v in workers.items()},
     }
     return "\n".join(lines), data
+
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+PY_SPY_RATE = 250  # samples/s
+
+
+def report(profile: Path, *, name: str, profiler: str, top: int) -> dict[str, Any]:
+    """Keep the raw profile as `<name>-gateway.*`, print and write its summary; its data."""
+    if not profile.exists():
+        print(f"\nno profile was written ({profile.name} missing)", file=sys.stderr)
+        return {"error": "no profile written"}
+    kept = RESULTS / f"{name}-gateway.{profile.name.split('.', 1)[1]}"
+    shutil.copyfile(profile, kept)
+    if profiler == "py-spy":
+        summary = summarise_py_spy(profile, top=top, rate=PY_SPY_RATE)
+    else:
+        summary = summarise_pyinstrument(profile, top=top)
+    text_path = RESULTS / f"{name}-profile.txt"
+    text_path.write_text(summary.text + "\n")
+    print()
+    print(summary.text)
+    print(f"\nprofile: {kept.relative_to(REPO)}, summary: {text_path.relative_to(REPO)}")
+    return summary.data

@@ -35,6 +35,7 @@ from typing import Any
 
 import aiohttp
 
+from bench import _profile
 from bench._load import (
     LOOPBACK,
     Bodies,
@@ -50,7 +51,6 @@ from bench._load import (
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 INBOUND_PATH = "/api/v1/inbound"
-PY_SPY_RATE = 250  # samples/s
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -140,7 +140,7 @@ def _gateway_argv(port: int, profile: Path | None, profiler: str) -> list[str]:
             "raw",
             "--threads",
             "--rate",
-            str(PY_SPY_RATE),
+            str(_profile.PY_SPY_RATE),
             "--output",
             str(profile),
             "--",
@@ -366,7 +366,9 @@ async def _main(args: argparse.Namespace) -> int:
             "commit_check": check,
         }
         if profile is not None:
-            report["profile"] = _profile_report(profile, args)
+            report["profile"] = _profile.report(
+                profile, name="ingest", profiler=args.profiler, top=args.top
+            )
         print()
         print(_table(report))
         if not check["ok"]:
@@ -380,26 +382,6 @@ async def _main(args: argparse.Namespace) -> int:
             print(f"temporary directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _profile_report(profile: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from bench import _profile
-
-    if not profile.exists():
-        print(f"\nno profile was written ({profile.name} missing)", file=sys.stderr)
-        return {"error": "no profile written"}
-    kept = RESULTS / f"ingest-gateway.{profile.name.split('.', 1)[1]}"
-    shutil.copyfile(profile, kept)
-    if args.profiler == "py-spy":
-        summary = _profile.summarise_py_spy(profile, top=args.top, rate=PY_SPY_RATE)
-    else:
-        summary = _profile.summarise_pyinstrument(profile, top=args.top)
-    text_path = RESULTS / "ingest-profile.txt"
-    text_path.write_text(summary.text + "\n")
-    print()
-    print(summary.text)
-    print(f"\nprofile: {kept.relative_to(REPO)}, summary: {text_path.relative_to(REPO)}")
-    return summary.data
 
 
 def main(argv: list[str] | None = None) -> int:

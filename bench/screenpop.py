@@ -47,9 +47,10 @@ from typing import Any
 
 import aiohttp
 
+from bench import _profile
 from bench._load import LOOPBACK, ServerProcess, cpu_seconds, free_port, http_ok, tcp_open
 from bench._load import wait_ready as _wait_ready
-from bench.ingest import PY_SPY_RATE, _env, _gateway_argv
+from bench.ingest import _env, _gateway_argv
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -595,26 +596,6 @@ def _table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _profile_report(profile: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from bench import _profile
-
-    if not profile.exists():
-        print(f"\nno profile was written ({profile.name} missing)", file=sys.stderr)
-        return {"error": "no profile written"}
-    kept = RESULTS / f"screenpop-gateway.{profile.name.split('.', 1)[1]}"
-    shutil.copyfile(profile, kept)
-    if args.profiler == "py-spy":
-        summary = _profile.summarise_py_spy(profile, top=args.top, rate=PY_SPY_RATE)
-    else:
-        summary = _profile.summarise_pyinstrument(profile, top=args.top)
-    text_path = RESULTS / "screenpop-profile.txt"
-    text_path.write_text(summary.text + "\n")
-    print()
-    print(summary.text)
-    print(f"\nprofile: {kept.relative_to(REPO)}, summary: {text_path.relative_to(REPO)}")
-    return summary.data
-
-
 async def _main(args: argparse.Namespace) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     loadavg = os.getloadavg()[0]
@@ -667,7 +648,9 @@ async def _main(args: argparse.Namespace) -> int:
             },
         }
         if profile is not None:
-            report["profile"] = _profile_report(profile, args)
+            report["profile"] = _profile.report(
+                profile, name="screenpop", profiler=args.profiler, top=args.top
+            )
         print()
         print(_table(report))
         out = RESULTS / ("screenpop-profile.json" if args.profile else "screenpop.json")

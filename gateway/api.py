@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from channels import InvalidPayload, generic
 from gateway import agents
 from gateway.auth import Principal, token_from
-from gateway.errors import ApiError, bad_request, not_found
+from gateway.errors import ApiError, bad_request, ingest_failed, not_found
 from gateway.ingest import IngestError
 from gateway.keys import DATABASE, DISPATCHER, INGESTOR, SETTINGS, TOKENS
 from gateway.pops import StoredPop
@@ -110,11 +110,7 @@ async def inbound(request: web.Request) -> web.Response:
     try:
         result = await ingestor.ingest(event, payload=body, content_type=request.content_type)
     except IngestError as error:
-        raise ApiError(
-            500,
-            "ingest_failed",
-            f"The payload is kept as journal entry {error.journal_id} but could not be stored.",
-        ) from None
+        raise ingest_failed(error.journal_id) from None
     return web.json_response(result.to_json(), status=202)
 
 

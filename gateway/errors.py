@@ -31,6 +31,15 @@ def not_found(what: str) -> ApiError:
     return ApiError(404, "not_found", f"No {what} with that id exists.")
 
 
+def ingest_failed(journal_id: int | None) -> ApiError:
+    """The payload is journaled, so it can be replayed, but could not be stored."""
+    return ApiError(
+        500,
+        "ingest_failed",
+        f"The payload is kept as journal entry {journal_id} but could not be stored.",
+    )
+
+
 def error_response(status: int, code: str, detail: str, **extra: str) -> web.Response:
     return web.json_response({"error": code, "detail": detail, **extra}, status=status)
 

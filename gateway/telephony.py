@@ -15,7 +15,7 @@ from twilio.base.exceptions import TwilioException
 from channels import InvalidPayload, cti, twilio_voice
 from gateway.api import authenticate, query_int, read_json_object
 from gateway.calls import CallOutcome, call_json, link_call_to_ticket
-from gateway.errors import ApiError, bad_request
+from gateway.errors import ApiError, bad_request, ingest_failed
 from gateway.ingest import IngestError
 from gateway.keys import CALLS, DATABASE, INGESTOR, SETTINGS
 from routing.identity import PHONE, normalise_phone
@@ -63,11 +63,7 @@ async def _receive(request: web.Request, signal: CallSignal, body: bytes) -> Cal
             signal, payload=body, content_type=request.content_type
         )
     except IngestError as error:
-        raise ApiError(
-            500,
-            "ingest_failed",
-            f"The payload is kept as journal entry {error.journal_id} but could not be stored.",
-        ) from None
+        raise ingest_failed(error.journal_id) from None
 
 
 @routes.post("/webhooks/twilio/voice")
