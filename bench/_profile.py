@@ -7,6 +7,7 @@ Both profilers lose the link between a coroutine and the SQLAlchemy work it runs
 
 from __future__ import annotations
 
+import argparse
 import linecache
 import re
 import shutil
@@ -255,3 +256,18 @@ def report(profile: Path, *, name: str, profiler: str, top: int) -> dict[str, An
     print(summary.text)
     print(f"\nprofile: {kept.relative_to(REPO)}, summary: {text_path.relative_to(REPO)}")
     return summary.data
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The profiling and clean-up options every benchmark takes."""
+    parser.add_argument(
+        "--profile", action="store_true", help="run the gateway under a sampling profiler"
+    )
+    parser.add_argument(
+        "--profiler",
+        choices=["pyinstrument", "py-spy"],
+        default="pyinstrument",
+        help="which profiler --profile uses (py-spy also samples the database writer threads)",
+    )
+    parser.add_argument("--top", type=int, default=25, help="rows of each profile summary")
+    parser.add_argument("--keep-temp", action="store_true", help="keep the temporary directory")

@@ -67,17 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="agents available with room for every ticket, so each event is routed and popped",
     )
-    parser.add_argument(
-        "--profile", action="store_true", help="run the gateway under a sampling profiler"
-    )
-    parser.add_argument(
-        "--profiler",
-        choices=["pyinstrument", "py-spy"],
-        default="pyinstrument",
-        help="which profiler --profile uses (py-spy also samples the aiosqlite thread)",
-    )
-    parser.add_argument("--top", type=int, default=25, help="rows of each profile summary")
-    parser.add_argument("--keep-temp", action="store_true", help="keep the temporary directory")
+    _profile.add_arguments(parser)
     return parser
 
 

@@ -82,17 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--target-p99-ms", type=float, default=TARGET_P99_MS)
     parser.add_argument("--target-ratio", type=float, default=TARGET_RATIO)
-    parser.add_argument(
-        "--profile", action="store_true", help="run the gateway under a sampling profiler"
-    )
-    parser.add_argument(
-        "--profiler",
-        choices=["pyinstrument", "py-spy"],
-        default="pyinstrument",
-        help="which profiler --profile uses (py-spy also samples the SQLite writer thread)",
-    )
-    parser.add_argument("--top", type=int, default=25, help="rows of each profile summary")
-    parser.add_argument("--keep-temp", action="store_true", help="keep the temporary directory")
+    _profile.add_arguments(parser)
     return parser
 
 
