@@ -170,8 +170,12 @@ def _run_upgrade(connection: Connection) -> None:
 
 
 async def upgrade(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest migration; safe to call from several processes at once."""
-    async with engine.begin() as connection:
+    """Bring the schema to the newest migration; safe to call from several processes at once.
+
+    On SQLite the migration holds the write lock from its start (a writer's BEGIN IMMEDIATE),
+    so a second process starting at the same moment waits and then finds the schema at head.
+    """
+    async with engine.execution_options(**{_WRITER: True}).begin() as connection:
         await connection.run_sync(_run_upgrade)
 
 
