@@ -104,3 +104,34 @@ async def test_serve_answers_healthz_on_the_given_port(tmp_path: Path) -> None:
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), timeout=15)
+
+
+def test_agent_adds_racing_on_a_fresh_database_all_succeed(tmp_path: Path) -> None:
+    env = {**os.environ, "SWITCHBOARD_LOG_LEVEL": "WARNING"}
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "agent",
+                "add",
+                "--name",
+                f"A{i}",
+                "--email",
+                f"a{i}@example.com",
+                "--password",
+                "long enough",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    results = [p.communicate(timeout=60) for p in processes]
+
+    assert [p.returncode for p in processes] == [0, 0, 0], [err for _, err in results]
+    assert sorted(json.loads(out)["id"] for out, _ in results) == [1, 2, 3]
