@@ -42,7 +42,7 @@ class Summary:
 
 @dataclass(frozen=True)
 class _Sample:
-    thread: str  # "main" | "aiosqlite" | "other"
+    thread: str  # "main" | "writer" (timeline.db's SQLite writer) | "aiosqlite" | "other"
     stack: tuple[Frame, ...]  # outermost first
     seconds: float
 
@@ -100,7 +100,9 @@ def summarise_py_spy(path: Path, *, top: int, rate: float) -> Summary:
         parsed = tuple(_py_spy_frame(f) for f in frames)
         samples.append(_Sample(label, parsed, int(count) / rate))
     for index, sample in enumerate(samples):
-        if "_connection_worker_thread" in sample.thread:
+        if "sqlite-writer" in sample.thread:
+            thread = "writer"
+        elif "_connection_worker_thread" in sample.thread:
             thread = "aiosqlite"
         elif main_tid is not None and sample.thread.startswith(main_tid):
             thread = "main"
@@ -203,6 +205,14 @@ def _summarise(samples: list[_Sample], *, top: int, head: str) -> tuple[str, dic
         if sample.thread == "aiosqlite" and sample.stack:
             workers[_worker_category(sample.stack, sources)] += sample.seconds
 
+    writer: dict[str, float] = defaultdict(float)
+    for sample in samples:
+        if sample.thread == "writer" and sample.stack:
+            idle = sample.stack[-1][0] == "_worker" or sample.stack[-1][1].startswith("queue")
+            writer["(waiting for work)" if idle else "(running a unit of work)"] += sample.seconds
+            for name in {f"{fn}  ({f})" for fn, f, _ in sample.stack if _is_own(f)}:
+                writer[name] += sample.seconds
+
     def pct(value: float, total: float) -> str:
         return f"{100 * value / total:5.1f}%"
 
@@ -219,6 +229,11 @@ def _summarise(samples: list[_Sample], *, top: int, head: str) -> tuple[str, dic
         lines += ["", f"aiosqlite worker threads ({worker_total:.2f} s sampled, all connections):"]
         lines += [f"  {pct(v, worker_total)}  {k}" for k, v in _most(workers)]
 
+    if writer:
+        writer_total = writer["(waiting for work)"] + writer["(running a unit of work)"]
+        lines += ["", f"SQLite writer thread ({writer_total:.2f} s sampled; our code inclusive):"]
+        lines += [f"  {pct(v, writer_total)}  {k}" for k, v in _most(writer, top)]
+
     def rounded(tally: dict[str, float], n: int) -> list[list[Any]]:
         return [[k, round(v, 4)] for k, v in _most(tally, n)]
 
@@ -230,6 +245,7 @@ def _summarise(samples: list[_Sample], *, top: int, head: str) -> tuple[str, dic
         "busy_top_self_s": rounded(self_time, top),
         "own_code_inclusive_s": rounded(own_inclusive, top),
         "aiosqlite_threads_s": {k: round(v, 3) for k, v in workers.items()},
+        "sqlite_writer_s": rounded(writer, top),
     }
     return "\n".join(lines), data
 
