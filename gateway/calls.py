@@ -160,7 +160,8 @@ class _CallWork:
         )
         contact_id = None
         if identity is not None and not blocked:
-            contact_id = resolve_contacts(self.session, [(identity, customer.name)])[identity]
+            resolved = resolve_contacts(self.session, [(identity, customer.name)])
+            contact_id = resolved.contacts[identity]
         (event_id,) = store.add_events(self.session, [self._event_row(contact_id, journal_id)])
         self.call = Call(
             provider=signal.provider,

@@ -281,6 +281,7 @@ class _BatchWriter:
         self.session = session
         self.settings = settings
         self.now = utcnow()
+        self.new_contacts: frozenset[int] = frozenset()
 
     def write(self, jobs: list[_Job], *, recheck: bool) -> _Stored:
         """`recheck` after a lost race: another process may have stored some of the events."""
@@ -330,17 +331,19 @@ class _BatchWriter:
             identity = identity_of(job.event.sender, region)
             if identity is not None:
                 identities[job] = identity
-        contacts = resolve_contacts(
+        resolved = resolve_contacts(
             self.session, [(i, job.event.sender.name) for job, i in identities.items()]
         )
-        store.lock_contacts(self.session, set(contacts.values()))
-        return {job: contacts[identity] for job, identity in identities.items()}
+        self.new_contacts = resolved.created
+        store.lock_contacts(self.session, set(resolved.contacts.values()))
+        return {job: resolved.contacts[identity] for job, identity in identities.items()}
 
     def _choose_tickets(
         self, jobs: list[_Job], contact_of: dict[_Job, int]
     ) -> tuple[dict[_Job, AnyTicket], list[AssignmentRequest]]:
         """Each event's ticket, in arrival order, as if the events came one at a time."""
-        session, contact_ids = self.session, set(contact_of.values())
+        # Contacts created by this batch have no tickets yet: nothing to look up for them.
+        session, contact_ids = self.session, set(contact_of.values()) - self.new_contacts
         by_number = store.tickets_by_number(
             session, {n for j in jobs if (n := j.event.thread.ticket_number) is not None}
         )

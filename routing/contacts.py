@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
@@ -15,9 +16,17 @@ def identity_of(address: Address, region: str) -> IdentityKey | None:
     return normalise(address.kind, address.raw, region)
 
 
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The contact of each identity, and which of them are new (and so have no history)."""
+
+    contacts: dict[IdentityKey, int]
+    created: frozenset[int]
+
+
 def resolve_contacts(
     session: Session, senders: Sequence[tuple[IdentityKey, str | None]]
-) -> dict[IdentityKey, int]:
+) -> Resolved:
     """The contact of each sender identity, creating (and naming) those nobody owns yet.
 
     A sender seen twice in one batch becomes one contact. Two processes creating the same new
@@ -34,4 +43,4 @@ def resolve_contacts(
         session, [(name, [(i.kind, i.value)]) for i, name in missing.items()]
     )
     contacts.update(zip(missing, created, strict=True))
-    return contacts
+    return Resolved(contacts, frozenset(created))
