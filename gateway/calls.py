@@ -90,7 +90,10 @@ class CallDesk:
                 reason=f"{type(error).__name__}: {error}",
             )
             raise IngestError(journal_id) from error
-        await self._publish(outcome)
+        try:
+            await self._publish(outcome)
+        except Exception:  # committed all the same: the pops are stored and replayed
+            log.exception("publishing the pops of a call failed")
         return outcome
 
     async def _apply(self, signal: CallSignal, journal_id: int) -> CallOutcome:

@@ -174,6 +174,14 @@ class Ingestor:
     async def _process(self, batch: list[_Job]) -> None:
         fresh = await self._journal_first(batch)
         stored = await self._store(fresh)
+        for job, result in stored.results.items():
+            job.answer(result)
+        try:
+            await self._announce(stored)
+        except Exception:  # committed all the same: the pops are stored and replayed
+            log.exception("publishing %d pops failed", len(stored.pops))
+
+    async def _announce(self, stored: _Stored) -> None:
         await publish_pops(self._bus, stored.pops)
         for ticket_id, assignee_id in stored.routed:
             await self._bus.publish(
@@ -181,8 +189,6 @@ class Ingestor:
                 {"type": "queue_update", "queue": "default", "ticket_id": ticket_id,
                  "assignee_id": assignee_id},
             )  # fmt: skip
-        for job, result in stored.results.items():
-            job.answer(result)
 
     async def _journal_first(self, batch: list[_Job]) -> list[_Job]:
         """Journal and commit the payloads of events not stored before; answer the retries."""

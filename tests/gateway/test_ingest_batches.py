@@ -9,8 +9,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
-from gateway.keys import DATABASE
-from tests.helpers import Agents, bearer, inbound
+from gateway.keys import BUS, DATABASE
+from tests.helpers import Agents, bearer, inbound, receive
 from timeline import store
 from timeline.models import InboundJournal, TimelineEvent
 
@@ -82,3 +82,25 @@ async def test_one_event_that_cannot_be_stored_fails_alone(
         stored = await session.run_sync(store.count, TimelineEvent)
     assert stored == 8
     assert sorted(e.status for e in journal) == ["accepted"] * 8 + ["failed"]
+
+
+async def test_a_bus_failure_after_the_commit_still_answers_202_and_the_pop_waits_for_replay(
+    client: TestClient, agents: Agents, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    anna = await agents.add("Anna")
+    await client.patch(
+        f"/api/v1/agents/{anna['id']}", json={"presence": "available"}, headers=bearer(anna)
+    )
+
+    async def bus_down(*_args: Any, **_kwargs: Any) -> None:
+        raise ConnectionError("redis went away")
+
+    monkeypatch.setattr(client.server.app[BUS], "publish", bus_down)
+    response = await client.post("/api/v1/inbound", json=inbound("m1"), headers=bearer(anna))
+    monkeypatch.undo()
+
+    assert response.status == 202
+    async with client.ws_connect(f"/ws/agent?token={anna['token']}") as socket:
+        pop = await receive(socket, "screen_pop")
+    assert pop["ticket"]["id"] == (await response.json())["ticket_id"]
+    assert pop["replayed"] is True
