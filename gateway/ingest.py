@@ -45,6 +45,7 @@ from timeline.models import (
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
+SHUTDOWN_GRACE_SECONDS = 10.0
 # A batch can lose a race with another process (a new contact's identity, a deadlock);
 # retrying finds the winner's rows. After that, events are stored one by one.
 _ATTEMPTS = 3
@@ -117,7 +118,7 @@ class Ingestor:
         self._db = db
         self._bus = bus
         self._settings = settings
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._writers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -126,13 +127,18 @@ class Ingestor:
             self._writers.append(asyncio.create_task(self._write_batches(), name=f"ingest-{n}"))
 
     async def stop(self) -> None:
-        for writer in self._writers:
+        """Finish what is queued, then end; cancelling a batch mid-way helps nobody."""
+        for _ in self._writers:
+            self._queue.put_nowait(None)
+        _, unfinished = await asyncio.wait(self._writers, timeout=SHUTDOWN_GRACE_SECONDS)
+        for writer in unfinished:
             writer.cancel()
-        for writer in self._writers:
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
         while not self._queue.empty():
-            self._queue.get_nowait().fail(RuntimeError("the gateway is shutting down"))
+            job = self._queue.get_nowait()
+            if job is not None:
+                job.fail(RuntimeError("the gateway is shutting down"))
 
     async def ingest(
         self, event: InboundEvent, *, payload: bytes, content_type: str | None
@@ -156,10 +162,18 @@ class Ingestor:
         return journal_id
 
     async def _write_batches(self) -> None:
+        """Take whatever has queued as one batch, until `stop` queues the end (None)."""
         while True:
-            batch = [await self._queue.get()]
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch, ending = [first], False
             while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                job = self._queue.get_nowait()
+                if job is None:
+                    ending = True
+                    break
+                batch.append(job)
             try:
                 await self._process(batch)
             except asyncio.CancelledError:
@@ -170,6 +184,8 @@ class Ingestor:
                 log.exception("ingest batch of %d events failed", len(batch))
                 for job in batch:
                     job.fail(IngestError(job.journal_id))
+            if ending:
+                return
 
     async def _process(self, batch: list[_Job]) -> None:
         fresh = await self._journal_first(batch)
