@@ -130,6 +130,8 @@ class Identity(Base):
     kind: Mapped[str] = mapped_column(String(32))
     value: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when mail to this address bounced (a DSN for one of our messages); cleared by hand.
+    bouncing_since: Mapped[datetime | None] = mapped_column()
 
 
 class Agent(Base):
@@ -239,6 +241,9 @@ class TimelineEvent(Base):
     occurred_at: Mapped[datetime] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     journal_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_journal.id"))
+    # Outbound only: queued/sent/delivered/failed/undelivered/bounced, and the provider's reason.
+    delivery_status: Mapped[str | None] = mapped_column(String(16))
+    delivery_detail: Mapped[str | None] = mapped_column(Text)
 
 
 class ScreenPop(Base):
@@ -307,3 +312,47 @@ class Call(Base):
     cause: Mapped[str | None] = mapped_column(String(32))
     recording_url: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OutboxStatus(enum.StrEnum):
+    """Where an outbound message is; `delivered`/`undelivered` come from providers' receipts."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    UNDELIVERED = "undelivered"
+    DEAD = "dead"  # gave up after the last transient failure; waits in the dead-letter view
+
+
+class OutboxMessage(Base):
+    """One message Switchboard sends, on any channel, kept until the provider has taken it.
+
+    `idempotency_key` makes an enqueue that is retried (a client resubmitting, a crash before
+    the answer) a no-op that answers the first row. `locked_until` is the lease of the sender
+    that claimed the row: a row still `sending` after its lease belongs to a crashed process
+    (see `timeline.outbox` for what happens to it). `provider_id` is the id the message goes
+    out with or the provider gave it (an e-mail's Message-ID, a Twilio MessageSid).
+    """
+
+    __tablename__ = "outbox_messages"
+    __table_args__ = (Index(None, "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("timeline_events.id"), index=True)
+    recipient: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    provider_id: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column()
