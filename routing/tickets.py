@@ -3,6 +3,7 @@
 Order (DESIGN.md, "The one ingest path"): an explicit thread hint wins; else the contact's open
 ticket; else a ticket resolved within the reopen window is reopened; else a new ticket. A hinted
 ticket that was resolved too long ago is not reopened: a new ticket links to it instead.
+An event that may not open a ticket (auto-generated mail) only ever joins an open hinted one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class TicketAction(enum.StrEnum):
     APPEND = "append"
     REOPEN = "reopen"
     NEW = "new"
+    NONE = "none"  # no ticket: the event stays on the contact's timeline only
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +43,14 @@ def choose_ticket(
     last_resolved: TicketState | None,
     now: datetime,
     reopen_window: timedelta,
+    opens_ticket: bool = True,
 ) -> TicketChoice:
+    if not opens_ticket:
+        # Auto-generated mail must not start conversations (or reopen them): an out-of-office
+        # reply joins the open ticket it answers, nothing else.
+        if hinted is not None and hinted.status in OPEN_STATUSES:
+            return TicketChoice(TicketAction.APPEND, hinted.id)
+        return TicketChoice(TicketAction.NONE)
     if hinted is not None:
         if hinted.status in OPEN_STATUSES:
             return TicketChoice(TicketAction.APPEND, hinted.id)

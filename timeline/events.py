@@ -46,6 +46,10 @@ class ThreadHints:
 
     ticket_number: int | None = None
     references: tuple[str, ...] = ()
+    # False for messages nobody should answer (auto-replies, bulk mail, bounces): they join an
+    # open ticket they thread into, else stay on the contact's timeline without a ticket; they
+    # never open or reopen one (routing.tickets.choose_ticket).
+    opens_ticket: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,8 @@ class Attachment:
     content_type: str
     size: int | None = None
     url: str | None = None
+    # An inline part (e-mail `cid:` image) that the HTML body shows in place.
+    content_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,10 @@ class InboundEvent:
     attachments: tuple[Attachment, ...] = ()
     occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     journal_id: int | None = None
+    # The queue a new ticket opened by this event waits in (an e-mail mailbox has its own).
+    queue: str | None = None
+    # The new text without quoted history, for previews; `text` keeps the full body.
+    preview: str | None = None
 
     def __post_init__(self) -> None:
         if self.html is not None:

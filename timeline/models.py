@@ -244,6 +244,8 @@ class TimelineEvent(Base):
     # Outbound only: queued/sent/delivered/failed/undelivered/bounced, and the provider's reason.
     delivery_status: Mapped[str | None] = mapped_column(String(16))
     delivery_detail: Mapped[str | None] = mapped_column(Text)
+    # The new text of a message without its quoted history (e-mail); `body` keeps everything.
+    preview: Mapped[str | None] = mapped_column(Text)
 
 
 class ScreenPop(Base):
@@ -356,3 +358,18 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column()
+
+
+class MailboxState(Base):
+    """How far IMAP intake has read one configured mailbox (RFC 3501 UIDs).
+
+    UIDs only mean something under one UIDVALIDITY; when the server changes it, intake starts
+    the mailbox over and the ingest path's dedupe on Message-ID keeps that idempotent.
+    """
+
+    __tablename__ = "mailbox_states"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,467 @@
+"""Inbound e-mail: one raw RFC 5322 message → `ParsedEmail`, the event and what intake needs.
+
+Parsing uses the standard library's `email` package with its modern policy (RFC 2047 headers,
+RFC 2231 file names) and never refuses a message for its encoding: a wrong or unknown charset
+is guessed with `charset-normalizer` and decoded with replacement characters. Only a message
+without headers or without a usable From address is `InvalidPayload`.
+
+`ParsedEmail.auto_generated` is the flag for loop protection: it names why a message was made
+by a machine (an auto-reply, bulk or list mail, a bounce) and is None for mail a person wrote.
+Such mail lands on the timeline but never opens a ticket (`ThreadHints.opens_ticket`), and
+nothing may answer it automatically: whatever sends auto-acknowledgements checks this flag
+(RFC 3834, "Recommendations for Automatic Responses to Electronic Mail").
+
+Threading contract: the event's `external_id` is the Message-ID without angle brackets (a
+message without one gets a stable id from a hash of its bytes); the thread hints are the
+References ids followed by In-Reply-To (newest last) and the `[#N]` tag of the subject.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy
+from email.header import decode_header, make_header
+from email.message import EmailMessage, Message
+from email.parser import BytesParser, HeaderParser
+from email.utils import getaddresses, parsedate_to_datetime
+from html.parser import HTMLParser
+
+import charset_normalizer
+
+from channels import InvalidPayload
+from timeline.events import Address, Attachment, EventKind, InboundEvent, ThreadHints, ticket_tag
+
+CHANNEL = "email"
+MAX_ID = 500  # timeline_events.external_id
+MAX_SUBJECT = 500  # tickets.subject
+# A thread that went on for years has hundreds of References; the newest are the ones we wrote.
+MAX_REFERENCES = 50
+# Precedence values of bulk mail (RFC 3834 §2; the header itself is not standardised).
+_BULK_PRECEDENCE = frozenset({"bulk", "junk", "list"})
+# Headers that auto-responders and Exchange set on what they send.
+_AUTO_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress")
+# What browsers do (WHATWG Encoding): mail labelled Latin-1 is almost always windows-1252.
+_CHARSET_ALIASES = {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252"}
+_MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
+
+_parser = BytesParser(policy=policy.default)
+
+
+@dataclass(frozen=True, slots=True)
+class MailPart:
+    """An attachment or inline image, with its bytes, before it is stored."""
+
+    filename: str
+    content_type: str
+    data: bytes
+    content_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    """A delivery status notification (RFC 3464) reporting that messages did not arrive."""
+
+    message_ids: tuple[str, ...]
+    recipients: tuple[str, ...]
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEmail:
+    message_id: str
+    sender: Address
+    recipient: str
+    subject: str | None
+    text: str
+    html: str | None  # as the sender wrote it; `event()` sanitises it
+    preview: str
+    thread: ThreadHints
+    occurred_at: datetime
+    attachments: tuple[MailPart, ...] = ()
+    auto_generated: str | None = None
+    bounce: Bounce | None = None
+
+    def event(self, urls: Sequence[str | None] = (), *, queue: str | None = None) -> InboundEvent:
+        """The timeline event, with each attachment's stored location (`urls`, in order).
+
+        Inline images referenced as `cid:` in the HTML point at their stored copies; the HTML
+        is sanitised by `InboundEvent` after that, so nothing else survives of the markup.
+        """
+        urls = list(urls) + [None] * (len(self.attachments) - len(urls))
+        html = self.html
+        if html is not None:
+            html = _link_inline_images(html, self.attachments, urls)
+        return InboundEvent(
+            channel=CHANNEL,
+            kind=EventKind.MESSAGE,
+            sender=self.sender,
+            recipient=self.recipient,
+            external_id=self.message_id,
+            text=self.text,
+            subject=self.subject,
+            html=html,
+            thread=self.thread,
+            attachments=tuple(
+                Attachment(part.filename, part.content_type, len(part.data), url, part.content_id)
+                for part, url in zip(self.attachments, urls, strict=True)
+            ),
+            occurred_at=self.occurred_at,
+            queue=queue,
+            preview=self.preview,
+        )
+
+
+def parse(raw: bytes, *, recipient: str | None = None) -> ParsedEmail:
+    """Read one message; `recipient` is the mailbox it was delivered to, when known."""
+    if not raw.strip():
+        raise InvalidPayload("invalid_email", "The message is empty.")
+    message = _parser.parsebytes(raw)
+    if not isinstance(message, EmailMessage) or not message.keys():
+        raise InvalidPayload("invalid_email", "The body is not an RFC 5322 message.")
+    sender = _sender(message)
+    subject = _header(message, "Subject")[:MAX_SUBJECT] or None
+    text, html = _bodies(message)
+    auto = auto_generated(message)
+    bounce = _bounce(message)
+    return ParsedEmail(
+        message_id=_message_id(message, raw),
+        sender=sender,
+        recipient=recipient or _recipient(message),
+        subject=subject,
+        text=text,
+        html=html,
+        preview=new_text(text),
+        thread=ThreadHints(
+            ticket_number=ticket_tag(subject),
+            references=_references(message, bounce),
+            opens_ticket=auto is None,
+        ),
+        occurred_at=_date(message),
+        attachments=tuple(_attachments(message)),
+        auto_generated=auto,
+        bounce=bounce,
+    )
+
+
+# --- headers --------------------------------------------------------------------------------
+
+
+def _header(message: Message, name: str) -> str:
+    """A header decoded (RFC 2047) to one line; bad encodings become replacement characters."""
+    try:
+        value = message.get(name)
+        text = "" if value is None else str(value)
+    except Exception:  # the header parser trips on some malformed values: decode it plainly
+        text = _plain_header(message, name)
+    # Undecodable bytes survive parsing as surrogates; a database cannot store those.
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return " ".join(text.split())
+
+
+def _plain_header(message: Message, name: str) -> str:
+    for key, value in message.raw_items():
+        if key.lower() == name.lower():
+            try:
+                return str(make_header(decode_header(str(value))))
+            except (LookupError, UnicodeError, ValueError):
+                return str(value)
+    return ""
+
+
+def _sender(message: Message) -> Address:
+    raw = _header(message, "From")
+    found = [(name, addr) for name, addr in getaddresses([raw]) if addr]
+    if not found:
+        raise InvalidPayload("invalid_email", "The message has no usable From address.")
+    name, addr = found[0]
+    return Address("email", addr, name or None)
+
+
+def _recipient(message: Message) -> str:
+    for name in ("Delivered-To", "X-Original-To", "To"):
+        found = [addr for _, addr in getaddresses([_header(message, name)]) if addr]
+        if found:
+            return found[0]
+    return ""
+
+
+def _ids(value: str) -> list[str]:
+    return _MESSAGE_ID.findall(value)
+
+
+def _message_id(message: Message, raw: bytes) -> str:
+    value = _header(message, "Message-ID")
+    found = _ids(value) or value.split()[:1]
+    if found and len(found[0]) <= MAX_ID:
+        return found[0]
+    # No (usable) Message-ID: the same bytes fetched again must dedupe, so hash the bytes.
+    return f"{hashlib.sha256(raw).hexdigest()}@no-message-id.switchboard.invalid"
+
+
+def _references(message: Message, bounce: Bounce | None) -> tuple[str, ...]:
+    """References then In-Reply-To: oldest first, the parent last (RFC 5322 §3.6.4)."""
+    found = _ids(_header(message, "References"))
+    found += _ids(_header(message, "In-Reply-To"))
+    if bounce is not None:  # a bounce belongs with the message that bounced
+        found += bounce.message_ids
+    newest_last = list(dict.fromkeys(reversed(found)))[::-1]
+    return tuple(ref for ref in newest_last[-MAX_REFERENCES:] if len(ref) <= MAX_ID)
+
+
+def _date(message: Message) -> datetime:
+    try:
+        moment = parsedate_to_datetime(_header(message, "Date"))
+    except (TypeError, ValueError, IndexError):
+        return datetime.now(UTC)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+# --- loop and noise protection --------------------------------------------------------------
+
+
+def auto_generated(message: Message) -> str | None:
+    """Why `message` was sent by a machine, or None: the signs RFC 3834 and practice give."""
+    submitted = _header(message, "Auto-Submitted").lower()
+    if submitted and submitted != "no":
+        return f"Auto-Submitted: {submitted}"
+    precedence = _header(message, "Precedence").lower()
+    if precedence in _BULK_PRECEDENCE:
+        return f"Precedence: {precedence}"
+    for name in _AUTO_HEADERS:
+        if name in message:
+            return f"{name} header"
+    if "List-Id" in message:
+        return "mailing list (List-Id)"
+    if "Return-Path" in message and _header(message, "Return-Path") in ("", "<>"):
+        return "empty Return-Path (a bounce or notification)"
+    if _is_delivery_report(message):
+        return "delivery status notification"
+    return None
+
+
+def _is_delivery_report(message: Message) -> bool:
+    return (
+        message.get_content_type() == "multipart/report"
+        and str(message.get_param("report-type", "")).lower() == "delivery-status"
+    )
+
+
+def _bounce(message: Message) -> Bounce | None:
+    """The failed recipients of a DSN and the Message-IDs of the messages that bounced."""
+    if not _is_delivery_report(message):
+        return None
+    failed: list[tuple[str, str]] = []
+    original: list[str] = []
+    for part in message.walk():
+        kind = part.get_content_type()
+        if kind == "message/delivery-status":
+            failed += _failed_recipients(part)
+        elif kind == "text/rfc822-headers":
+            headers = HeaderParser(policy=policy.default).parsestr(_decode(part))
+            original += _ids(_header(headers, "Message-ID"))
+        elif kind == "message/rfc822" and isinstance(inner := part.get_payload(0), Message):
+            original += _ids(_header(inner, "Message-ID"))
+    if not failed:
+        return None  # a delay or success report: noise, but nothing bounced
+    return Bounce(
+        message_ids=tuple(dict.fromkeys(original)),
+        recipients=tuple(dict.fromkeys(r for r, _ in failed)),
+        detail="; ".join(f"{r}: {d}" for r, d in failed)[:2000],
+    )
+
+
+def _failed_recipients(part: Message) -> list[tuple[str, str]]:
+    """(recipient, status and diagnostic) of each per-recipient block with Action: failed."""
+    payload = part.get_payload()
+    blocks = [b for b in payload if isinstance(b, Message)] if isinstance(payload, list) else []
+    failed = []
+    for block in blocks:
+        if _header(block, "Action").lower() != "failed":
+            continue
+        recipient = _header(block, "Final-Recipient") or _header(block, "Original-Recipient")
+        status = " ".join(
+            filter(None, [_header(block, "Status"), _header(block, "Diagnostic-Code")])
+        )
+        failed.append((recipient.partition(";")[2].strip() or recipient, status))
+    return failed
+
+
+# --- bodies ---------------------------------------------------------------------------------
+
+
+def _decode(part: Message) -> str:
+    """A text part's content, whatever its label says; never fails."""
+    payload = part.get_payload(decode=True)
+    data = payload if isinstance(payload, bytes) else b""
+    label = (part.get_content_charset() or "").strip().lower()
+    for charset in filter(None, [_CHARSET_ALIASES.get(label, label), "utf-8"]):
+        try:
+            return data.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    best = charset_normalizer.from_bytes(data).best()
+    return str(best) if best is not None else data.decode("utf-8", errors="replace")
+
+
+def _bodies(message: EmailMessage) -> tuple[str, str | None]:
+    """(text, html): the plain part, else text derived from the HTML part."""
+    plain = message.get_body(preferencelist=("plain",))
+    rich = message.get_body(preferencelist=("html",))
+    html = _decode(rich) if rich is not None else None
+    text = _decode(plain).strip() if plain is not None else ""
+    if not text and html is not None:
+        text = html_to_text(html)
+    return text.replace("\r\n", "\n"), html
+
+
+def _attachments(message: EmailMessage) -> Iterator[MailPart]:
+    bodies = {id(message.get_body(preferencelist=(kind,))) for kind in ("plain", "html")}
+    for n, part in enumerate(_leaves(message), start=1):
+        if id(part) in bodies or part.get_content_type() == "message/delivery-status":
+            continue
+        yield MailPart(
+            filename=_filename(part, n),
+            content_type=part.get_content_type(),
+            data=_part_bytes(part),
+            content_id=next(iter(_ids(_header(part, "Content-ID"))), None),
+        )
+
+
+def _leaves(part: Message) -> Iterator[Message]:
+    """Every part that is not a container; an attached message counts as one part."""
+    if part.get_content_maintype() == "message" or not part.is_multipart():
+        yield part
+        return
+    for sub in part.get_payload():
+        if isinstance(sub, Message):
+            yield from _leaves(sub)
+
+
+def _part_bytes(part: Message) -> bytes:
+    if part.get_content_type() == "message/rfc822" and part.is_multipart():
+        inner = part.get_payload(0)
+        return inner.as_bytes(policy=policy.SMTP) if isinstance(inner, Message) else b""
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def _filename(part: Message, n: int) -> str:
+    try:
+        name = part.get_filename()
+    except Exception:  # a mangled RFC 2231 parameter: the part is still worth keeping
+        name = None
+    if name:
+        name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return name.replace("/", "_").replace("\\", "_")[:200]
+    extension = mimetypes.guess_extension(part.get_content_type()) or ".bin"
+    return f"part-{n}{extension}"
+
+
+def _link_inline_images(html: str, parts: Sequence[MailPart], urls: Sequence[str | None]) -> str:
+    """`cid:` references (RFC 2392) → where the inline part is stored."""
+    stored = {p.content_id: url for p, url in zip(parts, urls, strict=True) if p.content_id and url}
+    if not stored:
+        return html
+
+    def replace(match: re.Match[str]) -> str:
+        return stored.get(match.group(1), match.group(0))
+
+    return re.sub(r"cid:([^\"'\s>)]+)", replace, html, flags=re.IGNORECASE)
+
+
+# --- text for people ------------------------------------------------------------------------
+
+
+class _TextOfHtml(HTMLParser):
+    """The readable text of an HTML mail: blocks become lines, quotes become `> ` lines."""
+
+    _SKIPPED = frozenset({"script", "style", "head", "title", "template"})
+    _BLOCKS = frozenset(
+        {"p", "div", "br", "li", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6", "hr",
+         "blockquote", "pre", "ul", "ol", "section", "article", "header", "footer"}
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.lines: list[str] = [""]
+        self.depth = 0  # blockquote nesting
+        self.skipping = 0
+        self.space = False  # whitespace seen since the last word
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SKIPPED:
+            self.skipping += 1
+        if tag == "blockquote":
+            self.depth += 1
+        if tag in self._BLOCKS:
+            self._newline()
+        if tag == "li":
+            self.lines[-1] += "- "
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIPPED:
+            self.skipping = max(0, self.skipping - 1)
+        if tag == "blockquote":
+            self.depth = max(0, self.depth - 1)
+        if tag in self._BLOCKS:
+            self._newline()
+
+    def handle_data(self, data: str) -> None:
+        if self.skipping:
+            return
+        words = " ".join(data.split())
+        if words:
+            space = self.space or data[:1].isspace()
+            self.lines[-1] += (" " if space and self.lines[-1].strip(" >") else "") + words
+        self.space = bool(data) and data[-1:].isspace()
+
+    def _newline(self) -> None:
+        self.lines.append("> " * self.depth)
+        self.space = False
+
+
+def html_to_text(html: str) -> str:
+    reader = _TextOfHtml()
+    reader.feed(html)
+    reader.close()
+    text = "\n".join(line.rstrip() for line in reader.lines)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+# Where the quoted history starts in what mail clients write below a reply.
+_HISTORY_STARTS = re.compile(
+    r"^\s*(-{2,}\s*(Original Message|Ursprüngliche Nachricht|Message d'origine|Originalnachricht)"
+    r"\s*-{2,}|_{20,})\s*$|^\s*(From|Von|De):\s.+\n\s*(Sent|Date|Gesendet|Datum|Envoyé)\s*:",
+    re.IGNORECASE | re.MULTILINE,
+)
+# "On Tue, 3 Mar 2026 at 10:01, Anna <anna@example.com> wrote:", "Am … schrieb …:", may wrap.
+_ATTRIBUTION = re.compile(
+    r"(^|\n)((On|Am|Le|El|Il)\s[^\n]*\n)?"
+    r"[^\n]*\b(wrote|schrieb|a écrit|escribió|scrisse)\b[^\n]*:$",
+    re.IGNORECASE,
+)
+
+
+def new_text(body: str) -> str:
+    """What the sender wrote this time: `body` without the quoted history below or inside it.
+
+    The full body stays on the event; this is for previews (contact cards, ticket lists).
+    """
+    history = _HISTORY_STARTS.search(body)
+    if history:
+        body = body[: history.start()]
+    kept: list[str] = []
+    for block in re.split(r"((?:^[ \t]*>.*(?:\n|$))+)", body, flags=re.MULTILINE):
+        if block.lstrip().startswith(">"):
+            # The attribution line belongs to the quote it introduces.
+            if kept:
+                kept[-1] = _ATTRIBUTION.sub("", kept[-1].rstrip()) + "\n"
+            continue
+        kept.append(block)
+    text = "\n".join(line.rstrip() for line in "".join(kept).splitlines())
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
