@@ -199,8 +199,10 @@ def _message_id(message: Message, raw: bytes) -> str:
     found = _ids(value) or value.split()[:1]
     if found and len(found[0]) <= MAX_ID:
         return found[0]
-    # No (usable) Message-ID: the same bytes fetched again must dedupe, so hash the bytes.
-    return f"{hashlib.sha256(raw).hexdigest()}@no-message-id.switchboard.invalid"
+    # No (usable) Message-ID: the same message received again must dedupe, so hash its bytes
+    # (with one kind of line ending: IMAP servers hand out CRLF, an MTA pipe often LF).
+    digest = hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()
+    return f"{digest}@no-message-id.switchboard.invalid"
 
 
 def _references(message: Message, bounce: Bounce | None) -> tuple[str, ...]:
@@ -381,10 +383,10 @@ class _TextOfHtml(HTMLParser):
     """The readable text of an HTML mail: blocks become lines, quotes become `> ` lines."""
 
     _SKIPPED = frozenset({"script", "style", "head", "title", "template"})
-    _BLOCKS = frozenset(
-        {"p", "div", "br", "li", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6", "hr",
-         "blockquote", "pre", "ul", "ol", "section", "article", "header", "footer"}
-    )  # fmt: skip
+    _LINES = frozenset({"div", "li", "tr", "section", "article", "header", "footer", "pre"})
+    _PARAGRAPHS = frozenset(
+        {"p", "blockquote", "ul", "ol", "table", "hr", "h1", "h2", "h3", "h4", "h5", "h6"}
+    )
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -394,12 +396,14 @@ class _TextOfHtml(HTMLParser):
         self.space = False  # whitespace seen since the last word
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._block(tag)
         if tag in self._SKIPPED:
             self.skipping += 1
         if tag == "blockquote":
             self.depth += 1
-        if tag in self._BLOCKS:
-            self._newline()
+            self.lines[-1] = "> " * self.depth
+        if tag == "br":
+            self.lines.append("> " * self.depth)
         if tag == "li":
             self.lines[-1] += "- "
 
@@ -408,8 +412,7 @@ class _TextOfHtml(HTMLParser):
             self.skipping = max(0, self.skipping - 1)
         if tag == "blockquote":
             self.depth = max(0, self.depth - 1)
-        if tag in self._BLOCKS:
-            self._newline()
+        self._block(tag)
 
     def handle_data(self, data: str) -> None:
         if self.skipping:
@@ -417,20 +420,33 @@ class _TextOfHtml(HTMLParser):
         words = " ".join(data.split())
         if words:
             space = self.space or data[:1].isspace()
-            self.lines[-1] += (" " if space and self.lines[-1].strip(" >") else "") + words
+            self.lines[-1] += (" " if space and _has_text(self.lines[-1]) else "") + words
         self.space = bool(data) and data[-1:].isspace()
 
-    def _newline(self) -> None:
-        self.lines.append("> " * self.depth)
+    def _block(self, tag: str) -> None:
+        """Blocks start on a line of their own; paragraphs also leave a blank line."""
+        if tag not in self._LINES and tag not in self._PARAGRAPHS:
+            return
+        if _has_text(self.lines[-1]):
+            self.lines.append("> " * self.depth)
+        if tag in self._PARAGRAPHS and len(self.lines) > 1 and _has_text(self.lines[-2]):
+            self.lines.append("> " * self.depth)
         self.space = False
+
+    def text(self) -> str:
+        lines = [line.rstrip() if _has_text(line) else "" for line in self.lines]
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _has_text(line: str) -> bool:
+    return bool(line.strip(" >"))
 
 
 def html_to_text(html: str) -> str:
     reader = _TextOfHtml()
     reader.feed(html)
     reader.close()
-    text = "\n".join(line.rstrip() for line in reader.lines)
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
+    return reader.text()
 
 
 # Where the quoted history starts in what mail clients write below a reply.
