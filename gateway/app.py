@@ -13,7 +13,9 @@ from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractAccessLogger
 
 from channels.asterisk import AmiListener
-from gateway import api, telephony, ws
+from channels.email.outbound import EmailSender
+from channels.sending import Sender
+from gateway import api, outbox_routes, telephony, ws
 from gateway.auth import TokenCache
 from gateway.bus import open_bus
 from gateway.calls import CallDesk, signal_json
@@ -28,9 +30,13 @@ from gateway.keys import (
     DISPATCHER,
     INGESTOR,
     OPEN_SOCKETS,
+    OUTBOX,
+    REPLIES,
     SETTINGS,
     TOKENS,
 )
+from gateway.outbox import OutboxWorker
+from gateway.replies import Replies
 from gateway.settings import Settings
 from timeline.db import Database
 from timeline.events import CallSignal
@@ -47,8 +53,10 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_bus_and_services)
     app.cleanup_ctx.append(_asterisk)
+    app.cleanup_ctx.append(_outbox)
     app.on_shutdown.append(_close_sockets)
     app.add_routes(api.routes)
+    app.add_routes(outbox_routes.routes)
     app.add_routes(telephony.routes)
     app.add_routes(ws.routes)
     app.router.add_get("/", _landing_page)
@@ -104,6 +112,33 @@ async def _asterisk(app: web.Application) -> AsyncIterator[None]:
     running.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await running
+
+
+async def _outbox(app: web.Application) -> AsyncIterator[None]:
+    """The outbox sender, with a sender for each channel configured to send."""
+    settings = app[SETTINGS]
+    senders = senders_for(settings)
+    worker = OutboxWorker(app[DATABASE], senders, settings.outbox)
+    app[OUTBOX] = worker
+    app[REPLIES] = Replies(
+        app[DATABASE],
+        senders,
+        worker,
+        settings.channels,
+        settings.default_region,
+        settings.email_auto_ack,
+    )
+    await worker.start()
+    yield
+    await worker.stop()
+
+
+def senders_for(settings: Settings) -> dict[str, Sender]:
+    """The channels this process can send on: each configured provider's sender."""
+    senders: dict[str, Sender] = {}
+    if settings.smtp is not None:
+        senders["email"] = EmailSender(settings.smtp)
+    return senders
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -11,6 +11,8 @@ from gateway.bus import Bus
 from gateway.calls import CallDesk
 from gateway.dispatch import Dispatcher
 from gateway.ingest import Ingestor
+from gateway.outbox import OutboxWorker
+from gateway.replies import Replies
 from gateway.settings import Settings
 from timeline.db import Database
 
@@ -21,6 +23,8 @@ INGESTOR = web.AppKey("ingestor", Ingestor)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 TOKENS = web.AppKey("tokens", TokenCache)
 CALLS = web.AppKey("calls", CallDesk)
+OUTBOX = web.AppKey("outbox", OutboxWorker)
+REPLIES = web.AppKey("replies", Replies)
 # How many WebSockets each agent holds on this process; the last to close takes it offline.
 AGENT_SOCKETS = web.AppKey("agent_sockets", Counter[int])
 # Every open WebSocket of this process, closed with "going away" on shutdown.

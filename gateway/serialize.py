@@ -77,6 +77,7 @@ def event_json(event: TimelineEvent) -> JSON:
         "direction": event.direction,
         "kind": event.kind,
         "body": event.body,
+        "preview": event.preview,
         "html": event.html,
         "subject": event.subject,
         "sender": event.sender,
@@ -86,6 +87,9 @@ def event_json(event: TimelineEvent) -> JSON:
         "contact_id": event.contact_id,
         "ticket_id": event.ticket_id,
         "occurred_at": iso(event.occurred_at),
+        # Outbound messages: queued, sent, delivered, failed, undelivered or bounced.
+        "status": event.delivery_status,
+        "status_detail": event.delivery_detail,
     }
 
 
@@ -96,7 +100,7 @@ def event_preview(event: TimelineEvent) -> JSON:
         "channel": event.channel,
         "direction": event.direction,
         "kind": event.kind,
-        "body": event.body[:200],
+        "body": (event.preview or event.body)[:200],
         "ticket_id": event.ticket_id,
         "occurred_at": iso(event.occurred_at),
     }

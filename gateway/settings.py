@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from channels.cti import NumberFormat
+from channels.email.outbound import SmtpAccount, SmtpTls
 from channels.twilio_voice import TwilioAccount
+from gateway.outbox import OutboxPolicy
+from gateway.replies import AutoAck
 from routing import identity
 
 # Which identity kind a channel's sender ids are; custom channels add to this by setting.
@@ -53,6 +56,10 @@ class Settings:
     ami_port: int = 5038
     ami_username: str | None = None
     ami_secret: str | None = None
+    # E-mail replies go out through this SMTP server; without it, e-mail cannot send.
+    smtp: SmtpAccount | None = None
+    outbox: OutboxPolicy = field(default_factory=OutboxPolicy)
+    email_auto_ack: AutoAck | None = None
 
     @property
     def twilio_account(self) -> TwilioAccount | None:
@@ -102,6 +109,9 @@ class Settings:
             ami_port=int(_number("AMI_PORT", get("AMI_PORT"), defaults.ami_port)),
             ami_username=get("AMI_USERNAME"),
             ami_secret=get("AMI_SECRET"),
+            smtp=_smtp(get),
+            outbox=_outbox(get),
+            email_auto_ack=_auto_ack(get),
         )
 
 
@@ -136,3 +146,66 @@ def _number_format(raw: str | None) -> NumberFormat:
     except ValueError:
         formats = ", ".join(NumberFormat)
         raise SettingsError(f"SWITCHBOARD_CTI_NUMBER_FORMAT must be one of {formats}") from None
+
+
+Getter = Callable[[str], str | None]
+
+
+def _smtp(get: Getter) -> SmtpAccount | None:
+    """SWITCHBOARD_SMTP_*: the host turns e-mail sending on; the From address must come with it."""
+    host = get("SMTP_HOST")
+    if host is None:
+        return None
+    sender = get("SMTP_FROM")
+    if sender is None or "@" not in sender:
+        raise SettingsError("SWITCHBOARD_SMTP_FROM must be our address, e.g. support@example.com")
+    try:
+        tls = SmtpTls((get("SMTP_TLS") or SmtpTls.STARTTLS).lower())
+    except ValueError:
+        raise SettingsError(f"SWITCHBOARD_SMTP_TLS must be one of {', '.join(SmtpTls)}") from None
+    default_port = {SmtpTls.STARTTLS: 587, SmtpTls.TLS: 465, SmtpTls.NONE: 25}[tls]
+    return SmtpAccount(
+        host=host,
+        port=int(_number("SMTP_PORT", get("SMTP_PORT"), default_port)),
+        sender=sender,
+        tls=tls,
+        username=get("SMTP_USER"),
+        password=get("SMTP_PASSWORD"),
+    )
+
+
+def _outbox(get: Getter) -> OutboxPolicy:
+    default = OutboxPolicy()
+    attempts = int(_number("OUTBOX_MAX_ATTEMPTS", get("OUTBOX_MAX_ATTEMPTS"), default.max_attempts))
+    return OutboxPolicy(
+        max_attempts=max(1, attempts),
+        backoff_base=_number("OUTBOX_BACKOFF_SECONDS", get("OUTBOX_BACKOFF_SECONDS"), 30.0),
+        backoff_max=_number("OUTBOX_BACKOFF_MAX_SECONDS", get("OUTBOX_BACKOFF_MAX_SECONDS"), 3600),
+        poll_interval=_number("OUTBOX_POLL_SECONDS", get("OUTBOX_POLL_SECONDS"), 5.0),
+        lease=_number("OUTBOX_LEASE_SECONDS", get("OUTBOX_LEASE_SECONDS"), default.lease),
+        concurrency=max(1, int(_number("OUTBOX_CONCURRENCY", get("OUTBOX_CONCURRENCY"), 8))),
+        rate_limits=_rate_limits(get("OUTBOX_RATE_LIMITS")),
+    )
+
+
+def _rate_limits(raw: str | None) -> dict[str, float]:
+    """`SWITCHBOARD_OUTBOX_RATE_LIMITS=email=5,sms=1`: messages per second per channel."""
+    limits: dict[str, float] = {}
+    for part in (raw or "").split(","):
+        if not part.strip():
+            continue
+        channel, _, rate = part.partition("=")
+        limits[channel.strip().lower()] = _number("OUTBOX_RATE_LIMITS", rate.strip(), 0.0)
+    return limits
+
+
+def _auto_ack(get: Getter) -> AutoAck | None:
+    if (get("EMAIL_AUTO_ACK") or "off").lower() not in ("1", "true", "on", "yes"):
+        return None
+    default = AutoAck()
+    return AutoAck(
+        text=get("EMAIL_AUTO_ACK_TEXT") or default.text,
+        per_sender=int(
+            _number("EMAIL_AUTO_ACK_PER_HOUR", get("EMAIL_AUTO_ACK_PER_HOUR"), default.per_sender)
+        ),
+    )

@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.helpers import Agents, empty_postgres
+from tests.smtp_peer import SmtpPeer
 from timeline.models import Role
 
 POSTGRES_DSN = os.environ.get(
@@ -127,3 +128,15 @@ def agents(client: TestClient) -> Agents:
 @pytest.fixture
 async def admin(agents: Agents) -> dict[str, Any]:
     return await agents.add("Admin", role=Role.ADMIN)
+
+
+# --- SMTP -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def smtp_peer() -> Iterator[SmtpPeer]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, keeping what it received."""
+    peer = SmtpPeer()
+    peer.start()
+    yield peer
+    peer.stop()

@@ -1,0 +1,427 @@
+"""The outbox: what Switchboard sends, on any channel, kept durably until a provider took it.
+
+Plain functions of a `Session`, like `timeline.store`, run inside the caller's transaction.
+
+Life of a row: `queued` → claimed (`sending`, under a lease) → `sent` (the provider accepted it)
+→ maybe `delivered` / `undelivered` from a provider's receipt. A transient failure puts it back to
+`queued` with a later `next_attempt_at`; the last allowed attempt failing makes it `dead`; a
+permanent failure makes it `failed` at once. `failed` and `dead` rows wait for a person
+(`requeue`).
+
+Several processes may send from one database: `claim` takes rows with `FOR UPDATE SKIP LOCKED` on
+PostgreSQL, so each row goes to one sender; on SQLite every write transaction holds the one write
+lock (BEGIN IMMEDIATE, see `timeline.db`), which serialises claims the same way.
+
+Crash recovery, the documented rule: a row whose sender died mid-send stays `sending` until its
+lease runs out. Nobody can know whether the provider took it. The next claim then either sends
+it again, but only for channels whose resend is harmless (`resendable`: e-mail, whose retry
+carries the same Message-ID, which receivers treat as the same message, RFC 5322 §3.6.4), or
+marks it `failed` with the reason "interrupted", for a person to check and retry (SMS, chat: a
+second copy would reach the customer's phone). Nothing is ever sent twice silently.
+
+The `attempts` counter doubles as a fencing token: a sender reports its result for the attempt
+it claimed, and a late report for a row that was reclaimed meanwhile changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from timeline.models import (
+    Identity,
+    OutboxMessage,
+    OutboxStatus,
+    TimelineEvent,
+    utcnow,
+)
+
+INTERRUPTED = "interrupted while sending; the provider may or may not have accepted it"
+
+# The outbox's words, as the timeline shows them on the message's event.
+_EVENT_STATUS = {
+    OutboxStatus.QUEUED: "queued",
+    OutboxStatus.SENDING: "queued",
+    OutboxStatus.SENT: "sent",
+    OutboxStatus.DELIVERED: "delivered",
+    OutboxStatus.FAILED: "failed",
+    OutboxStatus.UNDELIVERED: "undelivered",
+    OutboxStatus.DEAD: "failed",
+}
+# Receipts (`mark_delivery`) in the timeline's words, as the outbox keeps them.
+_RECEIPT_STATUS = {
+    "delivered": OutboxStatus.DELIVERED,
+    "undelivered": OutboxStatus.UNDELIVERED,
+    "bounced": OutboxStatus.UNDELIVERED,
+    "failed": OutboxStatus.FAILED,
+    "sent": OutboxStatus.SENT,
+}
+RECEIPT_STATUSES = frozenset(_RECEIPT_STATUS)
+WAITING_FOR_A_PERSON = (OutboxStatus.FAILED, OutboxStatus.DEAD)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A claimed row, detached from the session: what a channel's sender needs to send it."""
+
+    id: int
+    channel: str
+    recipient: str
+    payload: dict[str, Any]
+    attempt: int
+    provider_id: str | None
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewOutbound:
+    """An outbound message and its timeline event, as one enqueue writes them."""
+
+    channel: str
+    idempotency_key: str
+    recipient: str
+    sender: str
+    payload: dict[str, Any]
+    external_id: str
+    ticket_id: int | None
+    contact_id: int | None
+    text: str = ""
+    subject: str | None = None
+    html: str | None = None
+    attachments: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    message: OutboxMessage
+    event: TimelineEvent | None
+    duplicate: bool
+
+
+def by_key(session: Session, idempotency_key: str) -> OutboxMessage | None:
+    return session.execute(
+        select(OutboxMessage).where(OutboxMessage.idempotency_key == idempotency_key)
+    ).scalar_one_or_none()
+
+
+def enqueue(session: Session, new: NewOutbound, now: datetime | None = None) -> Enqueued:
+    """Append the outbound event and queue its message; an idempotency key seen before answers
+    the first row and stores nothing.
+
+    The insert runs in a savepoint: two processes racing with one key both get the winner's row.
+    """
+    existing = by_key(session, new.idempotency_key)
+    if existing is not None:
+        return _duplicate(session, existing)
+    now = now or utcnow()
+    try:
+        with session.begin_nested():
+            event = _outbound_event(new, now)
+            session.add(event)
+            session.flush()
+            message = OutboxMessage(
+                channel=new.channel,
+                idempotency_key=new.idempotency_key,
+                ticket_id=new.ticket_id,
+                contact_id=new.contact_id,
+                event_id=event.id,
+                recipient=new.recipient,
+                payload=new.payload,
+                status=OutboxStatus.QUEUED,
+                attempts=0,
+                next_attempt_at=now,
+                provider_id=new.external_id,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(message)
+            session.flush()
+    except IntegrityError:
+        winner = by_key(session, new.idempotency_key)
+        if winner is None:
+            raise
+        return _duplicate(session, winner)
+    return Enqueued(message, event, duplicate=False)
+
+
+def _duplicate(session: Session, message: OutboxMessage) -> Enqueued:
+    event = session.get(TimelineEvent, message.event_id) if message.event_id else None
+    return Enqueued(message, event, duplicate=True)
+
+
+def _outbound_event(new: NewOutbound, now: datetime) -> TimelineEvent:
+    return TimelineEvent(
+        channel=new.channel,
+        external_id=new.external_id,
+        kind="message",
+        direction="out",
+        contact_id=new.contact_id,
+        ticket_id=new.ticket_id,
+        sender=new.sender,
+        recipient=new.recipient,
+        subject=new.subject,
+        body=new.text,
+        html=new.html,
+        attachments=list(new.attachments),
+        occurred_at=now,
+        created_at=now,
+        delivery_status=_EVENT_STATUS[OutboxStatus.QUEUED],
+    )
+
+
+def claim(
+    session: Session,
+    channel: str,
+    *,
+    limit: int,
+    lease: timedelta,
+    resendable: bool,
+    now: datetime | None = None,
+) -> list[OutboxItem]:
+    """Take up to `limit` due rows of `channel` for this sender, each for `lease`.
+
+    Due: queued rows whose time has come, and `sending` rows whose sender's lease ran out (a
+    crashed process). The latter are sent again only when `resendable`; otherwise they are
+    marked failed (see the module's crash-recovery rule) and not returned.
+    """
+    now = now or utcnow()
+    due = (
+        select(OutboxMessage)
+        .where(
+            OutboxMessage.channel == channel,
+            or_(
+                and_(
+                    OutboxMessage.status == OutboxStatus.QUEUED,
+                    OutboxMessage.next_attempt_at <= now,
+                ),
+                and_(
+                    OutboxMessage.status == OutboxStatus.SENDING,
+                    OutboxMessage.locked_until < now,
+                ),
+            ),
+        )
+        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    claimed: list[OutboxItem] = []
+    for row in session.execute(due).scalars():
+        if row.status == OutboxStatus.SENDING and not resendable:
+            _finish(session, row, OutboxStatus.FAILED, INTERRUPTED, now)
+            continue
+        row.status = OutboxStatus.SENDING
+        row.attempts += 1
+        row.locked_until = now + lease
+        row.updated_at = now
+        claimed.append(_item(row))
+    session.flush()
+    return claimed
+
+
+def _item(row: OutboxMessage) -> OutboxItem:
+    return OutboxItem(
+        id=row.id,
+        channel=row.channel,
+        recipient=row.recipient,
+        payload=dict(row.payload),
+        attempt=row.attempts,
+        provider_id=row.provider_id,
+        idempotency_key=row.idempotency_key,
+    )
+
+
+def _claimed(session: Session, item: OutboxItem) -> OutboxMessage | None:
+    """The row, if it is still this attempt's (the fencing check), locked for the update."""
+    return session.execute(
+        select(OutboxMessage)
+        .where(
+            OutboxMessage.id == item.id,
+            OutboxMessage.status == OutboxStatus.SENDING,
+            OutboxMessage.attempts == item.attempt,
+        )
+        .with_for_update()
+    ).scalar_one_or_none()
+
+
+def mark_sent(
+    session: Session, item: OutboxItem, provider_id: str | None, now: datetime | None = None
+) -> bool:
+    row = _claimed(session, item)
+    if row is None:
+        return False
+    now = now or utcnow()
+    row.provider_id = provider_id or row.provider_id
+    row.sent_at = now
+    _finish(session, row, OutboxStatus.SENT, None, now)
+    return True
+
+
+def mark_retry(
+    session: Session, item: OutboxItem, error: str, at: datetime, now: datetime | None = None
+) -> bool:
+    """A transient failure: queued again for `at`; the event stays `queued`."""
+    row = _claimed(session, item)
+    if row is None:
+        return False
+    row.status = OutboxStatus.QUEUED
+    row.next_attempt_at = at
+    row.locked_until = None
+    row.last_error = error
+    row.updated_at = now or utcnow()
+    return True
+
+
+def mark_failed(
+    session: Session,
+    item: OutboxItem,
+    error: str,
+    *,
+    dead: bool = False,
+    now: datetime | None = None,
+) -> bool:
+    """A permanent failure (`failed`), or the last transient one (`dead`)."""
+    row = _claimed(session, item)
+    if row is None:
+        return False
+    status = OutboxStatus.DEAD if dead else OutboxStatus.FAILED
+    _finish(session, row, status, error, now or utcnow())
+    return True
+
+
+def _finish(
+    session: Session, row: OutboxMessage, status: OutboxStatus, error: str | None, now: datetime
+) -> None:
+    row.status = status
+    row.locked_until = None
+    row.last_error = error
+    row.updated_at = now
+    if row.event_id is not None:
+        _set_event_status(session, row.event_id, _EVENT_STATUS[status], error)
+
+
+def _set_event_status(session: Session, event_id: int, status: str, detail: str | None) -> None:
+    session.execute(
+        update(TimelineEvent)
+        .where(TimelineEvent.id == event_id)
+        .values(delivery_status=status, delivery_detail=detail)
+    )
+
+
+def requeue(session: Session, outbox_id: int, now: datetime | None = None) -> OutboxMessage | None:
+    """A person's retry of a failed or dead row: a fresh set of attempts, due at once.
+
+    Returns None when there is no such row or it is not waiting for a person.
+    """
+    row = session.execute(
+        select(OutboxMessage).where(OutboxMessage.id == outbox_id).with_for_update()
+    ).scalar_one_or_none()
+    if row is None or row.status not in WAITING_FOR_A_PERSON:
+        return None
+    now = now or utcnow()
+    row.status = OutboxStatus.QUEUED
+    row.attempts = 0
+    row.next_attempt_at = now
+    row.updated_at = now
+    if row.event_id is not None:
+        _set_event_status(session, row.event_id, _EVENT_STATUS[OutboxStatus.QUEUED], None)
+    return row
+
+
+def mark_delivery(
+    session: Session,
+    channel: str,
+    external_id: str,
+    status: str,
+    detail: str | None,
+    now: datetime | None = None,
+) -> bool:
+    """A provider's receipt for one of our outbound messages (a DSN, a Twilio status callback).
+
+    `status` is one of `RECEIPT_STATUSES`. `bounced` also marks the recipient's identity as
+    bouncing. Returns False when no outbound event of ours has that id.
+    """
+    if status not in _RECEIPT_STATUS:
+        raise ValueError(f"unknown delivery status {status!r}")
+    event = session.execute(
+        select(TimelineEvent).where(
+            TimelineEvent.channel == channel,
+            TimelineEvent.external_id == external_id,
+            TimelineEvent.direction == "out",
+        )
+    ).scalar_one_or_none()
+    if event is None:
+        return False
+    now = now or utcnow()
+    event.delivery_status = status
+    event.delivery_detail = detail
+    session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.event_id == event.id)
+        .values(status=_RECEIPT_STATUS[status], last_error=detail, updated_at=now)
+    )
+    if status == "bounced" and event.contact_id is not None:
+        session.execute(
+            update(Identity)
+            .where(
+                Identity.contact_id == event.contact_id,
+                Identity.value == event.recipient,
+                Identity.bouncing_since.is_(None),
+            )
+            .values(bouncing_since=now)
+        )
+    return True
+
+
+def next_due(session: Session, channels: Collection[str]) -> datetime | None:
+    """When the earliest queued row of these channels is due; None when nothing is queued.
+
+    Rows `sending` under another process's lease are that process's; they are not waited for.
+    """
+    return session.execute(
+        select(func.min(OutboxMessage.next_attempt_at)).where(
+            OutboxMessage.channel.in_(channels), OutboxMessage.status == OutboxStatus.QUEUED
+        )
+    ).scalar_one()
+
+
+def listing(
+    session: Session, statuses: Collection[str], *, limit: int, before_id: int | None = None
+) -> list[OutboxMessage]:
+    """The dead-letter view: rows in these statuses, newest first."""
+    query = (
+        select(OutboxMessage)
+        .where(OutboxMessage.status.in_(statuses))
+        .order_by(OutboxMessage.id.desc())
+        .limit(limit)
+    )
+    if before_id is not None:
+        query = query.where(OutboxMessage.id < before_id)
+    return list(session.execute(query).scalars())
+
+
+def thread_events(session: Session, ticket_id: int, channel: str) -> list[TimelineEvent]:
+    """The ticket's events on `channel`, inbound and outbound, oldest first: a reply's thread."""
+    return list(
+        session.execute(
+            select(TimelineEvent)
+            .where(TimelineEvent.ticket_id == ticket_id, TimelineEvent.channel == channel)
+            .order_by(TimelineEvent.occurred_at, TimelineEvent.id)
+        ).scalars()
+    )
+
+
+def recent_count(session: Session, key_prefix: str, recipient: str, since: datetime) -> int:
+    """How many messages with keys starting `key_prefix` went to `recipient` since `since`."""
+    return session.execute(
+        select(func.count(OutboxMessage.id)).where(
+            OutboxMessage.idempotency_key.startswith(key_prefix, autoescape=True),
+            OutboxMessage.recipient == recipient,
+            OutboxMessage.created_at >= since,
+        )
+    ).scalar_one()
