@@ -129,6 +129,7 @@ def _gateway_argv(port: int, profile: Path | None, profiler: str) -> list[str]:
             "--format",
             "raw",
             "--threads",
+            "--nonblocking",
             "--rate",
             str(_profile.PY_SPY_RATE),
             "--output",

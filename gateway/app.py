@@ -79,8 +79,11 @@ async def _bus_and_services(app: web.Application) -> AsyncIterator[None]:
     await ingestor.start()
     app[INGESTOR] = ingestor
     app[DISPATCHER] = Dispatcher(app[DATABASE], bus)
-    app[CALLS] = CallDesk(app[DATABASE], bus, app[SETTINGS])
+    calls = CallDesk(app[DATABASE], bus, app[SETTINGS])
+    await calls.start()
+    app[CALLS] = calls
     yield
+    await calls.stop()
     await ingestor.stop()
     await bus.close()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,7 +24,7 @@ class Dispatcher:
         """Give the agent the oldest waiting tickets it has room for; returns their ids."""
         async with self._db.transaction() as session:
             ticket_ids = await session.run_sync(fill_agent, agent_id, utcnow())
-            pops = await session.run_sync(assigned_pops, agent_id, ticket_ids)
+            pops = await session.run_sync(assigned_pops, dict.fromkeys(ticket_ids, agent_id))
         await self._announce(pops)
         return ticket_ids
 
@@ -36,7 +36,7 @@ class Dispatcher:
                 return None
             request = AssignmentRequest(ticket_id, ticket.channel, excluded=excluded)
             agent_id = await session.run_sync(assign_ticket, request, utcnow())
-            pops = await session.run_sync(assigned_pops, agent_id, [ticket_id]) if agent_id else []
+            pops = await session.run_sync(assigned_pops, {ticket_id: agent_id}) if agent_id else []
         await self._announce(pops)
         return agent_id
 
@@ -44,7 +44,7 @@ class Dispatcher:
         self, session: AsyncSession, agent_id: int, ticket_id: int
     ) -> StoredPop:
         """Store the pop for a manual assignment; the caller publishes it after its commit."""
-        (pop,) = await session.run_sync(assigned_pops, agent_id, [ticket_id])
+        (pop,) = await session.run_sync(assigned_pops, {ticket_id: agent_id})
         return pop
 
     async def publish(self, pops: list[StoredPop]) -> None:
@@ -65,13 +65,13 @@ class Dispatcher:
             )
 
 
-def assigned_pops(session: Session, agent_id: int, ticket_ids: Sequence[int]) -> list[StoredPop]:
-    """Store the pops telling an agent it now holds these tickets."""
-    if not ticket_ids:
+def assigned_pops(session: Session, assignments: Mapping[int, int]) -> list[StoredPop]:
+    """Store the pops telling agents they now hold tickets (`{ticket id: agent id}`)."""
+    if not assignments:
         return []
-    query = select(Ticket).where(Ticket.id.in_(ticket_ids)).order_by(Ticket.id)
+    query = select(Ticket).where(Ticket.id.in_(assignments)).order_by(Ticket.id)
     tickets = list(session.execute(query).scalars())
     return store_pops(
         session,
-        [PopRequest(agent_id, "assigned", t.channel, t.contact_id, t) for t in tickets],
+        [PopRequest(assignments[t.id], "assigned", t.channel, t.contact_id, t) for t in tickets],
     )

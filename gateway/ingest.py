@@ -15,7 +15,6 @@ its neighbours down: it alone is journaled as failed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field, replace
 
@@ -23,15 +22,16 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from gateway.bus import SUPERVISORS_TOPIC, Bus
+from gateway.group_commit import GroupCommit, IngestError
 from gateway.pops import PopRequest, StoredPop, publish_pops, store_pops
 from gateway.settings import Settings
-from routing.assignment import AssignmentRequest, assign_tickets
+from routing.assignment import DEFAULT_QUEUE, AssignmentRequest, assign_tickets
 from routing.contacts import identity_of, resolve_contacts
 from routing.identity import IdentityKey
 from routing.tickets import TicketAction, TicketState, choose_ticket
 from timeline import store
 from timeline.db import Database
-from timeline.events import InboundEvent
+from timeline.events import Attachment, InboundEvent
 from timeline.models import (
     OPEN_STATUSES,
     JournalStatus,
@@ -44,8 +44,6 @@ from timeline.models import (
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 256
-SHUTDOWN_GRACE_SECONDS = 10.0
 # A batch can lose a race with another process (a new contact's identity, a deadlock);
 # retrying finds the winner's rows. After that, events are stored one by one.
 _ATTEMPTS = 3
@@ -69,14 +67,6 @@ class IngestResult:
             "assignee_id": self.assignee_id,
             "duplicate": self.duplicate,
         }
-
-
-class IngestError(Exception):
-    """The payload was accepted and journaled but could not be stored; it can be replayed."""
-
-    def __init__(self, journal_id: int | None) -> None:
-        super().__init__(f"ingest failed; journal entry {journal_id}")
-        self.journal_id = journal_id
 
 
 @dataclass(eq=False)
@@ -118,34 +108,23 @@ class Ingestor:
         self._db = db
         self._bus = bus
         self._settings = settings
-        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
-        self._writers: list[asyncio.Task[None]] = []
+        # SQLite has one writer at a time anyway; PostgreSQL gets a few concurrent batches.
+        writers = 1 if db.is_sqlite else 4
+        self._batches = GroupCommit("ingest", self._process, writers=writers)
 
     async def start(self) -> None:
-        """SQLite has one writer at a time anyway; PostgreSQL gets a few concurrent batches."""
-        for n in range(1 if self._db.is_sqlite else 4):
-            self._writers.append(asyncio.create_task(self._write_batches(), name=f"ingest-{n}"))
+        await self._batches.start()
 
     async def stop(self) -> None:
-        """Finish what is queued, then end; cancelling a batch mid-way helps nobody."""
-        for _ in self._writers:
-            self._queue.put_nowait(None)
-        _, unfinished = await asyncio.wait(self._writers, timeout=SHUTDOWN_GRACE_SECONDS)
-        for writer in unfinished:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if job is not None:
-                job.fail(RuntimeError("the gateway is shutting down"))
+        """Finish what is queued, then end."""
+        await self._batches.stop()
 
     async def ingest(
         self, event: InboundEvent, *, payload: bytes, content_type: str | None
     ) -> IngestResult:
         """Store one event (or find it stored before) and answer once it is committed."""
         job = _Job(event, payload, content_type, asyncio.get_running_loop().create_future())
-        self._queue.put_nowait(job)
+        self._batches.submit(job)
         # Shielded: a caller who hangs up must not cancel the batch its event is part of.
         return await asyncio.shield(job.done)
 
@@ -160,32 +139,6 @@ class Ingestor:
             reason=reason,
         )
         return journal_id
-
-    async def _write_batches(self) -> None:
-        """Take whatever has queued as one batch, until `stop` queues the end (None)."""
-        while True:
-            first = await self._queue.get()
-            if first is None:
-                return
-            batch, ending = [first], False
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                job = self._queue.get_nowait()
-                if job is None:
-                    ending = True
-                    break
-                batch.append(job)
-            try:
-                await self._process(batch)
-            except asyncio.CancelledError:
-                for job in batch:
-                    job.fail(RuntimeError("the gateway is shutting down"))
-                raise
-            except Exception:  # the database is unreachable: answer everyone, never hang
-                log.exception("ingest batch of %d events failed", len(batch))
-                for job in batch:
-                    job.fail(IngestError(job.journal_id))
-            if ending:
-                return
 
     async def _process(self, batch: list[_Job]) -> None:
         fresh = await self._journal_first(batch)
@@ -285,7 +238,7 @@ class NewTicket:
     channel: str
     subject: str | None
     linked_ticket_id: int | None
-    queue: str = "default"
+    queue: str = DEFAULT_QUEUE
     id: int = 0
     number: int = 0
     status: str = TicketStatus.NEW
@@ -327,9 +280,9 @@ class _BatchWriter:
             results[job] = IngestResult(
                 event_id=event_id,
                 contact_id=contact_of.get(job),
-                ticket_id=ticket.id,
-                ticket_number=ticket.number,
-                assignee_id=ticket.assignee_id,
+                ticket_id=ticket.id if ticket else None,
+                ticket_number=ticket.number if ticket else None,
+                assignee_id=ticket.assignee_id if ticket else None,
             )
         routed = [(w.ticket_id, assigned.get(w.ticket_id)) for w in waiting]
         return _Stored(results, pops, routed)
@@ -362,19 +315,24 @@ class _BatchWriter:
 
     def _choose_tickets(
         self, jobs: list[_Job], contact_of: dict[_Job, int]
-    ) -> tuple[dict[_Job, AnyTicket], list[AssignmentRequest]]:
+    ) -> tuple[dict[_Job, AnyTicket | None], list[AssignmentRequest]]:
         """Each event's ticket, in arrival order, as if the events came one at a time."""
         # Contacts created by this batch have no tickets yet: nothing to look up for them.
         session, contact_ids = self.session, set(contact_of.values()) - self.new_contacts
         by_number = store.tickets_by_number(
             session, {n for j in jobs if (n := j.event.thread.ticket_number) is not None}
         )
-        by_reference = store.tickets_by_reference(
-            session, {(j.event.channel, ref) for j in jobs for ref in j.event.thread.references}
+        # Events earlier in this batch join in below, so a reply in the same batch finds its
+        # thread as it would arriving on its own.
+        by_reference: dict[store.EventKey, AnyTicket] = dict(
+            store.tickets_by_reference(
+                session,
+                {(j.event.channel, ref) for j in jobs for ref in j.event.thread.references},
+            )
         )
         open_of: dict[int, AnyTicket] = dict(store.open_ticket_by_contact(session, contact_ids))
         resolved_of = store.last_resolved_ticket_by_contact(session, contact_ids - set(open_of))
-        ticket_of: dict[_Job, AnyTicket] = {}
+        ticket_of: dict[_Job, AnyTicket | None] = {}
         new_tickets: list[NewTicket] = []
         preferred: dict[AnyTicket, int | None] = {}
         for job in jobs:
@@ -387,6 +345,9 @@ class _BatchWriter:
                 job.event, contact_id, hinted, open_ticket, last_resolved
             )
             ticket_of[job] = ticket
+            if ticket is None:
+                continue
+            by_reference[job.key] = ticket
             if isinstance(ticket, NewTicket) and action is TicketAction.NEW:
                 new_tickets.append(ticket)
             if action is not TicketAction.APPEND:
@@ -407,10 +368,10 @@ class _BatchWriter:
         self,
         event: InboundEvent,
         contact_id: int | None,
-        hinted: Ticket | None,
+        hinted: AnyTicket | None,
         open_ticket: AnyTicket | None,
         last_resolved: Ticket | None,
-    ) -> tuple[AnyTicket, TicketAction, int | None]:
+    ) -> tuple[AnyTicket | None, TicketAction, int | None]:
         # Tickets created earlier in this batch have no id yet; the policy only needs a handle.
         candidates = {id(t): t for t in (hinted, open_ticket, last_resolved) if t is not None}
         choice = choose_ticket(
@@ -419,7 +380,10 @@ class _BatchWriter:
             last_resolved=_state(last_resolved),
             now=self.now,
             reopen_window=self.settings.reopen_window,
+            opens_ticket=event.thread.opens_ticket,
         )
+        if choice.action is TicketAction.NONE:
+            return None, choice.action, None
         if choice.action is TicketAction.NEW:
             linked = candidates[choice.linked_ticket_id] if choice.linked_ticket_id else None
             ticket = NewTicket(
@@ -427,6 +391,7 @@ class _BatchWriter:
                 channel=event.channel,
                 subject=event.subject,
                 linked_ticket_id=linked.id if linked else None,
+                queue=event.queue or DEFAULT_QUEUE,
             )
             return ticket, choice.action, None
         assert choice.ticket_id is not None
@@ -456,12 +421,20 @@ class _BatchWriter:
             ticket.id, ticket.number = ticket_id, ticket_number(ticket_id)
 
     def _append(
-        self, jobs: list[_Job], contact_of: dict[_Job, int], ticket_of: dict[_Job, AnyTicket]
+        self,
+        jobs: list[_Job],
+        contact_of: dict[_Job, int],
+        ticket_of: dict[_Job, AnyTicket | None],
     ) -> list[int]:
         return store.add_events(
             self.session,
             [
-                _timeline_event(job.event, job.journal_id, contact_of.get(job), ticket_of[job].id)
+                _timeline_event(
+                    job.event,
+                    job.journal_id,
+                    contact_of.get(job),
+                    ticket.id if (ticket := ticket_of[job]) else None,
+                )
                 for job in jobs
             ],
         )
@@ -470,14 +443,14 @@ class _BatchWriter:
         self,
         jobs: list[_Job],
         contact_of: dict[_Job, int],
-        ticket_of: dict[_Job, AnyTicket],
+        ticket_of: dict[_Job, AnyTicket | None],
         assigned: dict[int, int],
     ) -> list[StoredPop]:
         """One pop per ticket and batch: to whoever holds the ticket now."""
         requests: dict[int, PopRequest] = {}
         for job in jobs:
             ticket = ticket_of[job]
-            if ticket.assignee_id is None:
+            if ticket is None or ticket.assignee_id is None:
                 continue
             reason = "assigned" if ticket.id in assigned else "new_message"
             requests[ticket.id] = PopRequest(
@@ -489,8 +462,8 @@ class _BatchWriter:
 def _hinted(
     event: InboundEvent,
     by_number: dict[int, Ticket],
-    by_reference: dict[store.EventKey, Ticket],
-) -> Ticket | None:
+    by_reference: dict[store.EventKey, AnyTicket],
+) -> AnyTicket | None:
     if event.thread.ticket_number in by_number:
         return by_number[event.thread.ticket_number]
     for reference in reversed(event.thread.references):  # the newest reference first
@@ -506,7 +479,7 @@ def _state(ticket: AnyTicket | None) -> TicketState | None:
 
 
 def _timeline_event(
-    event: InboundEvent, journal_id: int | None, contact_id: int | None, ticket_id: int
+    event: InboundEvent, journal_id: int | None, contact_id: int | None, ticket_id: int | None
 ) -> store.Row:
     return {
         "channel": event.channel,
@@ -519,14 +492,24 @@ def _timeline_event(
         "recipient": event.recipient,
         "subject": event.subject,
         "body": event.text,
+        "preview": event.preview,
         "html": event.html,
-        "attachments": [
-            {"filename": a.filename, "content_type": a.content_type, "size": a.size, "url": a.url}
-            for a in event.attachments
-        ],
+        "attachments": [_attachment_json(a) for a in event.attachments],
         "occurred_at": event.occurred_at,
         "journal_id": journal_id,
     }
+
+
+def _attachment_json(attachment: Attachment) -> dict[str, object]:
+    stored: dict[str, object] = {
+        "filename": attachment.filename,
+        "content_type": attachment.content_type,
+        "size": attachment.size,
+        "url": attachment.url,
+    }
+    if attachment.content_id:
+        stored["content_id"] = attachment.content_id
+    return stored
 
 
 def _previous_result(session: Session, event: TimelineEvent) -> IngestResult:

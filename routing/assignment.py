@@ -10,7 +10,7 @@ never assign one ticket twice.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -43,6 +43,12 @@ class AgentLoad:
 
 
 @dataclass(frozen=True, slots=True)
+class _Staffed:
+    id: int
+    capacity: Any  # the agent's stored capacity (JSON), see `Capacity.from_json`
+
+
+@dataclass(frozen=True, slots=True)
 class AssignmentRequest:
     """A waiting ticket to place; `excluded` just handed it back and must not get it again."""
 
@@ -67,15 +73,17 @@ def choose_agent(
     return min(with_room, key=lambda c: (c.open_tickets, c.agent_id)).agent_id
 
 
-def _lock_agents(session: Session, agent_ids: Sequence[int] | None) -> list[Agent]:
-    query = select(Agent).where(Agent.presence == Presence.AVAILABLE)
+def _lock_agents(session: Session, agent_ids: Sequence[int] | None) -> list[_Staffed]:
+    """The available agents' ids and capacities, their rows locked (columns, not ORM objects:
+    this runs for every batch that routes)."""
+    query = select(Agent.id, Agent.capacity).where(Agent.presence == Presence.AVAILABLE)
     if agent_ids is not None:
         query = query.where(Agent.id.in_(agent_ids))
     query = query.order_by(Agent.id).with_for_update()
-    return list((session.execute(query)).scalars())
+    return [_Staffed(agent_id, capacity) for agent_id, capacity in session.execute(query)]
 
 
-def _loads(session: Session, agents: Sequence[Agent]) -> list[AgentLoad]:
+def _loads(session: Session, agents: Sequence[_Staffed]) -> list[AgentLoad]:
     ids = [a.id for a in agents]
     per_channel: dict[int, dict[str, int]] = defaultdict(dict)
     if ids:
@@ -92,8 +100,8 @@ def _loads(session: Session, agents: Sequence[Agent]) -> list[AgentLoad]:
 
 def agent_load(session: Session, agent_id: int) -> AgentLoad | None:
     """One agent's capacity and load, whatever its presence, with its row locked."""
-    query = select(Agent).where(Agent.id == agent_id).with_for_update()
-    agents = list((session.execute(query)).scalars())
+    query = select(Agent.id, Agent.capacity).where(Agent.id == agent_id).with_for_update()
+    agents = [_Staffed(found_id, capacity) for found_id, capacity in session.execute(query)]
     return (_loads(session, agents))[0] if agents else None
 
 
@@ -192,21 +200,30 @@ def fill_agent(session: Session, agent_id: int, now: datetime) -> list[int]:
             load[channel] = load.get(channel, 0) + 1
 
 
-def agents_named(session: Session, references: Sequence[str]) -> list[int]:
-    """Agents a PBX names, by name, extension or e-mail (case does not matter), in id order."""
+def agents_by_reference(session: Session, references: Collection[str]) -> dict[str, list[Agent]]:
+    """The agents a PBX names, by name, extension or e-mail (case does not matter).
+
+    Keyed by the lower-cased, stripped reference; each list in id order. One query for
+    every reference of a batch of calls.
+    """
     wanted = {r.strip().lower() for r in references if r.strip()}
     if not wanted:
-        return []
+        return {}
     query = (
-        select(Agent.id)
+        select(Agent)
         .where(
             func.lower(Agent.name).in_(wanted)
-            | Agent.extension.in_(wanted)
+            | func.lower(Agent.extension).in_(wanted)
             | func.lower(Agent.email).in_(wanted)
         )
         .order_by(Agent.id)
     )
-    return list(session.execute(query).scalars())
+    found: dict[str, list[Agent]] = defaultdict(list)
+    for agent in session.execute(query).scalars():
+        names = {agent.name.lower(), agent.email.lower(), (agent.extension or "").lower()}
+        for reference in names & wanted:
+            found[reference].append(agent)
+    return found
 
 
 def available_agents(session: Session) -> list[int]:

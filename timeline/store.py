@@ -7,21 +7,23 @@ what lets one commit acknowledge many inbounds (group commit).
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
     Table,
     and_,
+    bindparam,
     delete,
     func,
     or_,
     select,
     text,
-    union_all,
     update,
 )
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -29,6 +31,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from timeline.models import (
     OPEN_STATUSES,
     Base,
+    Call,
     Contact,
     Identity,
     InboundJournal,
@@ -41,6 +44,7 @@ from timeline.models import (
 
 EventKey = tuple[str, str]  # (channel, external_id)
 IdentityPair = tuple[str, str]  # (kind, normalised value)
+CallKey = tuple[str, str]  # (provider, call_id)
 
 
 _NEXT_IDS = text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :n)")
@@ -149,12 +153,22 @@ def mark_journal(
     )
 
 
-def mark_journal_accepted(session: Session, events: Sequence[tuple[int, int]]) -> None:
-    """`(journal_id, event_id)` pairs: these payloads are now timeline events."""
+def mark_journal_accepted(
+    session: Session, events: Sequence[tuple[int, int]], notes: Mapping[int, str] | None = None
+) -> None:
+    """`(journal_id, event_id)` pairs: these payloads are now timeline events.
+
+    `notes` keeps a remark on some of them (`{journal_id: text}`), such as a signal that
+    arrived for a call we never heard ring.
+    """
     if events:
+        notes = notes or {}
         session.execute(
             update(InboundJournal),
-            [{"id": j, "status": JournalStatus.ACCEPTED, "event_id": e} for j, e in events],
+            [
+                {"id": j, "status": JournalStatus.ACCEPTED, "event_id": e, "reason": notes.get(j)}
+                for j, e in events
+            ],
         )
 
 
@@ -174,6 +188,13 @@ def events_by_key(session: Session, keys: Collection[EventKey]) -> dict[EventKey
         _pairs_in(TimelineEvent.channel, TimelineEvent.external_id, keys)
     )
     return {(e.channel, e.external_id): e for e in (session.execute(query)).scalars()}
+
+
+def events_by_id(session: Session, event_ids: Collection[int]) -> dict[int, TimelineEvent]:
+    if not event_ids:
+        return {}
+    query = select(TimelineEvent).where(TimelineEvent.id.in_(event_ids))
+    return {event.id: event for event in session.execute(query).scalars()}
 
 
 def add_events(session: Session, events: list[Row]) -> list[int]:
@@ -210,27 +231,24 @@ def recent_events(
 def recent_events_of(
     session: Session, contact_ids: Collection[int], *, limit: int
 ) -> dict[int, list[TimelineEvent]]:
-    """The newest `limit` events of each contact, newest first, in one statement.
+    """The newest `limit` events of each contact, newest first.
 
-    One small index seek per contact (a UNION ALL of LIMITed selects), so the cost does not
-    grow with a contact's history the way a window over all its events would.
+    One small index seek per contact, so the cost does not grow with a contact's history the
+    way a window over all its events would; the seek is one prepared statement, run once per
+    contact, so a batch of pops pays no SQL compilation per contact either.
     """
     if not contact_ids:
         return {}
-    newest = union_all(
-        *(
-            select(TimelineEvent.id)
-            .where(TimelineEvent.contact_id == contact_id)
-            .order_by(TimelineEvent.occurred_at.desc(), TimelineEvent.id.desc())
-            .limit(limit)
-            .subquery()
-            .select()
-            for contact_id in contact_ids
-        )
-    )
+    connection = session.connection()
+    newest = _newest_event_ids(limit)
+    ids = [
+        event_id
+        for contact_id in contact_ids
+        for event_id in connection.execute(newest, {"contact_id": contact_id}).scalars()
+    ]
     query = (
         select(TimelineEvent)
-        .where(TimelineEvent.id.in_(newest))
+        .where(TimelineEvent.id.in_(ids))
         .order_by(TimelineEvent.occurred_at.desc(), TimelineEvent.id.desc())
     )
     recent: dict[int, list[TimelineEvent]] = defaultdict(list)
@@ -238,6 +256,16 @@ def recent_events_of(
         if row.contact_id is not None:
             recent[row.contact_id].append(row)
     return recent
+
+
+@functools.cache
+def _newest_event_ids(limit: int) -> Select[Any]:
+    return (
+        select(TimelineEvent.id)
+        .where(TimelineEvent.contact_id == bindparam("contact_id"))
+        .order_by(TimelineEvent.occurred_at.desc(), TimelineEvent.id.desc())
+        .limit(limit)
+    )
 
 
 # --- contacts and identities ----------------------------------------------------------------
@@ -452,3 +480,16 @@ def withdraw_pops(session: Session, pop_ids: Collection[int], now: datetime) -> 
 
 def count(session: Session, model: type[object]) -> int:
     return (session.execute(select(func.count()).select_from(model))).scalar_one()
+
+
+# --- calls ----------------------------------------------------------------------------------
+
+
+def calls_by_key(
+    session: Session, keys: Collection[tuple[str, str]]
+) -> dict[tuple[str, str], Call]:
+    """The calls named `(provider, call_id)`, their rows locked until the transaction ends."""
+    if not keys:
+        return {}
+    query = select(Call).where(_pairs_in(Call.provider, Call.call_id, keys)).with_for_update()
+    return {(call.provider, call.call_id): call for call in session.execute(query).scalars()}
