@@ -373,3 +373,36 @@ class MailboxState(Base):
     uidvalidity: Mapped[int] = mapped_column(BigInteger)
     last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OptOut(Base):
+    """A customer's "do not send" on one identity (an SMS `STOP`), with when and how it came.
+
+    One row per opted-out identity; opting back in (`START`) removes it. What may still be sent
+    to an opted-out identity is decided by `routing.consent`.
+    """
+
+    __tablename__ = "opt_outs"
+
+    identity_id: Mapped[int] = mapped_column(ForeignKey("identities.id"), primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    opted_out_at: Mapped[datetime] = mapped_column()
+    # How it came, in words for people: e.g. `sms keyword STOP (event 42)`.
+    source: Mapped[str] = mapped_column(String(200))
+
+
+class EventEdit(Base):
+    """An earlier version of a message the customer edited (Telegram `edited_message`).
+
+    The event itself always shows the newest text; its earlier texts are kept here, oldest first.
+    """
+
+    __tablename__ = "event_edits"
+    __table_args__ = (Index(None, "event_id", "edited_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("timeline_events.id"))
+    previous_body: Mapped[str] = mapped_column(Text)
+    # When the new text replaced `previous_body`, as the provider reports it.
+    edited_at: Mapped[datetime] = mapped_column()
+    journal_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_journal.id"))
