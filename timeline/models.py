@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -99,6 +101,8 @@ class JournalStatus(enum.StrEnum):
 class Presence(enum.StrEnum):
     AVAILABLE = "available"
     AWAY = "away"
+    BUSY = "busy"  # on a call (CTI)
+    AFTER_CALL_WORK = "after_call_work"  # wrapping up a call; timed, then available again
     OFFLINE = "offline"
 
 
@@ -148,6 +152,11 @@ class Agent(Base):
     capacity: Mapped[dict[str, Any]] = mapped_column(default=dict)
     presence: Mapped[str] = mapped_column(String(16), default=Presence.OFFLINE)
     presence_since: Mapped[datetime] = mapped_column(default=utcnow)
+    # Routing (see routing.assignment): offers left to time out in a row, when the agent last
+    # got an offer (round robin) and last took a ticket (longest idle).
+    missed_offers: Mapped[int] = mapped_column(Integer, default=0)
+    last_offered_at: Mapped[datetime | None] = mapped_column()
+    last_assigned_at: Mapped[datetime | None] = mapped_column()
     last_acked_pop_id: Mapped[int] = mapped_column(Id, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -182,6 +191,7 @@ class Ticket(Base):
     __table_args__ = (
         Index(None, "status", "assignee_id"),
         Index(None, "contact_id", "status"),
+        Index(None, "queue", "waiting_since"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -200,6 +210,9 @@ class Ticket(Base):
     assigned_at: Mapped[datetime | None] = mapped_column()
     first_response_at: Mapped[datetime | None] = mapped_column()
     resolved_at: Mapped[datetime | None] = mapped_column()
+    # Set while the ticket waits in its queue for an agent (offers included), cleared when an
+    # agent takes it: the queue's waiting count and longest wait come from an index on it.
+    waiting_since: Mapped[datetime | None] = mapped_column()
 
 
 class InboundJournal(Base):
@@ -406,3 +419,129 @@ class EventEdit(Base):
     # When the new text replaced `previous_body`, as the provider reports it.
     edited_at: Mapped[datetime] = mapped_column()
     journal_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_journal.id"))
+
+
+# --- routing (issue 6) ----------------------------------------------------------------------
+
+
+class RoutingQueue(Base):
+    """A queue's configuration; see `routing.queues.QueueConfig` for what each field means."""
+
+    __tablename__ = "queues"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    config: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RoutingRule(Base):
+    """One rule of the ordered list that picks a new ticket's queue (`routing.rules`)."""
+
+    __tablename__ = "routing_rules"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(64))
+    conditions: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AgentSkill(Base):
+    __tablename__ = "agent_skills"
+
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), primary_key=True)
+    skill: Mapped[str] = mapped_column(String(64), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class PresenceSpell(Base):
+    """One stretch of one presence state of an agent; `until` is empty for the current one."""
+
+    __tablename__ = "presence_history"
+    __table_args__ = (Index(None, "agent_id", "until"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"))
+    state: Mapped[str] = mapped_column(String(16))
+    since: Mapped[datetime] = mapped_column()
+    until: Mapped[datetime | None] = mapped_column()
+
+
+class OfferStatus(enum.StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"
+
+
+class Offer(Base):
+    """A reservation of a waiting ticket for one agent until it accepts, rejects or times out.
+
+    At most one pending offer per ticket: the partial unique index is the database's own
+    guard against offering one ticket to two agents at once, whatever the processes do.
+    """
+
+    __tablename__ = "offers"
+    __table_args__ = (
+        Index(
+            "uq_offers_pending_ticket",
+            "ticket_id",
+            unique=True,
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index(None, "agent_id", "status"),
+        Index(None, "ticket_id", "agent_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"))
+    queue: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=OfferStatus.PENDING)
+    created_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column()
+    decided_at: Mapped[datetime | None] = mapped_column()
+
+
+class TimerKind(enum.StrEnum):
+    OFFER_EXPIRY = "offer_expiry"  # subject: an offer
+    AFTER_CALL_WORK = "after_call_work"  # subject: an agent
+    OVERFLOW = "overflow"  # subject: a ticket
+
+
+class RoutingTimer(Base):
+    """Something routing must do at a time: a row, so it survives the process that set it.
+
+    A sweeper claims due rows (`SKIP LOCKED` on PostgreSQL), acts and deletes them in one
+    transaction: each fires exactly once, on whichever process is alive.
+    """
+
+    __tablename__ = "routing_timers"
+    __table_args__ = (Index(None, "due_at"), Index(None, "kind", "subject_id"))
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[int] = mapped_column(Id)
+    due_at: Mapped[datetime] = mapped_column()
+
+
+class QueueDay(Base):
+    """Counters of one queue for one local day, bumped by routing events (never recounted)."""
+
+    __tablename__ = "queue_stats"
+
+    queue: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # ISO date, queue's zone
+    offered: Mapped[int] = mapped_column(Integer, default=0)
+    answered: Mapped[int] = mapped_column(Integer, default=0)
+    answered_in_sla: Mapped[int] = mapped_column(Integer, default=0)
+    abandoned: Mapped[int] = mapped_column(Integer, default=0)
+    wait_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    handled: Mapped[int] = mapped_column(Integer, default=0)
+    handle_seconds: Mapped[float] = mapped_column(Float, default=0.0)
