@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.request_validator import RequestValidator
-from twilio.rest import Client
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from channels import InvalidPayload
+from channels.twilio_common import rest_client
+from channels.twilio_common import verify as verify  # the voice webhooks' signature check
 from timeline.events import Address, CallPhase, CallSignal, Direction, HangupCause
 
 PROVIDER = "twilio"
@@ -76,25 +75,6 @@ _DIRECTIONS = {
 }
 
 _SECONDS = re.compile(r"[0-9]{1,9}")
-
-
-def verify(auth_token: str, url: str, params: Mapping[str, str], signature: str | None) -> bool:
-    """Whether `signature` (`X-Twilio-Signature`) is Twilio's signature of this request.
-
-    `url` must be the URL Twilio requested, exactly as configured in the Twilio console:
-    scheme, host, path and query string all enter the signature. Behind a TLS terminator or a
-    reverse proxy that URL is not the one the gateway sees (`http://127.0.0.1:8080/…` instead of
-    `https://switchboard.example.com/…`), so the gateway computes it from
-    `SWITCHBOARD_PUBLIC_URL` + request path + query string, never from the request's Host.
-    `params` are the POSTed form fields (an aiohttp `MultiDictProxy` works, repeated keys too).
-    An empty `auth_token` verifies nothing: an HMAC with an empty key anyone can compute.
-    """
-    if not auth_token or not signature:
-        return False
-    # The library follows Twilio's "Webhooks Security" algorithm (HMAC-SHA1 over the URL and the
-    # sorted key/value pairs), compares in constant time, and accepts the URL with or without
-    # its port, since Twilio signs either depending on how the URL was configured.
-    return bool(RequestValidator(auth_token).validate(url, params, signature))
 
 
 def parse_voice(params: Mapping[str, str]) -> CallSignal:
@@ -319,9 +299,7 @@ async def place_call(
     dial = Dial()
     dial.client(agent_client)
     response.append(dial)
-    http = AsyncTwilioHttpClient()
-    client = Client(account.account_sid, account.auth_token, http_client=http)
-    client.api.base_url = account.api_url
+    client, http = rest_client(account.account_sid, account.auth_token, account.api_url)
     try:
         call = await client.api.v2010.account.calls.create_async(
             to=to,

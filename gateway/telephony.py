@@ -18,6 +18,9 @@ from gateway.calls import CallOutcome, call_json, link_call_to_ticket
 from gateway.errors import ApiError, bad_request, ingest_failed
 from gateway.ingest import IngestError
 from gateway.keys import CALLS, DATABASE, INGESTOR, SETTINGS
+from gateway.twilio_webhooks import public_url as _public
+from gateway.twilio_webhooks import signed_form as _twilio_form
+from gateway.twilio_webhooks import twiml as _twiml
 from routing.identity import PHONE, normalise_phone
 from timeline import store
 from timeline.events import Address, CallPhase, CallSignal, Direction
@@ -26,7 +29,6 @@ from timeline.models import Agent, Call, CallState, Ticket
 routes = web.RouteTableDef()
 
 TOKEN_HEADER = "X-Switchboard-Token"
-TWILIO_SIGNATURE = "X-Twilio-Signature"
 VOICE_STATUS_PATH = "/webhooks/twilio/voice/status"
 
 
@@ -107,46 +109,11 @@ def voice_client(agent_id: int) -> str:
     return f"agent-{agent_id}"
 
 
-async def _twilio_form(request: web.Request) -> tuple[bytes, dict[str, str]]:
-    """The form, if Twilio signed it: forged or unsigned requests are refused, nothing stored.
-
-    Twilio signs the URL it called, which behind a proxy is not the one we see: it is rebuilt
-    from SWITCHBOARD_PUBLIC_URL and the path and query of this request.
-    """
-    settings = request.app[SETTINGS]
-    if not settings.twilio_auth_token or not settings.public_url:
-        raise ApiError(
-            403,
-            "twilio_disabled",
-            "Twilio is not configured (SWITCHBOARD_TWILIO_AUTH_TOKEN, SWITCHBOARD_PUBLIC_URL).",
-        )
-    body = await request.read()
-    try:
-        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
-    except ValueError:  # an unreadable body cannot carry a valid signature; nothing is kept
-        raise ApiError(400, "invalid_payload", "The body is not a readable form.") from None
-    url = _public(request, request.path_qs)
-    if not twilio_voice.verify(
-        settings.twilio_auth_token, url, form, request.headers.get(TWILIO_SIGNATURE)
-    ):
-        raise ApiError(403, "invalid_signature", "The X-Twilio-Signature does not match.")
-    return body, form
-
-
-def _public(request: web.Request, path_qs: str) -> str:
-    public_url = request.app[SETTINGS].public_url or ""
-    return public_url.rstrip("/") + path_qs
-
-
 async def _reject(request: web.Request, body: bytes, error: InvalidPayload) -> NoReturn:
     await request.app[INGESTOR].reject(
         channel="voice", payload=body, content_type=request.content_type, reason=error.detail
     )
     raise bad_request(error.code, error.detail)
-
-
-def _twiml(text: str) -> web.Response:
-    return web.Response(text=text, content_type="text/xml")
 
 
 def _check_cti_token(request: web.Request, supplied: str | None) -> None:
