@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels import InvalidPayload, generic
-from gateway import agents
+from gateway import agents, sessions
 from gateway.auth import Principal, token_from
 from gateway.errors import ApiError, bad_request, ingest_failed, not_found
 from gateway.ingest import IngestError
@@ -42,12 +42,18 @@ DEFAULT_PAGE = 50
 
 
 async def authenticate(request: web.Request, *, allow_query: bool = False) -> Principal:
+    """A bearer token (integrations), else the console's session cookie (browsers)."""
     token = token_from(request, allow_query=allow_query)
+    from_cookie = token is None
+    if token is None:
+        token = sessions.session_cookie(request)
     if token is None:
         raise ApiError(401, "unauthorized", "Send an API token as 'Authorization: Bearer <token>'.")
     principal = await request.app[TOKENS].principal(token)
     if principal is None:
         raise ApiError(401, "unauthorized", "The API token is unknown or revoked.")
+    if from_cookie:
+        sessions.check_browser_request(request, token)
     return principal
 
 

@@ -10,17 +10,22 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from aiohttp import web
 from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from gateway.errors import ApiError
-from timeline.models import Agent, ApiToken, Role
+from timeline.models import Agent, ApiToken, Role, utcnow
 
 TOKEN_PREFIX = "sb_"
+# Browser sessions (gateway.sessions) are tokens too, of their own kind, and they expire.
+SESSION_PREFIX = "sbs_"
+SESSION_LIFETIME = timedelta(hours=12)
 _hasher = PasswordHasher()
 
 
@@ -28,8 +33,23 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_session_token() -> str:
+    return SESSION_PREFIX + secrets.token_urlsafe(32)
+
+
+def is_session_token(token: str) -> bool:
+    return token.startswith(SESSION_PREFIX)
 
 
 def hash_token(token: str) -> str:
@@ -59,12 +79,17 @@ def issue_token(session: Session, agent_id: int) -> str:
 
 def principal_for(session: Session, token: str) -> Principal | None:
     query = (
-        select(Agent.id, Agent.name, Agent.role)
+        select(Agent.id, Agent.name, Agent.role, ApiToken.created_at)
         .join(ApiToken, ApiToken.agent_id == Agent.id)
         .where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
     )
     row = session.execute(query).one_or_none()
-    return Principal(*row) if row else None
+    if row is None:
+        return None
+    agent_id, name, role, created_at = row
+    if is_session_token(token) and utcnow() - created_at > SESSION_LIFETIME:
+        return None
+    return Principal(agent_id, name, role)
 
 
 def token_from(request: web.Request, *, allow_query: bool = False) -> str | None:
@@ -103,3 +128,7 @@ class TokenCache:
             self._known.clear()
         self._known[key] = (principal, now + self._ttl)
         return principal
+
+    def forget(self, token: str) -> None:
+        """A token revoked here stops working here at once (elsewhere within `ttl`)."""
+        self._known.pop(hash_token(token), None)

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from tests.browser import BrowserMissing, chromium
 from tests.helpers import Agents, empty_postgres
 from tests.smtp_peer import SmtpPeer
 from timeline.models import Role
@@ -140,3 +141,16 @@ def smtp_peer() -> Iterator[SmtpPeer]:
     peer.start()
     yield peer
     peer.stop()
+
+
+# --- Chromium ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Headless Chromium (tests.browser); fails under CI when it is missing, else skips."""
+    try:
+        async with chromium() as launched:
+            yield launched
+    except BrowserMissing as error:
+        service_unavailable("Chromium", error)

@@ -1,0 +1,321 @@
+// The agent console: presence, screen-pops, search, tickets, the caller log, replies.
+// Everything a customer wrote is put on the page with textContent, never as markup.
+import { api, el, clear, when, channelIcon } from "./common.js";
+
+const state = { ticket: null, contactId: null, olderCursor: null, socket: null, retry: 500 };
+const CANNED = [
+  { label: "Greeting", text: "Hello {name},\n\nthank you for contacting us.\n" },
+  { label: "Call back", text: "Hello {name},\n\nwe tried to reach you and will call again shortly.\n" },
+  { label: "Resolved", text: "Hello {name},\n\nwe consider this resolved. Reply if anything is left open.\n" },
+];
+
+// --- the agent WebSocket: presence in, pops out -------------------------------------------
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/ws/agent`);
+  state.socket = socket;
+  socket.addEventListener("open", () => {
+    state.retry = 500;
+    status("Connected");
+  });
+  socket.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
+  socket.addEventListener("close", () => {
+    status("Disconnected, reconnecting…");
+    setTimeout(connect, state.retry);
+    state.retry = Math.min(state.retry * 2, 10000);
+  });
+}
+
+function send(message) {
+  if (state.socket && state.socket.readyState === WebSocket.OPEN) {
+    state.socket.send(JSON.stringify(message));
+  }
+}
+
+function status(text) {
+  document.getElementById("connection").textContent = text;
+}
+
+function onMessage(message) {
+  switch (message.type) {
+    case "hello":
+      send({ type: "presence", state: document.getElementById("presence").value });
+      break;
+    case "presence":
+      document.getElementById("presence").value = message.state;
+      break;
+    case "screen_pop":
+    case "offer":
+      showPop(message);
+      send({ type: "ack", id: message.id });
+      refreshLists();
+      break;
+    case "pop_withdrawn":
+    case "offer_withdrawn":
+      removePop(message.id);
+      break;
+    default:
+      break;
+  }
+}
+
+// --- screen-pops ------------------------------------------------------------------------
+
+function showPop(pop) {
+  const contact = pop.contact || { name: "Unknown caller", identities: [], tags: [], open_tickets: [], recent: [] };
+  const title = pop.call ? `Incoming call from ${pop.call.from}` : reasonText(pop.reason);
+  const card = el("li", { class: `pop pop-${pop.reason || pop.type}`, "data-pop-id": String(pop.id) }, [
+    el("p", { class: "pop-title" }, [channelIcon(pop.channel), " ", title]),
+    el("p", { class: "pop-contact" }, [contact.name]),
+    el("ul", { class: "identities" }, contact.identities.map((i) => el("li", {}, [`${i.kind}: ${i.value}`]))),
+    contact.tags && contact.tags.length ? el("p", { class: "tags" }, [`Tags: ${contact.tags.join(", ")}`]) : "",
+    el("p", { class: "open-tickets" }, [`Open tickets: ${contact.open_tickets.length}`]),
+    el("ol", { class: "recent" }, contact.recent.map((e) => el("li", {}, [
+      channelIcon(e.channel), " ", when(e.occurred_at), " ", e.preview || e.body || "",
+    ]))),
+    popActions(pop),
+  ]);
+  document.getElementById("pops").prepend(card);
+  document.getElementById("pops-empty").hidden = true;
+  chime();
+  notify(title, contact.name);
+}
+
+function popActions(pop) {
+  const actions = el("div", { class: "pop-actions" });
+  if (pop.type === "offer") {
+    actions.append(
+      el("button", { type: "button", "data-action": "accept" }, ["Accept"]),
+      el("button", { type: "button", class: "secondary", "data-action": "reject" }, ["Reject"]),
+    );
+    actions.addEventListener("click", (event) => {
+      const action = event.target.dataset.action;
+      if (action) {
+        send({ type: action, id: pop.id });
+        removePop(pop.id);
+      }
+    });
+  }
+  if (pop.ticket) {
+    const open = el("button", { type: "button" }, [`Open ticket #${pop.ticket.number}`]);
+    open.addEventListener("click", () => openTicket(pop.ticket.id));
+    actions.append(open);
+  }
+  const dismiss = el("button", { type: "button", class: "secondary" }, ["Dismiss"]);
+  dismiss.addEventListener("click", () => removePop(pop.id));
+  actions.append(dismiss);
+  return actions;
+}
+
+function removePop(id) {
+  const card = document.querySelector(`[data-pop-id="${CSS.escape(String(id))}"]`);
+  if (card) card.remove();
+  document.getElementById("pops-empty").hidden = document.getElementById("pops").children.length > 0;
+}
+
+function reasonText(reason) {
+  return { new_message: "New message", assigned: "Ticket assigned to you", incoming_call: "Incoming call" }[reason] || "Offer";
+}
+
+function chime() {
+  try {
+    const audio = new AudioContext();
+    const tone = audio.createOscillator();
+    const gain = audio.createGain();
+    tone.frequency.value = 880;
+    gain.gain.setValueAtTime(0.1, audio.currentTime);
+    gain.gain.exponentialRampToValueAtTime(0.001, audio.currentTime + 0.4);
+    tone.connect(gain).connect(audio.destination);
+    tone.start();
+    tone.stop(audio.currentTime + 0.4);
+  } catch {
+    // No audio device (or not yet allowed by the browser): the card is there all the same.
+  }
+}
+
+function notify(title, body) {
+  if ("Notification" in window && Notification.permission === "granted" && document.hidden) {
+    new Notification(title, { body });
+  }
+}
+
+// --- tickets and the timeline -------------------------------------------------------------
+
+async function openTicket(id) {
+  const ticket = await api(`/api/v1/tickets/${id}`);
+  state.ticket = ticket;
+  state.contactId = ticket.contact_id;
+  state.olderCursor = null;
+  const panel = document.getElementById("ticket");
+  panel.hidden = false;
+  document.getElementById("ticket-title").textContent = `Ticket #${ticket.number}: ${ticket.subject || "(no subject)"}`;
+  document.getElementById("ticket-status").value = ticket.status;
+  document.getElementById("ticket-priority").value = ticket.priority || "normal";
+  const contact = ticket.contact_id ? await api(`/api/v1/contacts/${ticket.contact_id}`) : null;
+  state.contact = contact;
+  document.getElementById("ticket-contact").textContent = contact
+    ? `${contact.name} · ${contact.identities.map((i) => i.value).join(", ")}`
+    : "No contact";
+  clear(document.getElementById("timeline"));
+  await loadTimeline();
+  panel.scrollIntoView({ block: "start" });
+}
+
+async function loadTimeline() {
+  if (!state.contactId) return;
+  const before = state.olderCursor ? `&before=${state.olderCursor}` : "";
+  const page = await api(`/api/v1/contacts/${state.contactId}/timeline?limit=50${before}`);
+  const list = document.getElementById("timeline");
+  for (const event of page.events) list.append(timelineItem(event));
+  state.olderCursor = page.next_before;
+  document.getElementById("older").hidden = !page.next_before;
+}
+
+function timelineItem(event) {
+  const note = event.kind === "note";
+  const meta = [
+    channelIcon(event.channel),
+    ` ${event.direction === "in" ? "from customer" : "to customer"} · ${when(event.occurred_at)}`,
+  ];
+  if (event.status) meta.push(el("span", { class: `delivery delivery-${event.status}` }, [` · ${event.status}`]));
+  if (event.ticket_id && state.ticket && event.ticket_id !== state.ticket.id) meta.push(` · other ticket`);
+  return el("li", { class: `event event-${event.direction}${note ? " event-note" : ""}`, "data-event-id": String(event.id) }, [
+    el("p", { class: "event-meta" }, meta),
+    event.subject ? el("p", { class: "event-subject" }, [event.subject]) : "",
+    el("p", { class: "event-body" }, [event.body || ""]),
+  ]);
+}
+
+async function saveTicket(event) {
+  event.preventDefault();
+  if (!state.ticket) return;
+  const changes = {
+    status: document.getElementById("ticket-status").value,
+    priority: document.getElementById("ticket-priority").value,
+  };
+  state.ticket = await api(`/api/v1/tickets/${state.ticket.id}`, { method: "PATCH", body: changes });
+  await refreshLists();
+}
+
+async function sendReply(event) {
+  event.preventDefault();
+  if (!state.ticket) return;
+  const body = document.getElementById("reply-body");
+  const result = document.getElementById("reply-status");
+  try {
+    await api(`/api/v1/tickets/${state.ticket.id}/messages`, { method: "POST", body: { body: body.value } });
+    body.value = "";
+    result.textContent = "Queued for sending.";
+    clear(document.getElementById("timeline"));
+    state.olderCursor = null;
+    await loadTimeline();
+  } catch (error) {
+    result.textContent = `Not sent: ${error.message}`;
+  }
+}
+
+// --- lists: my tickets, waiting, missed calls, search -------------------------------------
+
+async function refreshLists() {
+  const [mine, waiting, missed] = await Promise.all([
+    api("/api/v1/tickets?assignee=me&status=new,open,pending&limit=50"),
+    api("/api/v1/tickets?assignee=none&status=new,open,pending&limit=50"),
+    api("/api/v1/calls?state=missed&limit=20"),
+  ]);
+  fillTickets("my-tickets", mine.tickets);
+  fillTickets("waiting-tickets", waiting.tickets);
+  const calls = document.getElementById("missed-calls");
+  clear(calls);
+  for (const call of missed.calls) {
+    const back = el("button", { type: "button", class: "secondary" }, ["Call back"]);
+    back.addEventListener("click", () => callBack(call, back));
+    calls.append(el("li", {}, [`${when(call.started_at)} · ${call.from} `, back]));
+  }
+}
+
+function fillTickets(listId, tickets) {
+  const list = document.getElementById(listId);
+  clear(list);
+  for (const ticket of tickets) {
+    const link = el("button", { type: "button", class: "link" }, [
+      `#${ticket.number} ${ticket.subject || "(no subject)"} · ${ticket.status}`,
+    ]);
+    link.addEventListener("click", () => openTicket(ticket.id));
+    list.append(el("li", {}, [channelIcon(ticket.channel), " ", link]));
+  }
+}
+
+async function callBack(call, button) {
+  button.disabled = true;
+  try {
+    await api("/api/v1/calls", { method: "POST", body: { to: call.from, ticket_id: call.ticket_id } });
+    button.textContent = "Calling…";
+  } catch (error) {
+    button.textContent = `Failed: ${error.message}`;
+  }
+}
+
+async function search(event) {
+  event.preventDefault();
+  const q = document.getElementById("search").value.trim();
+  const results = document.getElementById("search-results");
+  clear(results);
+  const found = await api(`/api/v1/search?q=${encodeURIComponent(q)}`);
+  for (const contact of found.contacts) {
+    results.append(el("li", {}, [`${contact.name} · ${contact.identities.map((i) => i.value).join(", ")}`]));
+  }
+  for (const ticket of found.tickets) {
+    const link = el("button", { type: "button", class: "link" }, [`#${ticket.number} ${ticket.subject || ""}`]);
+    link.addEventListener("click", () => openTicket(ticket.id));
+    results.append(el("li", {}, [channelIcon(ticket.channel), " ", link]));
+  }
+  if (!results.children.length) results.append(el("li", {}, ["Nothing found."]));
+}
+
+// --- canned responses, shortcuts ------------------------------------------------------------
+
+function fillCanned() {
+  const select = document.getElementById("canned");
+  CANNED.forEach((canned, index) => select.append(el("option", { value: String(index) }, [canned.label])));
+  select.addEventListener("change", () => {
+    const canned = CANNED[Number(select.value)];
+    if (!canned) return;
+    const name = state.contact ? state.contact.name : "";
+    document.getElementById("reply-body").value = canned.text.replaceAll("{name}", name);
+    select.value = "";
+  });
+}
+
+function shortcuts(event) {
+  const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement.tagName);
+  if (event.ctrlKey && event.key === "Enter" && document.activeElement.id === "reply-body") {
+    document.getElementById("reply-form").requestSubmit();
+  } else if (event.altKey && ["1", "2", "3"].includes(event.key)) {
+    const presence = document.getElementById("presence");
+    presence.value = ["available", "away", "offline"][Number(event.key) - 1];
+    presence.dispatchEvent(new Event("change"));
+  } else if (event.altKey && event.key === "s") {
+    document.getElementById("ticket-form").requestSubmit();
+  } else if (!typing && event.key === "/") {
+    event.preventDefault();
+    document.getElementById("search").focus();
+  } else if (!typing && event.key === "r" && state.ticket) {
+    event.preventDefault();
+    document.getElementById("reply-body").focus();
+  }
+}
+
+document.getElementById("presence").addEventListener("change", (event) => {
+  send({ type: "presence", state: event.target.value });
+});
+document.getElementById("notify").addEventListener("click", () => Notification.requestPermission());
+document.getElementById("search-form").addEventListener("submit", search);
+document.getElementById("ticket-form").addEventListener("submit", saveTicket);
+document.getElementById("reply-form").addEventListener("submit", sendReply);
+document.getElementById("older").addEventListener("click", loadTimeline);
+document.addEventListener("keydown", shortcuts);
+fillCanned();
+connect();
+refreshLists();
+setInterval(refreshLists, 15000);
