@@ -185,8 +185,16 @@ class Replies:
             recipient=key.value, text=auto_ack.text.format(ticket=ticket.number), auto=True
         )
         idempotency_key = f"{AUTO_ACK_KEY}{ticket.id}"
+        sender = self.senders["email"]
         return _enqueue(
-            session, self.senders["email"], ticket, thread, reply, idempotency_key, event.contact_id
+            session,
+            sender,
+            ticket,
+            thread,
+            reply,
+            idempotency_key,
+            event.contact_id,
+            event.external_id,
         )
 
 
@@ -198,7 +206,9 @@ def _enqueue(
     reply: Reply,
     idempotency_key: str,
     contact_id: int | None,
+    in_reply_to: str | None = None,
 ) -> Enqueued:
+    """`in_reply_to`: the message answered; by default the customer's latest on the thread."""
     inbound = [e.external_id for e in thread if e.direction == "in"]
     draft = sender.draft(
         reply,
@@ -206,7 +216,7 @@ def _enqueue(
             ticket_number=ticket.number,
             subject=next((e.subject for e in thread if e.subject), ticket.subject),
             message_ids=tuple(e.external_id for e in thread),
-            in_reply_to=inbound[-1] if inbound else None,
+            in_reply_to=in_reply_to or (inbound[-1] if inbound else None),
         ),
     )
     return outbox.enqueue(

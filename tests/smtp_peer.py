@@ -38,7 +38,8 @@ class SmtpPeer:
         self.refusals: deque[str] = deque()
         self.attempts = 0
         self._credentials = credentials
-        self._gate: threading.Event | None = None
+        self._hold_next = False
+        self._gate = threading.Event()
         self.held = threading.Event()
         self.port = free_port()
         options: dict[str, Any] = {}
@@ -57,20 +58,20 @@ class SmtpPeer:
         self.refusals.extend([reply] * times)
 
     def hold(self) -> None:
-        self._gate = threading.Event()
+        self._gate.clear()
+        self._hold_next = True
 
     def release(self) -> None:
-        if self._gate is not None:
-            self._gate.set()
+        self._gate.set()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.attempts += 1
         if self.refusals:
             return self.refusals.popleft()
-        if self._gate is not None:
-            gate, self._gate = self._gate, None
+        if self._hold_next:
+            self._hold_next = False
             self.held.set()
-            await asyncio.get_running_loop().run_in_executor(None, gate.wait)
+            await asyncio.get_running_loop().run_in_executor(None, self._gate.wait)
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         self.messages.append(message_from_bytes(envelope.content, policy=default))  # type: ignore[arg-type]
         return "250 2.0.0 Ok: queued"
