@@ -171,6 +171,7 @@ def _smtp(get: Getter) -> SmtpAccount | None:
         tls=tls,
         username=get("SMTP_USER"),
         password=get("SMTP_PASSWORD"),
+        ca_file=get("SMTP_CA_FILE"),
     )
 
 

@@ -9,12 +9,16 @@ catch the gateway mid-send.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from collections import deque
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -31,8 +35,34 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with the openssl command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("the openssl command is needed for the SMTP TLS tests")
+    cert, key = directory / "smtp-cert.pem", directory / "smtp-key.pem"
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
 class SmtpPeer:
-    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
+    """`tls`: None (plain), "starttls" (required before mail) or "tls" (from the first byte),
+    with `certificate` = (cert file, key file)."""
+
+    def __init__(
+        self,
+        credentials: tuple[str, str] | None = None,
+        tls: str | None = None,
+        certificate: tuple[Path, Path] | None = None,
+    ) -> None:
         self.messages: list[EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         self.refusals: deque[str] = deque()
@@ -44,7 +74,18 @@ class SmtpPeer:
         self.port = free_port()
         options: dict[str, Any] = {}
         if credentials is not None:
-            options = {"authenticator": self._authenticate, "auth_require_tls": False}
+            # aiosmtpd cannot tell that a TLS-from-the-first-byte session is encrypted; only
+            # STARTTLS sessions can be held to it.
+            require_tls = tls == "starttls"
+            options = {"authenticator": self._authenticate, "auth_require_tls": require_tls}
+        if tls is not None:
+            assert certificate is not None, "TLS needs a certificate"
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*certificate)
+            if tls == "starttls":
+                options.update(tls_context=context, require_starttls=True)
+            else:
+                options.update(ssl_context=context)
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port, **options)
 
     def start(self) -> None:

@@ -59,6 +59,8 @@ class SmtpAccount:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     timeout: float = 60.0
+    # A CA bundle to trust instead of the system's (a relay with a private CA).
+    ca_file: str | None = None
 
     @property
     def domain(self) -> str:
@@ -153,6 +155,7 @@ class EmailSender:
                 password=account.password,
                 use_tls=account.tls == SmtpTls.TLS,
                 start_tls=account.tls == SmtpTls.STARTTLS,
+                cert_bundle=account.ca_file,
                 timeout=account.timeout,
             )
         except aiosmtplib.SMTPRecipientsRefused as refused:

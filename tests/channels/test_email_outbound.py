@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from channels.email.outbound import (
@@ -21,7 +23,7 @@ from channels.sending import (
     Thread,
     TransientSendError,
 )
-from tests.smtp_peer import SmtpPeer, free_port
+from tests.smtp_peer import SmtpPeer, free_port, self_signed_certificate
 from timeline.outbox import OutboxItem
 
 # How the customer's mail and our earlier answer are named on the ticket's timeline.
@@ -182,6 +184,35 @@ async def test_the_account_logs_in_when_it_has_credentials() -> None:
         peer.stop()
 
     assert len(peer.messages) == 1
+
+
+@pytest.mark.parametrize("tls", [SmtpTls.STARTTLS, SmtpTls.TLS])
+async def test_replies_go_over_tls_and_log_in_inside_it(tls: SmtpTls, tmp_path: Path) -> None:
+    certificate = self_signed_certificate(tmp_path)
+    peer = SmtpPeer(credentials=("support", "s3cret"), tls=tls, certificate=certificate)
+    peer.start()
+    try:
+        sender = sender_for(
+            peer, tls=tls, username="support", password="s3cret", ca_file=str(certificate[0])
+        )
+        await sender.send(item(sender.draft(Reply("a@example.de", "Over TLS"), THREAD)))
+    finally:
+        peer.stop()
+
+    assert [m.get_content().strip() for m in peer.messages] == ["Over TLS"]
+
+
+async def test_a_server_whose_certificate_we_do_not_trust_gets_nothing(tmp_path: Path) -> None:
+    peer = SmtpPeer(tls="tls", certificate=self_signed_certificate(tmp_path))
+    peer.start()
+    try:
+        sender = sender_for(peer, tls=SmtpTls.TLS)
+        with pytest.raises(TransientSendError):
+            await sender.send(item(sender.draft(Reply("a@example.de", "Secret"), THREAD)))
+    finally:
+        peer.stop()
+
+    assert peer.messages == []
 
 
 def test_the_account_never_shows_its_password() -> None:

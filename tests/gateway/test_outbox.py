@@ -17,6 +17,7 @@ from sqlalchemy import select
 from channels.email.outbound import EmailSender
 from channels.sending import Reply, Thread
 from gateway.outbox import OutboxPolicy, OutboxWorker, RateLimit, backoff
+from gateway.settings import Settings, SettingsError
 from tests.smtp_peer import SmtpPeer, account_for
 from timeline import outbox
 from timeline.db import Database
@@ -330,3 +331,49 @@ def test_a_rate_limit_lets_a_burst_through_then_refills_at_its_rate() -> None:
     assert limit.available() == 2
     now[0] = 60.0
     assert limit.available() == 4
+
+
+def test_smtp_and_outbox_settings_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "SWITCHBOARD_SMTP_HOST": "smtp.example.com",
+            "SWITCHBOARD_SMTP_TLS": "tls",
+            "SWITCHBOARD_SMTP_USER": "support",
+            "SWITCHBOARD_SMTP_PASSWORD": "s3cret",
+            "SWITCHBOARD_SMTP_FROM": "Example Support <support@example.com>",
+            "SWITCHBOARD_OUTBOX_MAX_ATTEMPTS": "4",
+            "SWITCHBOARD_OUTBOX_RATE_LIMITS": "email=5, sms=0.5",
+        }
+    )
+
+    assert settings.smtp is not None
+    assert (settings.smtp.host, settings.smtp.port, settings.smtp.tls) == (
+        "smtp.example.com",
+        465,
+        "tls",
+    )
+    assert settings.smtp.domain == "example.com"
+    assert settings.outbox.max_attempts == 4
+    assert settings.outbox.rate_limits == {"email": 5.0, "sms": 0.5}
+    assert settings.email_auto_ack is None
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"SWITCHBOARD_SMTP_HOST": "smtp.example.com"},
+        {
+            "SWITCHBOARD_SMTP_HOST": "h",
+            "SWITCHBOARD_SMTP_FROM": "a@b.c",
+            "SWITCHBOARD_SMTP_TLS": "ssl",
+        },
+        {"SWITCHBOARD_OUTBOX_RATE_LIMITS": "email=fast"},
+    ],
+)
+def test_unusable_smtp_or_outbox_settings_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(SettingsError):
+        Settings.from_env(env)
+
+
+def test_without_an_smtp_host_email_cannot_send() -> None:
+    assert Settings.from_env({}).smtp is None
