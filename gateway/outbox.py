@@ -171,6 +171,10 @@ class OutboxWorker:
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
         self._wake.set()
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # Its outcome could not be stored (the database away): the row stays `sending`
+            # until its lease runs out, and then the crash rule decides (timeline.outbox).
+            log.error("outbox: the outcome of a send was not stored", exc_info=error)
 
     async def _send(self, sender: Sender, item: OutboxItem) -> None:
         try:
