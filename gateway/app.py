@@ -15,19 +15,22 @@ from aiohttp.abc import AbstractAccessLogger
 from channels.asterisk import AmiListener
 from channels.email.outbound import EmailSender
 from channels.sending import Sender
-from gateway import api, outbox_routes, pages, search, telephony, ws
+from gateway import api, email_routes, outbox_routes, pages, search, telephony, ws
 from gateway.auth import TokenCache
 from gateway.bus import open_bus
 from gateway.calls import CallDesk, signal_json
 from gateway.dispatch import Dispatcher
+from gateway.email_intake import EmailIntake, attachment_store
 from gateway.errors import error_middleware
 from gateway.ingest import IngestError, Ingestor
 from gateway.keys import (
     AGENT_SOCKETS,
+    ATTACHMENTS,
     BUS,
     CALLS,
     DATABASE,
     DISPATCHER,
+    EMAIL,
     INGESTOR,
     OPEN_SOCKETS,
     OUTBOX,
@@ -35,6 +38,7 @@ from gateway.keys import (
     SETTINGS,
     TOKENS,
 )
+from gateway.mailboxes import MailboxWorker
 from gateway.outbox import OutboxWorker
 from gateway.replies import Replies
 from gateway.settings import Settings
@@ -54,9 +58,11 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_bus_and_services)
     app.cleanup_ctx.append(_asterisk)
     app.cleanup_ctx.append(_outbox)
+    app.cleanup_ctx.append(_email)
     app.on_shutdown.append(_close_sockets)
     app.add_routes(api.routes)
     app.add_routes(outbox_routes.routes)
+    app.add_routes(email_routes.routes)
     app.add_routes(telephony.routes)
     app.add_routes(search.routes)
     pages.setup(app)
@@ -144,6 +150,23 @@ def senders_for(settings: Settings) -> dict[str, Sender]:
     if settings.smtp is not None:
         senders["email"] = EmailSender(settings.smtp)
     return senders
+
+
+async def _email(app: web.Application) -> AsyncIterator[None]:
+    """E-mail intake, and one IMAP worker per configured mailbox (SWITCHBOARD_MAILBOXES)."""
+    settings = app[SETTINGS]
+    attachments = attachment_store(settings)
+    app[ATTACHMENTS] = attachments
+    intake = EmailIntake(app[INGESTOR], app[DATABASE], attachments)
+    app[EMAIL] = intake
+    workers = [
+        asyncio.create_task(MailboxWorker(m, intake, app[DATABASE]).run(), name=f"imap-{m.name}")
+        for m in settings.mailboxes
+    ]
+    yield
+    for worker in workers:
+        worker.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -1,4 +1,4 @@
-"""`switchboard serve | migrate | agent add` (DESIGN.md, "Stable contract")."""
+"""`switchboard serve | migrate | agent add | ingest-email` (DESIGN.md, "Stable contract")."""
 
 from __future__ import annotations
 
@@ -12,14 +12,22 @@ from collections.abc import Sequence
 from aiohttp import web
 from sqlalchemy.engine import make_url
 
+from channels import InvalidPayload
 from gateway.agents import NewAgent, create_agent
 from gateway.app import AccessLogger, create_app
+from gateway.bus import open_bus
+from gateway.email_intake import EmailIntake, attachment_store
 from gateway.errors import ApiError
+from gateway.ingest import IngestError, Ingestor
 from gateway.serialize import agent_json
 from gateway.settings import Settings, SettingsError
 from routing.capacity import DEFAULT_CAPACITY, Capacity
 from timeline.db import Database
 from timeline.models import Role
+
+# sysexits.h: what an MTA piping mail to us understands (bounce it, or retry it later).
+EX_DATAERR = 65
+EX_TEMPFAIL = 75
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "agent" and args.agent_command == "add":
         return asyncio.run(_agent_add(settings, args))
+    if args.command == "ingest-email":
+        return asyncio.run(_ingest_email(settings, sys.stdin.buffer.read()))
     parser.print_help()
     return 2
 
@@ -54,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
 
     commands.add_parser("migrate", help="upgrade the database schema to the newest version")
+
+    commands.add_parser(
+        "ingest-email",
+        help="take one raw RFC 5322 message from stdin (MTA piping); exit 65: unreadable "
+        "(journaled as rejected), 75: try again later",
+    )
 
     agent = commands.add_parser("agent", help="manage agents")
     agent_commands = agent.add_subparsers(dest="agent_command")
@@ -124,6 +140,30 @@ async def _agent_add(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await database.dispose()
     print(json.dumps({**agent_json(agent), "token": token}))
+    return 0
+
+
+async def _ingest_email(settings: Settings, raw: bytes) -> int:
+    """The same path as `POST /api/v1/inbound/email` and IMAP intake; prints the ids."""
+    database = Database(settings.database_url)
+    bus = await open_bus(settings.redis_url)
+    ingestor = Ingestor(database, bus, settings)
+    try:
+        await database.upgrade()
+        await ingestor.start()
+        intake = EmailIntake(ingestor, database, attachment_store(settings))
+        result = await intake.receive(raw)
+    except InvalidPayload as error:
+        print(f"switchboard: message rejected: {error.detail}", file=sys.stderr)
+        return EX_DATAERR
+    except IngestError as error:
+        print(f"switchboard: not stored (journal entry {error.journal_id})", file=sys.stderr)
+        return EX_TEMPFAIL
+    finally:
+        await ingestor.stop()
+        await bus.close()
+        await database.dispose()
+    print(json.dumps(result.to_json()))
     return 0
 
 

@@ -10,10 +10,12 @@ from gateway.auth import TokenCache
 from gateway.bus import Bus
 from gateway.calls import CallDesk
 from gateway.dispatch import Dispatcher
+from gateway.email_intake import EmailIntake
 from gateway.ingest import Ingestor
 from gateway.outbox import OutboxWorker
 from gateway.replies import Replies
 from gateway.settings import Settings
+from timeline.attachments import AttachmentStore
 from timeline.db import Database
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -23,6 +25,8 @@ INGESTOR = web.AppKey("ingestor", Ingestor)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 TOKENS = web.AppKey("tokens", TokenCache)
 CALLS = web.AppKey("calls", CallDesk)
+EMAIL = web.AppKey("email", EmailIntake)
+ATTACHMENTS = web.AppKey("attachments", AttachmentStore)
 OUTBOX = web.AppKey("outbox", OutboxWorker)
 REPLIES = web.AppKey("replies", Replies)
 # How many WebSockets each agent holds on this process; the last to close takes it offline.

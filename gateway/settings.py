@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 from channels.cti import NumberFormat
+from channels.email.imap import Mailbox
 from channels.email.outbound import SmtpAccount, SmtpTls
 from channels.twilio_voice import TwilioAccount
 from gateway.outbox import OutboxPolicy
@@ -60,6 +63,11 @@ class Settings:
     smtp: SmtpAccount | None = None
     outbox: OutboxPolicy = field(default_factory=OutboxPolicy)
     email_auto_ack: AutoAck | None = None
+    # IMAP mailboxes read by the intake workers (SWITCHBOARD_MAILBOXES).
+    mailboxes: tuple[Mailbox, ...] = ()
+    # Attachments live as files under here, named by their SHA-256.
+    data_dir: Path = Path("switchboard-data")
+    attachment_max_bytes: int = 25 * 1024 * 1024
 
     @property
     def twilio_account(self) -> TwilioAccount | None:
@@ -112,6 +120,15 @@ class Settings:
             smtp=_smtp(get),
             outbox=_outbox(get),
             email_auto_ack=_auto_ack(get),
+            mailboxes=_mailboxes(get("MAILBOXES")),
+            data_dir=Path(get("DATA_DIR") or defaults.data_dir),
+            attachment_max_bytes=int(
+                _number(
+                    "ATTACHMENT_MAX_BYTES",
+                    get("ATTACHMENT_MAX_BYTES"),
+                    defaults.attachment_max_bytes,
+                )
+            ),
         )
 
 
@@ -210,3 +227,20 @@ def _auto_ack(get: Getter) -> AutoAck | None:
             _number("EMAIL_AUTO_ACK_PER_HOUR", get("EMAIL_AUTO_ACK_PER_HOUR"), default.per_sender)
         ),
     )
+
+
+def _mailboxes(raw: str | None) -> tuple[Mailbox, ...]:
+    """SWITCHBOARD_MAILBOXES: a JSON list of mailbox objects (see README, "E-mail")."""
+    if raw is None:
+        return ()
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
+            raise ValueError("expected a JSON list of objects")
+        mailboxes = tuple(Mailbox.from_json(m) for m in data)
+    except (ValueError, TypeError) as error:
+        raise SettingsError(f"SWITCHBOARD_MAILBOXES: {error}") from None
+    names = [m.name for m in mailboxes]
+    if len(set(names)) != len(names):
+        raise SettingsError("SWITCHBOARD_MAILBOXES: each mailbox needs its own name")
+    return mailboxes

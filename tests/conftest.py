@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.browser import BrowserMissing, chromium
+from tests.dovecot import Dovecot, DovecotMissing
 from tests.helpers import Agents, empty_postgres
 from tests.smtp_peer import SmtpPeer
 from timeline.models import Role
@@ -112,8 +113,13 @@ async def redis_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, default_region="DE", max_body_bytes=64 * 1024)
+def settings(database_url: str, tmp_path: Any) -> Settings:
+    return Settings(
+        database_url=database_url,
+        default_region="DE",
+        max_body_bytes=64 * 1024,
+        data_dir=tmp_path / "data",
+    )
 
 
 @pytest.fixture
@@ -154,3 +160,17 @@ async def browser() -> AsyncIterator[Any]:
             yield launched
     except BrowserMissing as error:
         service_unavailable("Chromium", error)
+
+
+# --- IMAP -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    """A throw-away Dovecot (Debian dovecot-imapd) with one user and an empty Maildir."""
+    try:
+        server = Dovecot.start()
+    except (DovecotMissing, OSError, RuntimeError) as error:
+        service_unavailable("Dovecot", error)
+    yield server
+    server.stop()

@@ -209,3 +209,55 @@ def test_a_new_ticket_carries_no_ticket_id() -> None:
     assert choice.action is TicketAction.NEW
     assert choice.ticket_id is None
     assert choice.linked_ticket_id == HINTED_ID
+
+
+@pytest.mark.parametrize(
+    ("hinted", "open_", "last_resolved", "expected"),
+    [
+        pytest.param(
+            open_ticket(HINTED_ID),
+            open_ticket(OPEN_ID),
+            None,
+            TicketChoice(TicketAction.APPEND, HINTED_ID),
+            id="joins-the-open-ticket-it-answers",
+        ),
+        pytest.param(
+            resolved(HINTED_ID, WITHIN),
+            None,
+            None,
+            TicketChoice(TicketAction.NONE),
+            id="never-reopens",
+        ),
+        pytest.param(
+            None,
+            open_ticket(OPEN_ID),
+            None,
+            TicketChoice(TicketAction.NONE),
+            id="not-the-contacts-open-ticket",
+        ),
+        pytest.param(
+            None,
+            None,
+            resolved(LAST_RESOLVED_ID, WITHIN),
+            TicketChoice(TicketAction.NONE),
+            id="not-the-recently-resolved-one",
+        ),
+        pytest.param(None, None, None, TicketChoice(TicketAction.NONE), id="never-opens"),
+    ],
+)
+def test_an_event_that_may_not_open_a_ticket(
+    hinted: TicketState | None,
+    open_: TicketState | None,
+    last_resolved: TicketState | None,
+    expected: TicketChoice,
+) -> None:
+    """Auto-generated mail (out-of-office, bulk, bounces): never a new or reopened ticket."""
+    choice = choose_ticket(
+        hinted=hinted,
+        open_ticket=open_,
+        last_resolved=last_resolved,
+        now=NOW,
+        reopen_window=WINDOW,
+        opens_ticket=False,
+    )
+    assert choice == expected

@@ -1,0 +1,138 @@
+"""IMAP intake workers: one task per configured mailbox, for as long as the gateway runs.
+
+Each pass takes the messages above the mailbox's last UID, in UID order and in batches:
+parse and store attachments one by one, then hand the batch to the ingest path in that order
+(group commit writes it together). Only after the timeline commit is a message flagged, moved
+or deleted, and only after that is the position advanced. A crash in between repeats the
+batch: the ingest path dedupes on Message-ID, so nothing is lost and nothing doubles.
+
+A message that cannot be read is journaled as rejected and passed over like a good one: one
+bad message never stalls a mailbox. A broken connection or an unreachable database ends the
+session; the worker reconnects with exponential backoff and jitter, and never gives up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+
+from channels import InvalidPayload
+from channels.email.imap import FETCH_BATCH, Fetched, ImapError, ImapMailbox, Mailbox, Selected
+from gateway.email_intake import EmailIntake, PreparedEmail
+from gateway.ingest import IngestError
+from timeline import mailboxes
+from timeline.db import Database
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 60.0
+
+
+class MailboxWorker:
+    def __init__(self, mailbox: Mailbox, intake: EmailIntake, db: Database) -> None:
+        self.mailbox = mailbox
+        self._intake = intake
+        self._db = db
+
+    async def run(self) -> None:
+        """Read the mailbox until cancelled, reconnecting after any failure."""
+        delay = BACKOFF_FIRST
+        while True:
+            imap = ImapMailbox(self.mailbox)
+            try:
+                selected = await imap.open()
+                delay = BACKOFF_FIRST
+                await self._follow(imap, selected)
+            except Exception as error:  # whatever broke, the mailbox must be read again later
+                log.warning(
+                    "mailbox %s: %s: %s; reconnecting in %.0f s",
+                    self.mailbox.name, type(error).__name__, error, delay,
+                )  # fmt: skip
+            finally:
+                await imap.close()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _follow(self, imap: ImapMailbox, selected: Selected) -> None:
+        log.info(
+            "mailbox %s: reading %s (%s)",
+            self.mailbox.name, self.mailbox.folder, "IDLE" if imap.can_idle else "polling",
+        )  # fmt: skip
+        uidvalidity = selected.uidvalidity
+        while True:
+            last = await self.sync(imap, uidvalidity, selected.uidnext)
+            selected = await imap.select()
+            if selected.uidvalidity != uidvalidity:
+                raise ImapError("the folder's UIDVALIDITY changed; starting it over")
+            if selected.uidnext - 1 <= last:  # nothing arrived while we worked
+                await imap.wait_for_mail()
+
+    async def sync(self, imap: ImapMailbox, uidvalidity: int, uidnext: int) -> int:
+        """Take everything above the stored position, batch by batch; the new position.
+
+        `uidnext` comes from the SELECT before: UIDs below it that no search found are gone
+        (expunged meanwhile), and count as taken.
+        """
+        name = self.mailbox.name
+        last: int = await self._db.run(mailboxes.position, name, uidvalidity)
+        # Until nothing is new; what arrives after the last search shows in the next SELECT.
+        while batch := (await imap.uids_after(last))[:FETCH_BATCH]:
+            fetched = await imap.fetch(batch)
+            done, failure = await self._take(fetched)
+            # Gone meanwhile (another client deleted them): nothing left to take.
+            done |= set(batch) - {f.uid for f in fetched}
+            await imap.finish(sorted(done & {f.uid for f in fetched}))
+            taken = _contiguous(batch, done)
+            if taken:
+                await self._db.run(mailboxes.advance, name, uidvalidity, taken)
+                last = taken
+            if failure is not None:
+                raise failure
+        if uidnext - 1 > last:
+            last = uidnext - 1
+            await self._db.run(mailboxes.advance, name, uidvalidity, last)
+        return last
+
+    async def _take(self, fetched: Sequence[Fetched]) -> tuple[set[int], Exception | None]:
+        """Ingest a batch in UID order: (the UIDs now on the timeline or journaled, a failure)."""
+        done: set[int] = set()
+        prepared: list[tuple[int, PreparedEmail]] = []
+        for message in fetched:
+            try:
+                prepared.append(
+                    (message.uid, await self._intake.prepare(message.raw, self.mailbox))
+                )
+            except InvalidPayload as error:
+                log.warning(
+                    "mailbox %s: UID %d rejected: %s", self.mailbox.name, message.uid, error
+                )
+                done.add(message.uid)
+        # Created in order, so they queue for the ingest path in UID order.
+        delivering = [(uid, asyncio.create_task(self._intake.deliver(p))) for uid, p in prepared]
+        failure: Exception | None = None
+        for uid, task in delivering:
+            try:
+                await task
+            except IngestError as error:
+                if error.journal_id is None:  # not even journaled: take it again later
+                    failure = failure or error
+                    continue
+                # Journaled as failed, replayable from the journal: do not block on it.
+            except Exception as error:
+                failure = failure or error
+                continue
+            done.add(uid)
+        return done, failure
+
+
+def _contiguous(batch: Sequence[int], done: set[int]) -> int | None:
+    """The highest UID of `batch` up to which every message is done."""
+    taken = None
+    for uid in batch:
+        if uid not in done:
+            break
+        taken = uid
+    return taken
