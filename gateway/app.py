@@ -15,7 +15,7 @@ from aiohttp.abc import AbstractAccessLogger
 from channels.asterisk import AmiListener
 from channels.email.outbound import EmailSender
 from channels.sending import Sender
-from gateway import api, email_routes, outbox_routes, pages, search, telephony, ws
+from gateway import api, desk, email_routes, outbox_routes, pages, search, telephony, ws
 from gateway.auth import TokenCache
 from gateway.bus import open_bus
 from gateway.calls import CallDesk, signal_json
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.add_routes(email_routes.routes)
     app.add_routes(telephony.routes)
     app.add_routes(search.routes)
+    app.add_routes(desk.routes)
     pages.setup(app)
     app.add_routes(ws.routes)
     app.router.add_get("/", _landing_page)
