@@ -12,6 +12,7 @@ from pathlib import Path
 from channels.cti import NumberFormat
 from channels.email.imap import Mailbox
 from channels.email.outbound import SmtpAccount, SmtpTls
+from channels.twilio_sms import SmsAccount
 from channels.twilio_voice import TwilioAccount
 from gateway.outbox import OutboxPolicy
 from gateway.replies import AutoAck
@@ -27,6 +28,12 @@ BUILTIN_CHANNELS: Mapping[str, str] = {
     "telegram": identity.TELEGRAM,
     "webchat": identity.WEBCHAT,
 }
+
+
+DEFAULT_SMS_HELP = "Reply to this message to reach our support team. Reply STOP to opt out."
+
+
+SMS_STATUS_PATH = "/webhooks/twilio/sms/status"
 
 
 class SettingsError(ValueError):
@@ -68,6 +75,17 @@ class Settings:
     # Attachments live as files under here, named by their SHA-256.
     data_dir: Path = Path("switchboard-data")
     attachment_max_bytes: int = 25 * 1024 * 1024
+    # SMS: replies from this number, or through a Twilio Messaging Service; HELP's answer.
+    twilio_sms_from: str | None = None
+    twilio_messaging_service_sid: str | None = None
+    sms_help_text: str = DEFAULT_SMS_HELP
+    # Telegram: the bot's token; webhook (SWITCHBOARD_TELEGRAM_SECRET) or long polling.
+    telegram_token: str | None = None
+    telegram_api_url: str = "https://api.telegram.org"
+    telegram_polling: bool = False
+    # Web chat: the pages allowed to open /ws/chat (their origins), and each visitor's pace.
+    webchat_origins: tuple[str, ...] = ()
+    webchat_messages_per_minute: float = 20.0
 
     @property
     def twilio_account(self) -> TwilioAccount | None:
@@ -79,6 +97,24 @@ class Settings:
             self.twilio_auth_token,
             self.twilio_caller_id,
             self.twilio_api_url,
+        )
+
+    @property
+    def sms_account(self) -> SmsAccount | None:
+        """Twilio SMS, when the account, its token and a sender (number or service) are set."""
+        sender = self.twilio_sms_from or self.twilio_caller_id
+        if not (self.twilio_account_sid and self.twilio_auth_token):
+            return None
+        if not (sender or self.twilio_messaging_service_sid):
+            return None
+        callback = self.public_url.rstrip("/") + SMS_STATUS_PATH if self.public_url else None
+        return SmsAccount(
+            self.twilio_account_sid,
+            self.twilio_auth_token,
+            from_number=None if self.twilio_messaging_service_sid else sender,
+            messaging_service_sid=self.twilio_messaging_service_sid,
+            api_url=self.twilio_api_url,
+            status_callback=callback,
         )
 
     @classmethod
@@ -129,6 +165,18 @@ class Settings:
                     defaults.attachment_max_bytes,
                 )
             ),
+            twilio_sms_from=get("TWILIO_SMS_FROM"),
+            twilio_messaging_service_sid=get("TWILIO_MESSAGING_SERVICE_SID"),
+            sms_help_text=get("SMS_HELP_TEXT") or defaults.sms_help_text,
+            telegram_token=get("TELEGRAM_TOKEN"),
+            telegram_api_url=get("TELEGRAM_API_URL") or defaults.telegram_api_url,
+            telegram_polling=_switch(get("TELEGRAM_POLLING")),
+            webchat_origins=tuple(
+                o.strip().rstrip("/")
+                for o in (get("WEBCHAT_ORIGINS") or "").split(",")
+                if o.strip()
+            ),
+            ),
         )
 
 
@@ -142,6 +190,10 @@ def _number(name: str, raw: str | None, default: float) -> float:
     if value < 0:
         raise SettingsError(f"SWITCHBOARD_{name} must not be negative")
     return value
+
+
+def _switch(raw: str | None) -> bool:
+    return (raw or "off").lower() in ("1", "true", "on", "yes")
 
 
 def _custom_channels(raw: str | None) -> dict[str, str]:

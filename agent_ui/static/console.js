@@ -155,8 +155,15 @@ async function openTicket(id) {
   const contact = ticket.contact_id ? await api(`/api/v1/contacts/${ticket.contact_id}`) : null;
   state.contact = contact;
   document.getElementById("ticket-contact").textContent = contact
-    ? `${contact.name} · ${contact.identities.map((i) => i.value).join(", ")}`
+    ? `${contact.name} (contact ${contact.id}) · ${contact.identities.map((i) => i.value).join(", ")}`
     : "No contact";
+  document.getElementById("contact-tags").value = contact ? contact.tags.join(", ") : "";
+  const replyTo = document.getElementById("reply-to");
+  clear(replyTo);
+  replyTo.append(el("option", { value: "" }, ["The ticket's address"]));
+  for (const identity of contact ? contact.identities : []) {
+    replyTo.append(el("option", { value: identity.value }, [`${identity.kind}: ${identity.value}`]));
+  }
   clear(document.getElementById("timeline"));
   await loadTimeline();
   panel.scrollIntoView({ block: "start" });
@@ -174,10 +181,8 @@ async function loadTimeline() {
 
 function timelineItem(event) {
   const note = event.kind === "note";
-  const meta = [
-    channelIcon(event.channel),
-    ` ${event.direction === "in" ? "from customer" : "to customer"} · ${when(event.occurred_at)}`,
-  ];
+  const who = note ? `internal note by ${event.sender}` : event.direction === "in" ? "from customer" : "to customer";
+  const meta = [channelIcon(event.channel), ` ${who} · ${when(event.occurred_at)}`];
   if (event.status) meta.push(el("span", { class: `delivery delivery-${event.status}` }, [` · ${event.status}`]));
   if (event.ticket_id && state.ticket && event.ticket_id !== state.ticket.id) meta.push(` · other ticket`);
   return el("li", { class: `event event-${event.direction}${note ? " event-note" : ""}`, "data-event-id": String(event.id) }, [
@@ -204,15 +209,47 @@ async function sendReply(event) {
   const body = document.getElementById("reply-body");
   const result = document.getElementById("reply-status");
   try {
-    await api(`/api/v1/tickets/${state.ticket.id}/messages`, { method: "POST", body: { body: body.value } });
+    const message = { body: body.value };
+    const to = document.getElementById("reply-to").value;
+    if (to) message.to = to;
+    await api(`/api/v1/tickets/${state.ticket.id}/messages`, { method: "POST", body: message });
     body.value = "";
     result.textContent = "Queued for sending.";
-    clear(document.getElementById("timeline"));
-    state.olderCursor = null;
-    await loadTimeline();
+    await reloadTimeline();
   } catch (error) {
     result.textContent = `Not sent: ${error.message}`;
   }
+}
+
+async function reloadTimeline() {
+  clear(document.getElementById("timeline"));
+  state.olderCursor = null;
+  await loadTimeline();
+}
+
+async function addNote(event) {
+  event.preventDefault();
+  if (!state.ticket) return;
+  const body = document.getElementById("note-body");
+  await api(`/api/v1/tickets/${state.ticket.id}/notes`, { method: "POST", body: { body: body.value } });
+  body.value = "";
+  await reloadTimeline();
+}
+
+async function saveTags(event) {
+  event.preventDefault();
+  if (!state.contact) return;
+  const tags = document.getElementById("contact-tags").value.split(",").map((t) => t.trim()).filter(Boolean);
+  state.contact = await api(`/api/v1/contacts/${state.contact.id}`, { method: "PATCH", body: { tags } });
+}
+
+async function mergeContact(event) {
+  event.preventDefault();
+  if (!state.contact) return;
+  const into = Number(document.getElementById("merge-into").value);
+  if (!window.confirm(`Merge ${state.contact.name} into contact ${into}? Its whole history moves there.`)) return;
+  await api(`/api/v1/contacts/${state.contact.id}/merge`, { method: "POST", body: { into } });
+  await openTicket(state.ticket.id);
 }
 
 // --- lists: my tickets, waiting, missed calls, search -------------------------------------
@@ -263,7 +300,7 @@ async function search(event) {
   clear(results);
   const found = await api(`/api/v1/search?q=${encodeURIComponent(q)}`);
   for (const contact of found.contacts) {
-    results.append(el("li", {}, [`${contact.name} · ${contact.identities.map((i) => i.value).join(", ")}`]));
+    results.append(el("li", {}, [`${contact.name} (contact ${contact.id}) · ${contact.identities.map((i) => i.value).join(", ")}`]));
   }
   for (const ticket of found.tickets) {
     const link = el("button", { type: "button", class: "link" }, [`#${ticket.number} ${ticket.subject || ""}`]);
@@ -303,6 +340,9 @@ function shortcuts(event) {
   } else if (!typing && event.key === "r" && state.ticket) {
     event.preventDefault();
     document.getElementById("reply-body").focus();
+  } else if (!typing && event.key === "n" && state.ticket) {
+    event.preventDefault();
+    document.getElementById("note-body").focus();
   }
 }
 
@@ -314,6 +354,9 @@ document.getElementById("search-form").addEventListener("submit", search);
 document.getElementById("ticket-form").addEventListener("submit", saveTicket);
 document.getElementById("reply-form").addEventListener("submit", sendReply);
 document.getElementById("older").addEventListener("click", loadTimeline);
+document.getElementById("note-form").addEventListener("submit", addNote);
+document.getElementById("tags-form").addEventListener("submit", saveTags);
+document.getElementById("merge-form").addEventListener("submit", mergeContact);
 document.addEventListener("keydown", shortcuts);
 fillCanned();
 connect();
