@@ -50,3 +50,42 @@ def rest_client(
     client = Client(account_sid, auth_token, http_client=http)
     client.api.base_url = api_url.rstrip("/")
     return client, http
+
+
+class MediaError(Exception):
+    """The provider would not hand over a media file; `status` is what to answer the agent."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+async def fetch_media(
+    account_sid: str, auth_token: str, api_url: str, url: str, max_bytes: int
+) -> tuple[str, bytes]:
+    """A message's media file (content type, bytes), fetched with the account's credentials.
+
+    Only from the configured API's own address: the URL came in a webhook, and the account's
+    credentials must never be sent anywhere else. Twilio answers with a redirect to its media
+    store, which aiohttp follows without the Authorization header (never sent to another host).
+    """
+    if not url.startswith(api_url.rstrip("/") + "/"):
+        raise MediaError(404, "The media file is not at the configured Twilio API.")
+    timeout = aiohttp.ClientTimeout(total=REST_TIMEOUT_SECONDS)
+    auth = {"Authorization": aiohttp.encode_basic_auth(account_sid, auth_token)}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(url, headers=auth) as response,
+        ):
+            if response.status == 404:
+                raise MediaError(404, "Twilio no longer has this media file.")
+            if response.status >= 400:
+                raise MediaError(502, f"Twilio answered {response.status} for the media file.")
+            data = await response.content.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise MediaError(502, "The media file is larger than this server accepts.")
+            return response.content_type, data
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise MediaError(502, f"Twilio could not be reached: {type(error).__name__}") from None

@@ -15,7 +15,21 @@ from aiohttp.abc import AbstractAccessLogger
 from channels.asterisk import AmiListener
 from channels.email.outbound import EmailSender
 from channels.sending import Sender
-from gateway import api, desk, email_routes, outbox_routes, pages, search, telephony, ws
+from channels.telegram import BotAccount, TelegramBot, TelegramSender, poll
+from channels.twilio_sms import TwilioSmsSender
+from gateway import (
+    api,
+    desk,
+    email_routes,
+    media,
+    outbox_routes,
+    pages,
+    search,
+    sms,
+    telegram,
+    telephony,
+    ws,
+)
 from gateway.auth import TokenCache
 from gateway.bus import open_bus
 from gateway.calls import CallDesk, signal_json
@@ -32,13 +46,16 @@ from gateway.keys import (
     DISPATCHER,
     EMAIL,
     INGESTOR,
+    MESSAGE_STATUS,
     OPEN_SOCKETS,
     OUTBOX,
     REPLIES,
     SETTINGS,
+    TELEGRAM_BOT,
     TOKENS,
 )
 from gateway.mailboxes import MailboxWorker
+from gateway.message_status import StatusAnnouncer
 from gateway.outbox import OutboxWorker
 from gateway.replies import Replies
 from gateway.settings import Settings
@@ -57,6 +74,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_bus_and_services)
     app.cleanup_ctx.append(_asterisk)
+    app.cleanup_ctx.append(_telegram)
     app.cleanup_ctx.append(_outbox)
     app.cleanup_ctx.append(_email)
     app.on_shutdown.append(_close_sockets)
@@ -64,6 +82,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.add_routes(outbox_routes.routes)
     app.add_routes(email_routes.routes)
     app.add_routes(telephony.routes)
+    app.add_routes(sms.routes)
+    app.add_routes(telegram.routes)
+    app.add_routes(media.routes)
     app.add_routes(search.routes)
     app.add_routes(desk.routes)
     pages.setup(app)
@@ -129,8 +150,10 @@ async def _asterisk(app: web.Application) -> AsyncIterator[None]:
 async def _outbox(app: web.Application) -> AsyncIterator[None]:
     """The outbox sender, with a sender for each channel configured to send."""
     settings = app[SETTINGS]
-    senders = senders_for(settings)
-    worker = OutboxWorker(app[DATABASE], senders, settings.outbox)
+    senders = senders_for(settings, app.get(TELEGRAM_BOT))
+    announcer = StatusAnnouncer(app[DATABASE], app[BUS])
+    app[MESSAGE_STATUS] = announcer
+    worker = OutboxWorker(app[DATABASE], senders, settings.outbox, on_status=announcer)
     app[OUTBOX] = worker
     app[REPLIES] = Replies(
         app[DATABASE],
@@ -143,14 +166,41 @@ async def _outbox(app: web.Application) -> AsyncIterator[None]:
     await worker.start()
     yield
     await worker.stop()
+    for sender in senders.values():
+        if isinstance(sender, TwilioSmsSender):
+            await sender.close()
 
 
-def senders_for(settings: Settings) -> dict[str, Sender]:
+def senders_for(settings: Settings, telegram_bot: TelegramBot | None = None) -> dict[str, Sender]:
     """The channels this process can send on: each configured provider's sender."""
     senders: dict[str, Sender] = {}
     if settings.smtp is not None:
         senders["email"] = EmailSender(settings.smtp)
+    if settings.sms_account is not None:
+        senders["sms"] = TwilioSmsSender(settings.sms_account)
+    if telegram_bot is not None:
+        senders["telegram"] = TelegramSender(telegram_bot)
     return senders
+
+
+async def _telegram(app: web.Application) -> AsyncIterator[None]:
+    """The Telegram bot (SWITCHBOARD_TELEGRAM_TOKEN), and long polling when configured."""
+    settings = app[SETTINGS]
+    if not settings.telegram_token:
+        yield
+        return
+    bot = TelegramBot(BotAccount(settings.telegram_token, settings.telegram_api_url))
+    app[TELEGRAM_BOT] = bot
+    polling = None
+    if settings.telegram_polling:
+        intake = telegram.TelegramIntake(app[INGESTOR], app[DATABASE], app[BUS])
+        polling = asyncio.create_task(poll(bot, intake.receive_raw), name="telegram-polling")
+    yield
+    if polling is not None:
+        polling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await polling
+    await bot.close()
 
 
 async def _email(app: web.Application) -> AsyncIterator[None]:

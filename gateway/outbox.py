@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -80,15 +80,24 @@ class RateLimit:
         return max(0.0, (1 - self._tokens) / self.rate)
 
 
+# Told the timeline event of a message whose delivery status changed (sent, failed, …).
+StatusListener = Callable[[int], Awaitable[None]]
+
+
 class OutboxWorker:
     """Sends what is due, for the channels it has senders for."""
 
     def __init__(
-        self, db: Database, senders: Mapping[str, Sender], policy: OutboxPolicy | None = None
+        self,
+        db: Database,
+        senders: Mapping[str, Sender],
+        policy: OutboxPolicy | None = None,
+        on_status: StatusListener | None = None,
     ) -> None:
         self.db = db
         self.senders = dict(senders)
         self.policy = policy or OutboxPolicy()
+        self._on_status = on_status
         self._limits = {c: RateLimit(r) for c, r in self.policy.rate_limits.items() if r > 0}
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -187,16 +196,27 @@ class OutboxWorker:
             log.exception("outbox: sender for %s failed unexpectedly", item.channel)
             await self._record_failure(item, TransientSendError(f"{type(error).__name__}"))
             return
-        await self.db.run(outbox.mark_sent, item, result.provider_id)
+        if await self.db.run(outbox.mark_sent, item, result.provider_id):
+            await self._status_changed(item)
         log.info("outbox: message %s sent on %s", item.id, item.channel)
+
+    async def _status_changed(self, item: OutboxItem) -> None:
+        if self._on_status is None or item.event_id is None:
+            return
+        try:
+            await self._on_status(item.event_id)
+        except Exception:  # the status is stored; only its announcement is lost
+            log.exception("outbox: announcing the status of message %s failed", item.id)
 
     async def _record_failure(self, item: OutboxItem, error: SendError) -> None:
         if isinstance(error, PermanentSendError):
             log.warning("outbox: message %s refused for good: %s", item.id, error.reason)
-            await self.db.run(outbox.mark_failed, item, error.reason)
+            if await self.db.run(outbox.mark_failed, item, error.reason):
+                await self._status_changed(item)
         elif item.attempt >= self.policy.max_attempts:
             log.warning("outbox: message %s dead after %s attempts", item.id, item.attempt)
-            await self.db.run(outbox.mark_failed, item, error.reason, dead=True)
+            if await self.db.run(outbox.mark_failed, item, error.reason, dead=True):
+                await self._status_changed(item)
         else:
             delay = backoff(item.attempt, self.policy.backoff_base, self.policy.backoff_max)
             at = utcnow() + timedelta(seconds=delay)

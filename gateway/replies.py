@@ -19,11 +19,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from channels import InvalidPayload
 from channels.sending import OutgoingAttachment, Reply, Sender, Thread
 from gateway.errors import ApiError, bad_request, not_found
 from gateway.outbox import OutboxWorker
+from routing import consent
 from routing.identity import normalise
-from timeline import outbox
+from timeline import messaging, outbox
 from timeline.db import Database
 from timeline.models import Identity, Ticket, TimelineEvent, utcnow
 from timeline.outbox import Enqueued, NewOutbound
@@ -114,6 +116,7 @@ class Replies:
         thread = outbox.thread_events(session, ticket.id, ticket.channel)
         kind = self.identity_kinds.get(ticket.channel, ticket.channel)
         recipient, contact_id = self._recipient(session, ticket, thread, kind, request.to)
+        _require_consent(session, kind, recipient, thread, self.region)
         reply = Reply(
             recipient=recipient,
             text=request.text,
@@ -121,7 +124,10 @@ class Replies:
             subject=request.subject,
             attachments=request.attachments,
         )
-        enqueued = _enqueue(session, sender, ticket, thread, reply, key, contact_id)
+        try:
+            enqueued = _enqueue(session, sender, ticket, thread, reply, key, contact_id)
+        except InvalidPayload as error:  # the channel cannot carry this reply
+            raise ApiError(422, error.code, error.detail) from None
         now = utcnow()
         ticket.first_response_at = ticket.first_response_at or now
         ticket.updated_at = now
@@ -239,6 +245,26 @@ def _enqueue(
             ),
         ),
     )
+
+
+def _require_consent(
+    session: Session, kind: str, recipient: str, thread: list[TimelineEvent], region: str
+) -> None:
+    """Refuse a reply to an opted-out identity, unless `routing.consent` allows it."""
+    opted_out = messaging.opt_out_of(session, kind, recipient)
+    if opted_out is None:
+        return
+    wrote = [
+        e.occurred_at
+        for e in thread
+        if e.direction == "in" and (k := normalise(kind, e.sender, region)) and k.value == recipient
+    ]
+    if not consent.may_send(opted_out.opted_out_at, max(wrote, default=None), utcnow()):
+        raise ApiError(
+            422,
+            "recipient_opted_out",
+            f"{recipient} opted out ({opted_out.source}); nothing is sent to it.",
+        )
 
 
 def _event(session: Session, event_id: int | None) -> TimelineEvent | None:

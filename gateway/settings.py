@@ -176,6 +176,10 @@ class Settings:
                 for o in (get("WEBCHAT_ORIGINS") or "").split(",")
                 if o.strip()
             ),
+            webchat_messages_per_minute=_number(
+                "WEBCHAT_MESSAGES_PER_MINUTE",
+                get("WEBCHAT_MESSAGES_PER_MINUTE"),
+                defaults.webchat_messages_per_minute,
             ),
         )
 

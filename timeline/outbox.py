@@ -34,6 +34,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from timeline import messaging
 from timeline.models import (
     Identity,
     OutboxMessage,
@@ -43,6 +44,7 @@ from timeline.models import (
 )
 
 INTERRUPTED = "interrupted while sending; the provider may or may not have accepted it"
+OPTED_OUT = "the recipient opted out after this message was queued"
 
 # The outbox's words, as the timeline shows them on the message's event.
 _EVENT_STATUS = {
@@ -77,6 +79,7 @@ class OutboxItem:
     attempt: int
     provider_id: str | None
     idempotency_key: str
+    event_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +191,9 @@ def claim(
 
     Due: queued rows whose time has come, and `sending` rows whose sender's lease ran out (a
     crashed process). The latter are sent again only when `resendable`; otherwise they are
-    marked failed (see the module's crash-recovery rule) and not returned.
+    marked failed (see the module's crash-recovery rule) and not returned. So is a message
+    whose recipient opted out after it was queued (`routing.consent`): nothing is sent to
+    someone who said stop.
     """
     now = now or utcnow()
     due = (
@@ -211,9 +216,16 @@ def claim(
         .with_for_update(skip_locked=True)
     )
     claimed: list[OutboxItem] = []
-    for row in session.execute(due).scalars():
+    rows = list(session.execute(due).scalars())
+    opted_out = messaging.opted_out_since(
+        session, [(r.contact_id, r.recipient, r.created_at) for r in rows if r.contact_id]
+    )
+    for row in rows:
         if row.status == OutboxStatus.SENDING and not resendable:
             _finish(session, row, OutboxStatus.FAILED, INTERRUPTED, now)
+            continue
+        if (row.contact_id, row.recipient) in opted_out:
+            _finish(session, row, OutboxStatus.FAILED, OPTED_OUT, now)
             continue
         row.status = OutboxStatus.SENDING
         row.attempts += 1
@@ -233,6 +245,7 @@ def _item(row: OutboxMessage) -> OutboxItem:
         attempt=row.attempts,
         provider_id=row.provider_id,
         idempotency_key=row.idempotency_key,
+        event_id=row.event_id,
     )
 
 
@@ -343,20 +356,19 @@ def mark_delivery(
 ) -> bool:
     """A provider's receipt for one of our outbound messages (a DSN, a Twilio status callback).
 
-    `status` is one of `RECEIPT_STATUSES`. `bounced` also marks the recipient's identity as
-    bouncing. Returns False when no outbound event of ours has that id.
+    `external_id` is the id the message went out with or the one the provider gave it (a
+    Twilio MessageSid). `status` is one of `RECEIPT_STATUSES`. `bounced` also marks the
+    recipient's identity as bouncing. Receipts arrive out of order: a late `sent` after a final
+    word (delivered, failed, …) changes nothing. Returns False when no outbound event of ours
+    has that id.
     """
     if status not in _RECEIPT_STATUS:
         raise ValueError(f"unknown delivery status {status!r}")
-    event = session.execute(
-        select(TimelineEvent).where(
-            TimelineEvent.channel == channel,
-            TimelineEvent.external_id == external_id,
-            TimelineEvent.direction == "out",
-        )
-    ).scalar_one_or_none()
+    event = outbound_event(session, channel, external_id)
     if event is None:
         return False
+    if status == "sent" and event.delivery_status in RECEIPT_STATUSES - {"sent"}:
+        return True
     now = now or utcnow()
     event.delivery_status = status
     event.delivery_detail = detail
@@ -376,6 +388,25 @@ def mark_delivery(
             .values(bouncing_since=now)
         )
     return True
+
+
+def outbound_event(session: Session, channel: str, external_id: str) -> TimelineEvent | None:
+    """Our outbound message with this id: the one it went out with, or the provider's."""
+    ours = (
+        select(TimelineEvent)
+        .where(TimelineEvent.channel == channel, TimelineEvent.direction == "out")
+        .with_for_update()
+    )
+    event = session.execute(
+        ours.where(TimelineEvent.external_id == external_id)
+    ).scalar_one_or_none()
+    if event is not None:
+        return event
+    return session.execute(
+        ours.join(OutboxMessage, OutboxMessage.event_id == TimelineEvent.id).where(
+            OutboxMessage.channel == channel, OutboxMessage.provider_id == external_id
+        )
+    ).scalar_one_or_none()
 
 
 def next_due(session: Session, channels: Collection[str]) -> datetime | None:

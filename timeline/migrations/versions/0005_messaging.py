@@ -1,4 +1,4 @@
-"""Messaging channels: SMS opt-outs per identity; earlier texts of edited messages
+"""Messaging: SMS opt-outs, earlier texts of edited messages, receipts by provider id
 
 Revision ID: 0005
 Revises: 0004
@@ -19,6 +19,12 @@ ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("outbox_messages", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_outbox_messages_channel_provider_id"),
+            ["channel", "provider_id"],
+            unique=False,
+        )
     op.create_table(
         "opt_outs",
         sa.Column("identity_id", ID, nullable=False),
@@ -68,3 +74,5 @@ def downgrade() -> None:
     with op.batch_alter_table("opt_outs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_opt_outs_contact_id"))
     op.drop_table("opt_outs")
+    with op.batch_alter_table("outbox_messages", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_outbox_messages_channel_provider_id"))
