@@ -33,6 +33,16 @@ function send(message) {
   }
 }
 
+// The console shows the presence the server has; it changes only when the agent says so.
+async function showOwnPresence() {
+  const me = await api("/api/v1/agents/me");
+  const select = document.getElementById("presence");
+  if (![...select.options].some((o) => o.value === me.presence)) {
+    select.append(el("option", { value: me.presence }, [me.presence.replaceAll("_", " ")]));
+  }
+  select.value = me.presence;
+}
+
 function status(text) {
   document.getElementById("connection").textContent = text;
 }
@@ -40,7 +50,7 @@ function status(text) {
 function onMessage(message) {
   switch (message.type) {
     case "hello":
-      send({ type: "presence", state: document.getElementById("presence").value });
+      showOwnPresence();
       break;
     case "presence":
       document.getElementById("presence").value = message.state;
@@ -203,6 +213,13 @@ async function saveTicket(event) {
   await refreshLists();
 }
 
+async function takeTicket() {
+  if (!state.ticket) return;
+  const me = Number(document.querySelector(".console-grid").dataset.agentId);
+  state.ticket = await api(`/api/v1/tickets/${state.ticket.id}`, { method: "PATCH", body: { assignee_id: me } });
+  await refreshLists();
+}
+
 async function sendReply(event) {
   event.preventDefault();
   if (!state.ticket) return;
@@ -355,6 +372,7 @@ document.getElementById("ticket-form").addEventListener("submit", saveTicket);
 document.getElementById("reply-form").addEventListener("submit", sendReply);
 document.getElementById("older").addEventListener("click", loadTimeline);
 document.getElementById("note-form").addEventListener("submit", addNote);
+document.getElementById("take").addEventListener("click", takeTicket);
 document.getElementById("tags-form").addEventListener("submit", saveTags);
 document.getElementById("merge-form").addEventListener("submit", mergeContact);
 document.addEventListener("keydown", shortcuts);

@@ -188,3 +188,31 @@ async def test_the_console_needs_a_session(client: TestClient) -> None:
 
     assert response.status == 303
     assert response.headers["Location"] == "/login?next=/console"
+
+
+async def test_the_console_fits_a_tablet_and_works_from_the_keyboard(
+    client: TestClient, agents: Agents, browser: Any
+) -> None:
+    anna = await agents.add("Anna Agent")
+    page = await (await browser.new_context(viewport={"width": 768, "height": 1024})).new_page()
+    await sign_in(page, client, anna["email"])
+    await page.wait_for_url("**/console")
+    await page.wait_for_selector("#connection:has-text('Connected')")
+
+    overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    await page.keyboard.press("Tab")
+    first_stop = await page.evaluate("document.activeElement.textContent")
+    await page.keyboard.press("Escape")
+    await page.locator("body").click(position={"x": 5, "y": 300})
+    await page.keyboard.press("/")
+    searching = await page.evaluate("document.activeElement.id")
+    unlabelled = await page.evaluate(
+        """[...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+            .filter((e) => !e.labels.length && !e.getAttribute('aria-label')).length"""
+    )
+    await screenshot(page, "console-tablet")
+
+    assert overflow <= 0
+    assert first_stop == "Skip to content"
+    assert searching == "search"
+    assert unlabelled == 0
