@@ -118,7 +118,7 @@ def message_key(chat_id: int, message_id: int) -> str:
 
 def contact_name(user: User) -> str:
     """`Anna Schmidt (@anna_s)`: the name the customer gave Telegram, and their handle."""
-    name = user.full_name.strip()
+    name = " ".join(part for part in (user.first_name, user.last_name) if part).strip()
     if user.username:
         return f"{name} (@{user.username})" if name else f"@{user.username}"
     return name or str(user.id)

@@ -175,7 +175,7 @@ def senders_for(settings: Settings, telegram_bot: TelegramBot | None = None) -> 
     """The channels this process can send on: each configured provider's sender."""
     senders: dict[str, Sender] = {}
     if settings.smtp is not None:
-        senders["email"] = EmailSender(settings.smtp)
+        senders["email"] = EmailSender(settings.smtp, settings.sent_folder)
     if settings.sms_account is not None:
         senders["sms"] = TwilioSmsSender(settings.sms_account)
     if telegram_bot is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from channels.cti import NumberFormat
 from channels.email.imap import Mailbox
-from channels.email.outbound import SmtpAccount, SmtpTls
+from channels.email.outbound import SentFolder, SmtpAccount, SmtpTls
 from channels.twilio_sms import SmsAccount
 from channels.twilio_voice import TwilioAccount
 from gateway.outbox import OutboxPolicy
@@ -70,6 +70,9 @@ class Settings:
     smtp: SmtpAccount | None = None
     outbox: OutboxPolicy = field(default_factory=OutboxPolicy)
     email_auto_ack: AutoAck | None = None
+    # A copy of every e-mail reply is filed in this folder of this configured mailbox (IMAP).
+    smtp_sent_mailbox: str | None = None
+    smtp_sent_folder: str = "Sent"
     # IMAP mailboxes read by the intake workers (SWITCHBOARD_MAILBOXES).
     mailboxes: tuple[Mailbox, ...] = ()
     # Attachments live as files under here, named by their SHA-256.
@@ -117,6 +120,20 @@ class Settings:
             status_callback=callback,
         )
 
+    @property
+    def sent_folder(self) -> SentFolder | None:
+        """Where replies are filed: the Sent folder of the mailbox SWITCHBOARD_SMTP_SENT_MAILBOX
+        names (one of SWITCHBOARD_MAILBOXES), or nowhere."""
+        if self.smtp_sent_mailbox is None:
+            return None
+        for mailbox in self.mailboxes:
+            if mailbox.name == self.smtp_sent_mailbox:
+                return SentFolder(mailbox, self.smtp_sent_folder)
+        raise SettingsError(
+            f"SWITCHBOARD_SMTP_SENT_MAILBOX names {self.smtp_sent_mailbox!r}, which is not one "
+            "of SWITCHBOARD_MAILBOXES"
+        )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -156,6 +173,8 @@ class Settings:
             smtp=_smtp(get),
             outbox=_outbox(get),
             email_auto_ack=_auto_ack(get),
+            smtp_sent_mailbox=get("SMTP_SENT_MAILBOX"),
+            smtp_sent_folder=get("SMTP_SENT_FOLDER") or defaults.smtp_sent_folder,
             mailboxes=_mailboxes(get("MAILBOXES")),
             data_dir=Path(get("DATA_DIR") or defaults.data_dir),
             attachment_max_bytes=int(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import enum
+import logging
 import re
+import ssl
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -19,8 +21,10 @@ from email.policy import SMTP
 from email.utils import format_datetime, make_msgid, parseaddr
 from typing import Any
 
+import aioimaplib
 import aiosmtplib
 
+from channels.email.imap import Mailbox
 from channels.sending import (
     Draft,
     PermanentSendError,
@@ -32,6 +36,8 @@ from channels.sending import (
 from timeline.events import sanitise_html
 from timeline.models import utcnow
 from timeline.outbox import OutboxItem
+
+log = logging.getLogger(__name__)
 
 # Reply and forward prefixes of common mail clients in several languages (Outlook's German
 # `AW:`/`WG:`, Nordic `SV:`/`VS:`, French `TR:`), also the counted `Re[2]:` form.
@@ -68,6 +74,44 @@ class SmtpAccount:
         return parseaddr(self.sender)[1].rpartition("@")[2] or "localhost"
 
 
+@dataclass(frozen=True, slots=True)
+class SentFolder:
+    """Where a copy of every reply is filed over IMAP (RFC 3501 APPEND), so that the team's
+    mail clients show what Switchboard sent; `mailbox` gives the server and the login."""
+
+    mailbox: Mailbox
+    folder: str = "Sent"
+
+    async def append(self, message: EmailMessage) -> None:
+        box = self.mailbox
+        if box.tls:
+            context = ssl.create_default_context()
+            if not box.verify_tls:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
+                box.host, box.server_port, timeout=30, ssl_context=context
+            )
+        else:
+            client = aioimaplib.IMAP4(box.host, box.server_port, timeout=30)
+        await client.wait_hello_from_server()
+        try:
+            _checked(await client.login(box.username, box.password), "LOGIN")
+            raw = message.as_bytes()
+            appended = await client.append(raw, mailbox=self.folder, flags="(\\Seen)")
+            if appended.result != "OK" and "TRYCREATE" in str(appended.lines):
+                _checked(await client.create(self.folder), "CREATE")
+                appended = await client.append(raw, mailbox=self.folder, flags="(\\Seen)")
+            _checked(appended, "APPEND")
+        finally:
+            await client.logout()
+
+
+def _checked(response: aioimaplib.Response, command: str) -> None:
+    if response.result != "OK":
+        raise ConnectionError(f"IMAP {command}: {response.result} {response.lines!r}")
+
+
 def reply_subject(subject: str | None, ticket_number: int | None) -> str:
     """`Re: <the conversation's subject> [#<number>]`, however many prefixes and tags it had."""
     base = _PREFIXES.sub("", _TAGS.sub(" ", _PREFIXES.sub("", subject or ""))).strip()
@@ -102,8 +146,9 @@ class EmailSender:
     channel = "email"
     resendable = True
 
-    def __init__(self, account: SmtpAccount) -> None:
+    def __init__(self, account: SmtpAccount, sent: SentFolder | None = None) -> None:
         self.account = account
+        self.sent = sent
 
     def draft(self, reply: Reply, thread: Thread) -> Draft:
         message_id = make_msgid(domain=self.account.domain).strip("<>")
@@ -169,7 +214,18 @@ class EmailSender:
             raise _classified(error.code, error.message) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             raise TransientSendError(f"SMTP: {type(error).__name__}: {error}") from None
+        await self._file_copy(message, item)
         return SendResult(provider_id=item.payload["message_id"])
+
+    async def _file_copy(self, message: EmailMessage, item: OutboxItem) -> None:
+        """The Sent copy is a courtesy: the customer has the mail, so a failure here must not
+        fail (and resend) it."""
+        if self.sent is None:
+            return
+        try:
+            await self.sent.append(message)
+        except (aioimaplib.Abort, OSError, TimeoutError, ConnectionError) as error:
+            log.warning("outbox message %s: no copy in the Sent folder: %s", item.id, error)
 
 
 def _classified(code: int, text: str) -> TransientSendError | PermanentSendError:

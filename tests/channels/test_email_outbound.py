@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from channels.email.imap import Mailbox
 from channels.email.outbound import (
     MAX_REFERENCES,
     EmailSender,
+    SentFolder,
     SmtpAccount,
     SmtpTls,
     references,
@@ -23,7 +25,8 @@ from channels.sending import (
     Thread,
     TransientSendError,
 )
-from tests.smtp_peer import SmtpPeer, free_port, self_signed_certificate
+from tests.dovecot import Dovecot
+from tests.smtp_peer import SmtpPeer, account_for, free_port, self_signed_certificate
 from timeline.outbox import OutboxItem
 
 # How the customer's mail and our earlier answer are named on the ticket's timeline.
@@ -213,6 +216,29 @@ async def test_a_server_whose_certificate_we_do_not_trust_gets_nothing(tmp_path:
         peer.stop()
 
     assert peer.messages == []
+
+
+async def test_a_copy_of_each_reply_is_filed_seen_in_the_sent_folder(
+    smtp_peer: SmtpPeer, dovecot: Dovecot
+) -> None:
+    sender = EmailSender(account_for(smtp_peer), SentFolder(dovecot.mailbox(), "Sent"))
+    draft = sender.draft(Reply("a@example.de", "Filed"), THREAD)
+
+    await sender.send(item(draft))
+
+    # The folder did not exist: it was created on the server's TRYCREATE.
+    assert len(await dovecot.uids("Sent")) == 1
+    assert len(await dovecot.uids("Sent", f'HEADER Message-ID "{draft.external_id}" SEEN')) == 1
+    assert len(smtp_peer.messages) == 1
+
+
+async def test_a_sent_folder_out_of_reach_does_not_fail_the_reply(smtp_peer: SmtpPeer) -> None:
+    unreachable = Mailbox("support", "127.0.0.1", "u", "p", port=free_port(), tls=False)
+    sender = EmailSender(account_for(smtp_peer), SentFolder(unreachable))
+
+    await sender.send(item(sender.draft(Reply("a@example.de", "Hi"), THREAD)))
+
+    assert len(smtp_peer.messages) == 1
 
 
 def test_the_account_never_shows_its_password() -> None:

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from channels.email.outbound import EmailSender
+from channels.email.imap import Mailbox
+from channels.email.outbound import EmailSender, SentFolder
 from channels.sending import Reply, Thread
 from gateway.outbox import OutboxPolicy, OutboxWorker, RateLimit, backoff
 from gateway.settings import Settings, SettingsError
@@ -377,3 +378,14 @@ def test_unusable_smtp_or_outbox_settings_are_refused(env: dict[str, str]) -> No
 
 def test_without_an_smtp_host_email_cannot_send() -> None:
     assert Settings.from_env({}).smtp is None
+
+
+def test_replies_are_filed_in_the_sent_folder_of_the_mailbox_named() -> None:
+    support = Mailbox("support", "imap.example.com", "support", "s3cret")
+    settings = Settings(mailboxes=(support,), smtp_sent_mailbox="support")
+    misnamed = Settings(mailboxes=(support,), smtp_sent_mailbox="sales")
+
+    assert settings.sent_folder == SentFolder(support, "Sent")
+    assert Settings(mailboxes=(support,)).sent_folder is None
+    with pytest.raises(SettingsError, match="sales"):
+        _ = misnamed.sent_folder
