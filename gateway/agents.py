@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.auth import hash_password, issue_token
 from gateway.errors import ApiError
+from routing import presence as routing_presence
 from routing.capacity import DEFAULT_CAPACITY, Capacity
 from routing.identity import normalise_email
-from timeline.models import Agent, Presence, Role, utcnow
+from timeline.models import Agent, AgentSkill, Presence, Role, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,7 @@ def create_agent(session: Session, new: NewAgent) -> tuple[Agent, str]:
         email=new.email,
         password_hash=hash_password(new.password),
         role=new.role,
-        skills=list(new.skills),
+        skills=list(skill_levels(new.skills)),
         extension=new.extension,
         capacity=new.capacity.to_json(),
         presence=Presence.OFFLINE,
@@ -65,17 +65,29 @@ def create_agent(session: Session, new: NewAgent) -> tuple[Agent, str]:
         session.flush()
     except IntegrityError:
         raise ApiError(409, "agent_exists", f"An agent with e-mail {new.email} exists.") from None
+    session.add_all(
+        AgentSkill(agent_id=agent.id, skill=name, level=level)
+        for name, level in skill_levels(new.skills).items()
+    )
     return agent, issue_token(session, agent.id)
 
 
 def set_presence(session: Session, agent_id: int, presence: Presence) -> Agent | None:
-    agent = (
-        session.execute(select(Agent).where(Agent.id == agent_id).with_for_update())
-    ).scalar_one_or_none()
-    if agent is not None and agent.presence != presence:
-        agent.presence = presence
-        agent.presence_since = utcnow()
-    return agent
+    """The state alone (with its history), without routing: for tools and tests. The gateway
+    changes presence through `Dispatcher.set_presence`, which also routes."""
+    routing_presence.change(session, [agent_id], presence, utcnow())
+    return session.get(Agent, agent_id)
+
+
+def skill_levels(skills: Sequence[str]) -> dict[str, int]:
+    """`billing:3` is billing at level 3; a skill without a level is level 1."""
+    levels: dict[str, int] = {}
+    for skill in skills:
+        name, _, level = skill.partition(":")
+        if not level.strip().isdigit() and level.strip():
+            raise ApiError(400, "invalid_skill", f"Skill {skill!r}: the level is a number.")
+        levels[name.strip().lower()] = int(level) if level.strip() else 1
+    return levels
 
 
 def parse_presence(value: object) -> Presence:

@@ -3,36 +3,29 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels import InvalidPayload, generic
 from gateway import agents, sessions
 from gateway.auth import Principal, token_from
 from gateway.errors import ApiError, bad_request, ingest_failed, not_found
 from gateway.ingest import IngestError
-from gateway.keys import DATABASE, DISPATCHER, INGESTOR, SETTINGS, TOKENS
-from gateway.pops import StoredPop
+from gateway.keys import DATABASE, INGESTOR, SETTINGS, TOKENS
 from gateway.serialize import agent_json, contact_json, event_json, ticket_json
-from routing.assignment import agent_load
 from routing.capacity import Capacity
 from routing.identity import normalise, parse_raw
 from timeline import store
 from timeline.models import (
-    OPEN_STATUSES,
-    TICKET_PRIORITIES,
     Agent,
     Contact,
     InboundJournal,
     Role,
     Ticket,
     TicketStatus,
-    utcnow,
 )
 
 routes = web.RouteTableDef()
@@ -275,100 +268,6 @@ async def get_ticket(request: web.Request) -> web.Response:
     return web.json_response(ticket_json(ticket))
 
 
-@routes.patch("/api/v1/tickets/{id}")
-async def patch_ticket(request: web.Request) -> web.Response:
-    """Status, priority and assignee; capacity is never exceeded, freed capacity is reused."""
-    await authenticate(request)
-    ticket_id = path_id(request)
-    changes = _ticket_changes(await read_json_object(request))
-    dispatcher = request.app[DISPATCHER]
-    pops: list[StoredPop] = []
-    async with request.app[DATABASE].transaction() as session:
-        ticket = (
-            await session.execute(select(Ticket).where(Ticket.id == ticket_id).with_for_update())
-        ).scalar_one_or_none()
-        if ticket is None:
-            raise not_found("ticket")
-        holder = ticket.assignee_id
-        now = utcnow()
-        if "priority" in changes:
-            ticket.priority = changes["priority"]
-        if "status" in changes:
-            await _set_status(session, ticket, changes["status"], now)
-        if "assignee_id" in changes and changes["assignee_id"] != holder:
-            ticket.assignee_id = None
-            new_agent: int | None = changes["assignee_id"]
-            if new_agent is not None:
-                await _assign_manually(session, ticket, new_agent, now)
-                pops.append(await dispatcher.announce_assignment(session, new_agent, ticket.id))
-        ticket.updated_at = now
-        holder_keeps_it = ticket.assignee_id == holder and ticket.status in OPEN_STATUSES
-        needs_agent = ticket.assignee_id is None and ticket.status in OPEN_STATUSES
-    await dispatcher.publish(pops)
-    if needs_agent:
-        # An agent who handed the ticket back should not be handed it again at once.
-        await dispatcher.route(ticket_id, excluded=holder)
-    if holder is not None and not holder_keeps_it:
-        await dispatcher.offer_waiting(holder)
-    async with request.app[DATABASE].reading() as session:
-        updated = await session.get(Ticket, ticket_id)
-    assert updated is not None, "tickets are never deleted"
-    return web.json_response(ticket_json(updated))
-
-
-def _ticket_changes(data: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(data) - {"status", "assignee_id", "priority"}
-    if unknown:
-        raise bad_request("invalid_payload", f"Cannot change {', '.join(sorted(unknown))} here.")
-    if "status" in data and data["status"] not in TicketStatus.__members__.values():
-        raise bad_request("invalid_status", f"Status must be one of {', '.join(TicketStatus)}.")
-    if "priority" in data and data["priority"] not in TICKET_PRIORITIES:
-        raise bad_request(
-            "invalid_priority", f"Priority must be one of {', '.join(TICKET_PRIORITIES)}."
-        )
-    if "assignee_id" in data:
-        value = data["assignee_id"]
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise bad_request("invalid_assignee", "assignee_id must be an agent id or null.")
-    return data
-
-
-async def _set_status(session: AsyncSession, ticket: Ticket, status: str, now: datetime) -> None:
-    """Resolving stamps the time; reopening keeps the agent only if it still has room."""
-    if status == ticket.status:
-        return
-    reopening = ticket.status not in OPEN_STATUSES and status in OPEN_STATUSES
-    ticket.status = status
-    if status in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
-        ticket.resolved_at = ticket.resolved_at or now
-        return
-    ticket.resolved_at = None
-    if reopening and ticket.assignee_id is not None:
-        holder, ticket.assignee_id = ticket.assignee_id, None
-        load = await session.run_sync(agent_load, holder)
-        if load is not None and load.capacity.allows(load.load, ticket.channel):
-            ticket.assignee_id = holder
-
-
-async def _assign_manually(
-    session: AsyncSession, ticket: Ticket, agent_id: int, now: datetime
-) -> None:
-    """An explicit assignment still respects the agent's capacity (checked under its lock)."""
-    load = await session.run_sync(agent_load, agent_id)
-    if load is None:
-        raise bad_request("invalid_assignee", f"There is no agent {agent_id}.")
-    if ticket.status in OPEN_STATUSES and not load.capacity.allows(load.load, ticket.channel):
-        raise ApiError(
-            409,
-            "agent_at_capacity",
-            f"Agent {agent_id} has no room for another {ticket.channel} ticket.",
-        )
-    ticket.assignee_id = agent_id
-    ticket.assigned_at = now
-    if ticket.status == TicketStatus.NEW:
-        ticket.status = TicketStatus.OPEN
-
-
 @routes.post("/api/v1/agents")
 async def create_agent(request: web.Request) -> web.Response:
     principal = await authenticate(request)
@@ -404,41 +303,12 @@ def _new_agent(data: dict[str, Any]) -> agents.NewAgent:
     )
 
 
-@routes.get("/api/v1/agents")
-async def list_agents(request: web.Request) -> web.Response:
-    principal = await authenticate(request)
-    principal.require(Role.SUPERVISOR, Role.ADMIN)
-    async with request.app[DATABASE].reading() as session:
-        rows = list((await session.execute(select(Agent).order_by(Agent.id))).scalars())
-    return web.json_response({"agents": [agent_json(a) for a in rows]})
-
-
 @routes.get("/api/v1/agents/me")
 async def who_am_i(request: web.Request) -> web.Response:
     principal = await authenticate(request)
     async with request.app[DATABASE].reading() as session:
         agent = await session.get(Agent, principal.agent_id)
     assert agent is not None
-    return web.json_response(agent_json(agent))
-
-
-@routes.patch("/api/v1/agents/{id}")
-async def patch_agent(request: web.Request) -> web.Response:
-    """Presence by API: the agent itself, or a supervisor for anyone."""
-    principal = await authenticate(request)
-    agent_id = path_id(request)
-    if agent_id != principal.agent_id:
-        principal.require(Role.SUPERVISOR, Role.ADMIN)
-    data = await read_json_object(request)
-    if set(data) != {"presence"}:
-        raise bad_request("invalid_payload", "Only 'presence' can be changed here.")
-    presence = agents.parse_presence(data["presence"])
-    async with request.app[DATABASE].transaction() as session:
-        agent = await session.run_sync(agents.set_presence, agent_id, presence)
-        if agent is None:
-            raise not_found("agent")
-    if agent.presence == "available":
-        await request.app[DISPATCHER].offer_waiting(agent_id)
     return web.json_response(agent_json(agent))
 
 

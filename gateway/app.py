@@ -24,6 +24,7 @@ from gateway import (
     media,
     outbox_routes,
     pages,
+    routing_api,
     search,
     sms,
     telegram,
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.add_routes(desk.routes)
     pages.setup(app)
     app.add_routes(ws.routes)
+    app.add_routes(routing_api.routes)
     app.router.add_get("/", _landing_page)
     return app
 
@@ -105,16 +107,19 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _bus_and_services(app: web.Application) -> AsyncIterator[None]:
     bus = await open_bus(app[SETTINGS].redis_url)
     app[BUS] = bus
-    ingestor = Ingestor(app[DATABASE], bus, app[SETTINGS])
+    dispatcher = Dispatcher(app[DATABASE], bus, app[SETTINGS].routing_file)
+    await dispatcher.start()
+    app[DISPATCHER] = dispatcher
+    ingestor = Ingestor(app[DATABASE], bus, app[SETTINGS], dispatcher.config)
     await ingestor.start()
     app[INGESTOR] = ingestor
-    app[DISPATCHER] = Dispatcher(app[DATABASE], bus)
-    calls = CallDesk(app[DATABASE], bus, app[SETTINGS])
+    calls = CallDesk(app[DATABASE], bus, app[SETTINGS], dispatcher.config)
     await calls.start()
     app[CALLS] = calls
     yield
     await calls.stop()
     await ingestor.stop()
+    await dispatcher.stop()
     await bus.close()
 
 

@@ -42,6 +42,13 @@ class Subscription:
     async def get(self) -> Message:
         return await self._queue.get()
 
+    def drain(self) -> list[Message]:
+        """Whatever has arrived, without waiting."""
+        messages = []
+        while not self._queue.empty():
+            messages.append(self._queue.get_nowait())
+        return messages
+
     async def __aiter__(self) -> AsyncIterator[Message]:
         while True:
             yield await self._queue.get()

@@ -20,24 +20,28 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.bus import SUPERVISORS_TOPIC, Bus, agent_topic
-from gateway.dispatch import assigned_pops
+from gateway.dispatch import ConfigCache, assigned_pops, offer_messages
 from gateway.group_commit import GroupCommit, IngestError
 from gateway.pops import PopRequest, StoredPop, publish_pops, store_pops
 from gateway.serialize import JSON
 from gateway.settings import Settings
+from routing import presence
 from routing.assignment import (
-    AssignmentRequest,
+    RouteRequest,
     agents_by_reference,
-    assign_tickets,
     available_agents,
+    enqueue,
+    route,
+    schedule,
 )
+from routing.config import RoutingConfig
 from routing.contacts import identity_of, resolve_contacts
 from routing.identity import IdentityKey, normalise_phone
 from timeline import store
@@ -49,8 +53,10 @@ from timeline.models import (
     Call,
     CallState,
     JournalStatus,
+    Presence,
     Ticket,
     TimelineEvent,
+    TimerKind,
     utcnow,
 )
 
@@ -80,6 +86,8 @@ class CallOutcome:
     pops: list[StoredPop] = field(default_factory=list)
     withdrawn: list[tuple[int, int]] = field(default_factory=list)  # (agent id, pop id)
     callback_ticket_id: int | None = None
+    callback_queue: str | None = None
+    offers: list[JSON] = field(default_factory=list)  # of the callback ticket
 
 
 @dataclass(eq=False)
@@ -104,10 +112,13 @@ class _CallJob:
 
 
 class CallDesk:
-    def __init__(self, db: Database, bus: Bus, settings: Settings) -> None:
+    def __init__(
+        self, db: Database, bus: Bus, settings: Settings, config: ConfigCache | None = None
+    ) -> None:
         self._db = db
         self._bus = bus
         self._settings = settings
+        self._config = config or ConfigCache(db)
         self._batches = GroupCommit("calls", self._process)
 
     async def start(self) -> None:
@@ -145,7 +156,8 @@ class CallDesk:
         error: Exception = RuntimeError("not applied")
         for _ in range(_ATTEMPTS):
             try:
-                return await self._db.run(apply_signals, self._settings, jobs)
+                config = await self._config.get()
+                return await self._db.run(apply_signals, self._settings, config, jobs)
             except IntegrityError as race:  # try again: the retry finds the winner's rows
                 error = race
             except Exception as failure:
@@ -176,25 +188,28 @@ class CallDesk:
             for agent_id, pop_id in outcome.withdrawn:
                 message = {"type": "pop_withdrawn", "id": pop_id}
                 await self._bus.publish(agent_topic(agent_id), message)
+            for offer in outcome.offers:
+                message = {k: v for k, v in offer.items() if k != "agent_id"}
+                await self._bus.publish(agent_topic(offer["agent_id"]), message)
             if outcome.callback_ticket_id is not None:
                 await self._bus.publish(
                     SUPERVISORS_TOPIC,
                     {
                         "type": "queue_update",
-                        "queue": "default",
+                        "queue": outcome.callback_queue,
                         "ticket_id": outcome.callback_ticket_id,
                     },
                 )
 
 
 def apply_signals(
-    session: Session, settings: Settings, jobs: Sequence[_CallJob]
+    session: Session, settings: Settings, config: RoutingConfig, jobs: Sequence[_CallJob]
 ) -> dict[_CallJob, CallOutcome]:
     """Apply a batch of signals in the caller's transaction and settle their journal entries."""
     outcomes: dict[_CallJob, CallOutcome] = {}
     notes: dict[int, str] = {}
     for wave in _waves(jobs):
-        applied = _Wave(session, settings, wave)
+        applied = _Wave(session, settings, config, wave)
         outcomes.update(applied.apply())
         notes.update(applied.notes)
     store.mark_journal_accepted(
@@ -224,15 +239,20 @@ def _waves(jobs: Sequence[_CallJob]) -> Iterator[list[_CallJob]]:
 class _Wave:
     """Signals of distinct calls applied together, inside the caller's transaction."""
 
-    def __init__(self, session: Session, settings: Settings, jobs: list[_CallJob]) -> None:
+    def __init__(
+        self, session: Session, settings: Settings, config: RoutingConfig, jobs: list[_CallJob]
+    ) -> None:
         self.session = session
         self.settings = settings
+        self.config = config
         self.jobs = jobs
         self.now = utcnow()
         self.outcomes = {job: CallOutcome(None) for job in jobs}
         self.notes: dict[int, str] = {}  # journal id -> remark
         self.calls: dict[CallKey, Call] = {}
         self.events: dict[int, TimelineEvent] = {}
+        self.on_calls: set[int] = set()  # agents who answered: busy
+        self.wrapping: dict[int, datetime] = {}  # agents whose call ended: after-call work until
 
     def apply(self) -> dict[_CallJob, CallOutcome]:
         self.calls = store.calls_by_key(self.session, [job.key for job in self.jobs])
@@ -263,6 +283,7 @@ class _Wave:
         self._ring(ringing, named)
         self._withdraw(withdrawing)
         self._call_back(missed)
+        self._presence()
         for job, outcome in self.outcomes.items():
             outcome.call = call_json(self.calls[job.key])
         return self.outcomes
@@ -348,6 +369,9 @@ class _Wave:
         call.state = CallState.ANSWERED
         call.answered_at = signal.occurred_at
         call.answered_by_id = agent.id if agent else None
+        if agent is not None:
+            self.on_calls.add(agent.id)
+            self.wrapping.pop(agent.id, None)
         self._describe(call, f"Call answered by {agent.name}" if agent else "Call answered")
 
     def _end(self, call: Call, signal: CallSignal) -> None:
@@ -360,6 +384,10 @@ class _Wave:
                 call.answered_at, signal.occurred_at
             )
             self._describe(call, f"Call ended after {_clock(call.duration_seconds)}")
+            if call.answered_by_id is not None:
+                wrap_up = self.config.queue(call.queue or "default").after_call_work_seconds
+                self.wrapping[call.answered_by_id] = self.now + timedelta(seconds=wrap_up)
+                self.on_calls.discard(call.answered_by_id)
             return
         call.state = _unanswered_state(call.direction, signal.cause)
         if call.state == CallState.MISSED:
@@ -391,10 +419,27 @@ class _Wave:
             self.events[call.event_id].ticket_id = ticket.id
             self.outcomes[job].callback_ticket_id = ticket.id
             outcome_of[ticket.id] = self.outcomes[job]
-        requests = [AssignmentRequest(ticket.id, CHANNEL) for ticket in tickets]
-        assigned = assign_tickets(self.session, requests, self.now)
-        for pop in assigned_pops(self.session, assigned):
+        requests = [RouteRequest(t.id, CHANNEL, t.queue, t.contact_id) for t in tickets]
+        waiting = enqueue(self.session, self.config, requests, self.now)
+        routed = route(self.session, self.config, waiting, self.now)
+        for pop in assigned_pops(self.session, routed.assigned):
             outcome_of[pop.message["ticket"]["id"]].pops.append(pop)
+        for offer in offer_messages(self.session, routed.offers):
+            outcome_of[offer["ticket"]["id"]].offers.append(offer)
+        for ticket in tickets:
+            outcome_of[ticket.id].callback_queue = ticket.queue
+
+    def _presence(self) -> None:
+        """CTI presence: an agent on a call is busy; its hang-up starts timed after-call work
+        (a timer row ends it), one statement per step for the wave."""
+        presence.change(self.session, sorted(self.on_calls), Presence.BUSY, self.now)
+        wrapping = presence.change(
+            self.session, sorted(self.wrapping), Presence.AFTER_CALL_WORK, self.now
+        )
+        schedule(
+            self.session,
+            [(TimerKind.AFTER_CALL_WORK, agent, self.wrapping[agent]) for agent in wrapping],
+        )
 
     def _callback_ticket(self, call: Call) -> Ticket:
         return Ticket(

@@ -1,68 +1,101 @@
-"""Routing outside the ingest path: when an agent frees capacity or comes available."""
+"""Routing outside the ingest path: offers accepted and rejected, presence, tickets moved,
+and the timers (offer expiry, after-call work, overflow) that a sweeper fires exactly once.
+
+Every routing step runs as one unit of work (`routing.assignment`); what it decided — pops of
+direct assignments, offers, queues whose figures changed — is stored or built inside that
+transaction and published after its commit.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Concatenate, ParamSpec
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from gateway.bus import SUPERVISORS_TOPIC, Bus
-from gateway.pops import PopRequest, StoredPop, publish_pops, store_pops
-from routing.assignment import AssignmentRequest, assign_ticket, fill_agent
+from gateway.bus import SUPERVISORS_TOPIC, Bus, agent_topic
+from gateway.pops import PopRequest, StoredPop, contact_cards, publish_pops, store_pops
+from gateway.serialize import JSON, iso, ticket_summary
+from routing import assignment
+from routing.assignment import OfferMade, Routed
+from routing.config import RoutingConfig, apply_file, load_config
 from timeline.db import Database
-from timeline.models import Ticket, utcnow
+from timeline.models import Agent, Presence, Ticket, TimerKind, utcnow
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+
+# How long a process trusts its copy of the queues and rules; this process's own changes
+# apply at once, another process's within this time.
+CONFIG_TTL_SECONDS = 1.0
+SWEEP_SECONDS = 0.25
 
 
-class Dispatcher:
-    def __init__(self, db: Database, bus: Bus) -> None:
+class ConfigCache:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._bus = bus
+        self._config: RoutingConfig | None = None
+        self._loaded_at = 0.0
 
-    async def offer_waiting(self, agent_id: int) -> list[int]:
-        """Give the agent the oldest waiting tickets it has room for; returns their ids."""
-        async with self._db.transaction() as session:
-            ticket_ids = await session.run_sync(fill_agent, agent_id, utcnow())
-            pops = await session.run_sync(assigned_pops, dict.fromkeys(ticket_ids, agent_id))
-        await self._announce(pops)
-        return ticket_ids
+    async def get(self) -> RoutingConfig:
+        if self._config is None or time.monotonic() - self._loaded_at > CONFIG_TTL_SECONDS:
+            self._config = await self._db.read(load_config)
+            self._loaded_at = time.monotonic()
+        return self._config
 
-    async def route(self, ticket_id: int, excluded: int | None = None) -> int | None:
-        """Assign one waiting ticket if any agent (but `excluded`) has room; returns the agent."""
-        async with self._db.transaction() as session:
-            ticket = await session.get(Ticket, ticket_id)
-            if ticket is None or ticket.assignee_id is not None:
-                return None
-            request = AssignmentRequest(ticket_id, ticket.channel, excluded=excluded)
-            agent_id = await session.run_sync(assign_ticket, request, utcnow())
-            pops = await session.run_sync(assigned_pops, {ticket_id: agent_id}) if agent_id else []
-        await self._announce(pops)
-        return agent_id
+    def invalidate(self) -> None:
+        self._config = None
 
-    async def announce_assignment(
-        self, session: AsyncSession, agent_id: int, ticket_id: int
-    ) -> StoredPop:
-        """Store the pop for a manual assignment; the caller publishes it after its commit."""
-        (pop,) = await session.run_sync(assigned_pops, {ticket_id: agent_id})
-        return pop
 
-    async def publish(self, pops: list[StoredPop]) -> None:
-        await self._announce(pops)
+@dataclass(slots=True)
+class Announcement:
+    """What to publish after a commit."""
 
-    async def _announce(self, pops: list[StoredPop]) -> None:
-        await publish_pops(self._bus, pops)
-        for pop in pops:
-            ticket = pop.message.get("ticket") or {}
-            await self._bus.publish(
-                SUPERVISORS_TOPIC,
-                {
-                    "type": "queue_update",
-                    "queue": "default",
-                    "ticket_id": ticket.get("id"),
-                    "assignee_id": pop.agent_id,
-                },
-            )
+    pops: list[StoredPop] = field(default_factory=list)
+    offers: list[JSON] = field(default_factory=list)  # each with its "agent_id"
+    queues: set[str] = field(default_factory=set)
+
+
+def announcement(session: Session, routed: Routed) -> Announcement:
+    """Inside the routing transaction: store the pops of direct assignments, build the offers."""
+    return Announcement(
+        assigned_pops(session, routed.assigned), offer_messages(session, routed.offers),
+        set(routed.queues),
+    )  # fmt: skip
+
+
+def offer_messages(session: Session, offers: list[OfferMade]) -> list[JSON]:
+    """`{"type": "offer", "id", "ticket", "contact", "queue", "channel", "expires_at"}`."""
+    if not offers:
+        return []
+    tickets = {
+        t.id: t
+        for t in session.execute(
+            select(Ticket).where(Ticket.id.in_({o.ticket_id for o in offers}))
+        ).scalars()
+    }
+    cards = contact_cards(session, {c for t in tickets.values() if (c := t.contact_id)})
+    return [
+        {
+            "type": "offer",
+            "id": o.id,
+            "agent_id": o.agent_id,
+            "ticket": ticket_summary(tickets[o.ticket_id]),
+            "contact": cards.get(tickets[o.ticket_id].contact_id or 0),
+            "queue": o.queue,
+            "channel": o.channel,
+            "expires_at": iso(o.expires_at),
+        }
+        for o in offers
+    ]
 
 
 def assigned_pops(session: Session, assignments: Mapping[int, int]) -> list[StoredPop]:
@@ -75,3 +108,153 @@ def assigned_pops(session: Session, assignments: Mapping[int, int]) -> list[Stor
         session,
         [PopRequest(assignments[t.id], "assigned", t.channel, t.contact_id, t) for t in tickets],
     )
+
+
+async def publish(bus: Bus, news: Announcement) -> None:
+    await publish_pops(bus, news.pops)
+    for offer in news.offers:
+        message = {k: v for k, v in offer.items() if k != "agent_id"}
+        await bus.publish(agent_topic(offer["agent_id"]), message)
+    for queue in sorted(news.queues):
+        await bus.publish(SUPERVISORS_TOPIC, {"type": "queue_update", "queue": queue})
+
+
+class Dispatcher:
+    def __init__(self, db: Database, bus: Bus, routing_file: Path | None = None) -> None:
+        self._db = db
+        self._bus = bus
+        self._routing_file = routing_file
+        self.config = ConfigCache(db)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._routing_file is not None:
+            await self._db.run(apply_file, self._routing_file, utcnow())
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="routing-timers")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def step(
+        self,
+        work: Callable[Concatenate[Session, RoutingConfig, P], Routed],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Routed:
+        """One routing step in one transaction, announced after its commit."""
+
+        def bound(session: Session, config: RoutingConfig) -> Routed:
+            return work(session, config, *args, **kwargs)
+
+        return await self._step(bound)
+
+    async def _step(
+        self,
+        work: Callable[[Session, RoutingConfig], Routed],
+        committed: Callable[[], Awaitable[None]] | None = None,
+    ) -> Routed:
+        config = await self.config.get()
+
+        def unit(session: Session) -> tuple[Routed, Announcement]:
+            routed = work(session, config)
+            return routed, announcement(session, routed)
+
+        routed, news = await self._db.run(unit)
+        if committed is not None:
+            await committed()
+        await self.publish(news)
+        return routed
+
+    async def publish(self, news: Announcement) -> None:
+        try:
+            await publish(self._bus, news)
+        except Exception:  # committed all the same: pops are replayed, offers re-sent
+            log.exception("publishing routing news failed")
+
+    async def offer_waiting(self, agent_id: int) -> Routed:
+        """Give an available agent the most urgent waiting tickets it has room for."""
+        return await self.step(assignment.fill_agent, agent_id, utcnow())
+
+    async def set_presence(
+        self,
+        agent_id: int,
+        state: Presence,
+        until: datetime | None = None,
+        committed: Callable[[], Awaitable[None]] | None = None,
+    ) -> Routed:
+        """`committed` runs between the commit and the news (a console confirms its state
+        before the offers that follow from it)."""
+
+        def work(session: Session, config: RoutingConfig) -> Routed:
+            return assignment.set_presence(session, config, agent_id, state, utcnow(), until)
+
+        return await self._step(work, committed)
+
+    async def accept(self, offer_id: int, agent_id: int) -> int:
+        """The agent takes the offer; the ticket's id (`OfferGone` if it cannot)."""
+        config = await self.config.get()
+
+        def unit(session: Session) -> tuple[int, Announcement]:
+            ticket_id = assignment.accept(session, config, offer_id, agent_id, utcnow())
+            (ticket,) = session.execute(select(Ticket.queue).where(Ticket.id == ticket_id))
+            news = announcement(session, Routed({ticket_id: agent_id}, queues={ticket[0]}))
+            return ticket_id, news
+
+        ticket_id, news = await self._db.run(unit)
+        await self.publish(news)
+        return ticket_id
+
+    async def reject(self, offer_id: int, agent_id: int) -> Routed:
+        return await self.step(assignment.reject, offer_id, agent_id, utcnow())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                fired = await self.sweep()
+            except Exception:
+                log.exception("routing timers could not be swept")
+                fired = 0
+            if not fired:
+                await asyncio.sleep(SWEEP_SECONDS)
+
+    async def sweep(self) -> int:
+        """Fire the timers that are due, in one transaction; how many fired."""
+        config = await self.config.get()
+
+        def unit(session: Session) -> tuple[int, Announcement]:
+            now = utcnow()
+            timers = assignment.claim_due(session, now)
+            routed = Routed()
+            for timer in timers:
+                routed.merge(_fire(session, config, timer.kind, timer.subject_id, now))
+            return len(timers), announcement(session, routed)
+
+        fired, news = await self._db.run(unit)
+        await self.publish(news)
+        return fired
+
+
+def _fire(
+    session: Session, config: RoutingConfig, kind: str, subject: int, now: datetime
+) -> Routed:
+    if kind == TimerKind.OFFER_EXPIRY:
+        return assignment.expire(session, config, subject, now)
+    if kind == TimerKind.OVERFLOW:
+        return assignment.overflow(session, config, subject, now)
+    if kind == TimerKind.AFTER_CALL_WORK:
+        return _after_call_work_ends(session, config, subject, now)
+    log.warning("unknown routing timer %r", kind)
+    return Routed()
+
+
+def _after_call_work_ends(
+    session: Session, config: RoutingConfig, agent_id: int, now: datetime
+) -> Routed:
+    """Back to available, unless the agent chose another state meanwhile."""
+    agent = session.get(Agent, agent_id)
+    if agent is None or agent.presence != Presence.AFTER_CALL_WORK:
+        return Routed()
+    return assignment.set_presence(session, config, agent_id, Presence.AVAILABLE, now)

@@ -18,22 +18,28 @@ import asyncio
 import logging
 from dataclasses import dataclass, field, replace
 
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from gateway.bus import SUPERVISORS_TOPIC, Bus
+from gateway.bus import Bus
+from gateway.dispatch import Announcement, ConfigCache, offer_messages, publish
 from gateway.group_commit import GroupCommit, IngestError
-from gateway.pops import PopRequest, StoredPop, publish_pops, store_pops
+from gateway.pops import PopRequest, StoredPop, store_pops
 from gateway.settings import Settings
-from routing.assignment import DEFAULT_QUEUE, AssignmentRequest, assign_tickets
+from routing.assignment import RouteRequest, enqueue, route
+from routing.config import RoutingConfig
 from routing.contacts import identity_of, resolve_contacts
 from routing.identity import IdentityKey
+from routing.queues import DEFAULT_QUEUE
+from routing.rules import Facts, choose_queue
 from routing.tickets import TicketAction, TicketState, choose_ticket
 from timeline import store
 from timeline.db import Database
 from timeline.events import Attachment, InboundEvent
 from timeline.models import (
     OPEN_STATUSES,
+    Contact,
     JournalStatus,
     Ticket,
     TicketStatus,
@@ -99,15 +105,17 @@ class _Job:
 @dataclass(slots=True)
 class _Stored:
     results: dict[_Job, IngestResult]
-    pops: list[StoredPop]
-    routed: list[tuple[int, int | None]]  # (ticket id, assignee) of tickets that were routed
+    news: Announcement = field(default_factory=Announcement)
 
 
 class Ingestor:
-    def __init__(self, db: Database, bus: Bus, settings: Settings) -> None:
+    def __init__(
+        self, db: Database, bus: Bus, settings: Settings, config: ConfigCache | None = None
+    ) -> None:
         self._db = db
         self._bus = bus
         self._settings = settings
+        self._config = config or ConfigCache(db)
         # SQLite has one writer at a time anyway; PostgreSQL gets a few concurrent batches.
         writers = 1 if db.is_sqlite else 4
         self._batches = GroupCommit("ingest", self._process, writers=writers)
@@ -146,18 +154,9 @@ class Ingestor:
         for job, result in stored.results.items():
             job.answer(result)
         try:
-            await self._announce(stored)
+            await publish(self._bus, stored.news)
         except Exception:  # committed all the same: the pops are stored and replayed
-            log.exception("publishing %d pops failed", len(stored.pops))
-
-    async def _announce(self, stored: _Stored) -> None:
-        await publish_pops(self._bus, stored.pops)
-        for ticket_id, assignee_id in stored.routed:
-            await self._bus.publish(
-                SUPERVISORS_TOPIC,
-                {"type": "queue_update", "queue": "default", "ticket_id": ticket_id,
-                 "assignee_id": assignee_id},
-            )  # fmt: skip
+            log.exception("publishing %d pops failed", len(stored.news.pops))
 
     async def _journal_first(self, batch: list[_Job]) -> list[_Job]:
         """Journal and commit the payloads of events not stored before; answer the retries."""
@@ -176,26 +175,28 @@ class Ingestor:
 
     async def _store(self, jobs: list[_Job]) -> _Stored:
         if not jobs:
-            return _Stored({}, [], [])
+            return _Stored({})
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                return await self._db.run(_write_batch, self._settings, jobs, attempt > 1)
+                config = await self._config.get()
+                return await self._db.run(_write_batch, self._settings, config, jobs, attempt > 1)
             except Exception as error:
                 if _is_race(error) and attempt < _ATTEMPTS:
                     continue
                 if len(jobs) > 1:
                     return await self._store_one_by_one(jobs)
                 await self._mark_failed(jobs[0], error)
-                return _Stored({}, [], [])
+                return _Stored({})
         raise AssertionError("unreachable")
 
     async def _store_one_by_one(self, jobs: list[_Job]) -> _Stored:
-        merged = _Stored({}, [], [])
+        merged = _Stored({})
         for job in jobs:
             stored = await self._store([job])
             merged.results.update(stored.results)
-            merged.pops.extend(stored.pops)
-            merged.routed.extend(stored.routed)
+            merged.news.pops.extend(stored.news.pops)
+            merged.news.offers.extend(stored.news.offers)
+            merged.news.queues |= stored.news.queues
         return merged
 
     async def _mark_failed(self, job: _Job, error: Exception) -> None:
@@ -226,8 +227,10 @@ def _journal_new(
     return fresh, journal_ids, retries
 
 
-def _write_batch(session: Session, settings: Settings, jobs: list[_Job], recheck: bool) -> _Stored:
-    return _BatchWriter(session, settings).write(jobs, recheck=recheck)
+def _write_batch(
+    session: Session, settings: Settings, config: RoutingConfig, jobs: list[_Job], recheck: bool
+) -> _Stored:
+    return _BatchWriter(session, settings, config).write(jobs, recheck=recheck)
 
 
 @dataclass(eq=False)
@@ -252,11 +255,13 @@ AnyTicket = Ticket | NewTicket
 class _BatchWriter:
     """One batch inside one transaction, step by step as DESIGN.md lists them."""
 
-    def __init__(self, session: Session, settings: Settings) -> None:
+    def __init__(self, session: Session, settings: Settings, config: RoutingConfig) -> None:
         self.session = session
         self.settings = settings
+        self.config = config
         self.now = utcnow()
         self.new_contacts: frozenset[int] = frozenset()
+        self.facts_of: dict[int, tuple[list[str], dict[str, object]]] = {}
 
     def write(self, jobs: list[_Job], *, recheck: bool) -> _Stored:
         """`recheck` after a lost race: another process may have stored some of the events."""
@@ -266,7 +271,11 @@ class _BatchWriter:
         contact_of = self._identify(jobs)
         ticket_of, waiting = self._choose_tickets(jobs, contact_of)
         event_ids = self._append(jobs, contact_of, ticket_of)
-        assigned = assign_tickets(self.session, waiting, self.now)
+        routed = route(
+            self.session, self.config, enqueue(self.session, self.config, waiting, self.now),
+            self.now,
+        )  # fmt: skip
+        assigned = routed.assigned
         for ticket in set(ticket_of.values()):
             if isinstance(ticket, NewTicket) and ticket.id in assigned:
                 ticket.assignee_id, ticket.status = assigned[ticket.id], TicketStatus.OPEN
@@ -284,8 +293,8 @@ class _BatchWriter:
                 ticket_number=ticket.number if ticket else None,
                 assignee_id=ticket.assignee_id if ticket else None,
             )
-        routed = [(w.ticket_id, assigned.get(w.ticket_id)) for w in waiting]
-        return _Stored(results, pops, routed)
+        news = Announcement(pops, offer_messages(self.session, routed.offers), routed.queues)
+        return _Stored(results, news)
 
     def _drop_stored_meanwhile(
         self, jobs: list[_Job]
@@ -315,7 +324,7 @@ class _BatchWriter:
 
     def _choose_tickets(
         self, jobs: list[_Job], contact_of: dict[_Job, int]
-    ) -> tuple[dict[_Job, AnyTicket | None], list[AssignmentRequest]]:
+    ) -> tuple[dict[_Job, AnyTicket | None], list[RouteRequest]]:
         """Each event's ticket, in arrival order, as if the events came one at a time."""
         # Contacts created by this batch have no tickets yet: nothing to look up for them.
         session, contact_ids = self.session, set(contact_of.values()) - self.new_contacts
@@ -332,6 +341,8 @@ class _BatchWriter:
         )
         open_of: dict[int, AnyTicket] = dict(store.open_ticket_by_contact(session, contact_ids))
         resolved_of = store.last_resolved_ticket_by_contact(session, contact_ids - set(open_of))
+        if self.config.rules:
+            self.facts_of = _contact_facts(session, contact_ids)
         ticket_of: dict[_Job, AnyTicket | None] = {}
         new_tickets: list[NewTicket] = []
         preferred: dict[AnyTicket, int | None] = {}
@@ -358,7 +369,7 @@ class _BatchWriter:
                 ticket.updated_at = self.now
         self._insert_tickets(new_tickets)
         waiting = [
-            AssignmentRequest(t.id, t.channel, preferred=p)
+            RouteRequest(t.id, t.channel, t.queue, t.contact_id, _priority(t), preferred=p)
             for t, p in preferred.items()
             if t.assignee_id is None and t.status in OPEN_STATUSES
         ]
@@ -391,7 +402,7 @@ class _BatchWriter:
                 channel=event.channel,
                 subject=event.subject,
                 linked_ticket_id=linked.id if linked else None,
-                queue=event.queue or DEFAULT_QUEUE,
+                queue=self._queue_for(event, contact_id),
             )
             return ticket, choice.action, None
         assert choice.ticket_id is not None
@@ -399,6 +410,23 @@ class _BatchWriter:
         if choice.action is TicketAction.REOPEN and isinstance(chosen, Ticket):
             return chosen, choice.action, store.reopen(chosen, self.now)
         return chosen, choice.action, None
+
+    def _queue_for(self, event: InboundEvent, contact_id: int | None) -> str:
+        """The first routing rule that holds picks the queue; else the event's own."""
+        if not self.config.rules:
+            return event.queue or DEFAULT_QUEUE
+        tags, attributes = self.facts_of.get(contact_id or 0, ([], {}))
+        facts = Facts(
+            channel=event.channel,
+            recipient=event.recipient,
+            subject=event.subject or "",
+            body=event.text,
+            tags=frozenset(tags),
+            attributes=attributes,
+        )
+        return choose_queue(
+            self.config.rules, facts, self.config.queues, self.now, fallback=event.queue
+        )
 
     def _insert_tickets(self, tickets: list[NewTicket]) -> None:
         ids = store.insert_rows(
@@ -457,6 +485,22 @@ class _BatchWriter:
                 ticket.assignee_id, reason, job.event.channel, contact_of.get(job), ticket
             )
         return store_pops(self.session, list(requests.values()))
+
+
+def _contact_facts(
+    session: Session, contact_ids: set[int]
+) -> dict[int, tuple[list[str], dict[str, object]]]:
+    """Tags and attributes of a batch's known contacts, for the routing rules."""
+    if not contact_ids:
+        return {}
+    rows = session.execute(
+        select(Contact.id, Contact.tags, Contact.attributes).where(Contact.id.in_(contact_ids))
+    )
+    return {contact_id: (tags or [], attributes or {}) for contact_id, tags, attributes in rows}
+
+
+def _priority(ticket: AnyTicket) -> str:
+    return ticket.priority if isinstance(ticket, Ticket) else "normal"
 
 
 def _hinted(

@@ -77,6 +77,8 @@ class Settings:
     mailboxes: tuple[Mailbox, ...] = ()
     # Attachments live as files under here, named by their SHA-256.
     data_dir: Path = Path("switchboard-data")
+    # Queues and routing rules loaded at start (JSON or TOML; see routing.config).
+    routing_file: Path | None = None
     attachment_max_bytes: int = 25 * 1024 * 1024
     # SMS: replies from this number, or through a Twilio Messaging Service; HELP's answer.
     twilio_sms_from: str | None = None
@@ -177,6 +179,7 @@ class Settings:
             smtp_sent_folder=get("SMTP_SENT_FOLDER") or defaults.smtp_sent_folder,
             mailboxes=_mailboxes(get("MAILBOXES")),
             data_dir=Path(get("DATA_DIR") or defaults.data_dir),
+            routing_file=Path(routing_file) if (routing_file := get("ROUTING_FILE")) else None,
             attachment_max_bytes=int(
                 _number(
                     "ATTACHMENT_MAX_BYTES",

@@ -1,4 +1,6 @@
-"""`/ws/agent`: presence in, screen-pops out, with replay of what a reconnecting agent missed.
+"""`/ws/agent`: presence in, screen-pops and offers out, with replay of what a reconnecting
+agent missed; `{"type": "accept" | "reject", "id"}` settles an offer. `/ws/supervisor`: queue
+figures, pushed when they change.
 
 The bus subscription starts before the replay is read from the database, so a pop committed in
 between arrives twice at worst (once replayed, once live); replayed ids are remembered and the
@@ -19,10 +21,13 @@ from sqlalchemy import update
 from gateway import agents
 from gateway.api import authenticate
 from gateway.auth import Principal
-from gateway.bus import Subscription, agent_topic
+from gateway.bus import SUPERVISORS_TOPIC, Subscription, agent_topic
+from gateway.dispatch import offer_messages
 from gateway.errors import ApiError
 from gateway.keys import AGENT_SOCKETS, BUS, DATABASE, DISPATCHER, OPEN_SOCKETS
+from gateway.routing_api import SUPERVISING, queue_figures
 from gateway.serialize import iso
+from routing.assignment import OfferGone, pending_offers
 from timeline import store
 from timeline.models import Agent, Presence
 
@@ -30,18 +35,23 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 HEARTBEAT_SECONDS = 25.0
+# A supervisor's figures are refreshed at most this often, however busy the queues.
+SUPERVISOR_PUSH_SECONDS = 0.5
 
 
 @routes.get("/ws/agent")
 async def agent_socket(request: web.Request) -> web.WebSocketResponse:
     principal = await authenticate(request, allow_query=True)
-    socket = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS)
+    # The close handshake is answered only after the session ended (the agent is offline
+    # and its offers passed on), so a console that has closed sees the consequences.
+    socket = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, autoclose=False)
     await socket.prepare(request)
     request.app[OPEN_SOCKETS].add(socket)
     try:
         await AgentSession(request.app, principal, socket).run()
     finally:
         request.app[OPEN_SOCKETS].discard(socket)
+        await socket.close()
     return socket
 
 
@@ -53,6 +63,7 @@ class AgentSession:
         self.principal = principal
         self.socket = socket
         self._replayed: set[int] = set()
+        self._replayed_offers: set[int] = set()
 
     async def run(self) -> None:
         agent_id = self.principal.agent_id
@@ -79,14 +90,22 @@ class AgentSession:
             agent = await session.get(Agent, self.principal.agent_id)
             after = agent.last_acked_pop_id if agent else 0
             missed = await session.run_sync(store.pops_after, self.principal.agent_id, after)
+            offers = await session.run_sync(pending_offers, self.principal.agent_id)
+            offered = await session.run_sync(offer_messages, offers)
         for pop in missed:
             self._replayed.add(pop.id)
             await self._send({**pop.payload, "id": pop.id, "replayed": True})
+        for offer in offered:
+            self._replayed_offers.add(offer["id"])
+            del offer["agent_id"]
+            await self._send({**offer, "replayed": True})
 
     async def _forward(self, subscription: Subscription) -> None:
         async for message in subscription:
             # A pop both replayed and published goes out once; a withdrawal always goes out.
             if message.get("type") == "screen_pop" and message.get("id") in self._replayed:
+                continue
+            if message.get("type") == "offer" and message.get("id") in self._replayed_offers:
                 continue
             await self._send(message)
 
@@ -112,21 +131,42 @@ class AgentSession:
             await self._set_presence(agents.parse_presence(data.get("state")))
         elif kind == "ack":
             await self._ack(data.get("id"))
+        elif kind in ("accept", "reject"):
+            await self._settle(kind, data.get("id"))
         elif kind == "ping":
             await self._send({"type": "pong"})
         else:
             await self._error("unknown_type", f"Unknown message type {kind!r}.")
 
     async def _set_presence(self, presence: Presence) -> None:
-        async with self.app[DATABASE].transaction() as session:
-            agent = await session.run_sync(agents.set_presence, self.principal.agent_id, presence)
-        if agent is None:
-            return
-        await self._send(
-            {"type": "presence", "state": agent.presence, "since": iso(agent.presence_since)}
+        await self.app[DISPATCHER].set_presence(
+            self.principal.agent_id, presence, committed=self._confirm_presence
         )
-        if presence is Presence.AVAILABLE:
-            await self.app[DISPATCHER].offer_waiting(self.principal.agent_id)
+
+    async def _confirm_presence(self) -> None:
+        async with self.app[DATABASE].reading() as session:
+            agent = await session.get(Agent, self.principal.agent_id)
+        if agent is not None:
+            await self._send(
+                {"type": "presence", "state": agent.presence, "since": iso(agent.presence_since)}
+            )
+
+    async def _settle(self, kind: str, offer_id: object) -> None:
+        """Accept: the ticket becomes the agent's (its `assigned` pop follows); reject: it
+        goes to the next agent."""
+        if not isinstance(offer_id, int) or isinstance(offer_id, bool):
+            await self._error("invalid_offer", f"A {kind} needs the offer's numeric 'id'.")
+            return
+        dispatcher = self.app[DISPATCHER]
+        try:
+            if kind == "accept":
+                ticket_id = await dispatcher.accept(offer_id, self.principal.agent_id)
+                await self._send({"type": "offer_accepted", "id": offer_id, "ticket_id": ticket_id})
+            else:
+                await dispatcher.reject(offer_id, self.principal.agent_id)
+                await self._send({"type": "offer_rejected", "id": offer_id})
+        except OfferGone:
+            await self._error("offer_gone", f"Offer {offer_id} is no longer open to you.")
 
     async def _ack(self, pop_id: object) -> None:
         if not isinstance(pop_id, int) or isinstance(pop_id, bool):
@@ -140,12 +180,10 @@ class AgentSession:
             )
 
     async def _go_offline(self) -> None:
-        """The agent's last console closed: nothing may be routed to an empty chair."""
+        """The agent's last console closed: nothing may be routed to an empty chair, and its
+        open offers go to others."""
         try:
-            async with self.app[DATABASE].transaction() as session:
-                await session.run_sync(
-                    agents.set_presence, self.principal.agent_id, Presence.OFFLINE
-                )
+            await self.app[DISPATCHER].set_presence(self.principal.agent_id, Presence.OFFLINE)
         except Exception:
             log.exception("could not set agent %s offline", self.principal.agent_id)
 
@@ -155,3 +193,42 @@ class AgentSession:
     async def _send(self, message: dict[str, Any]) -> None:
         if not self.socket.closed:
             await self.socket.send_json(message)
+
+
+@routes.get("/ws/supervisor")
+async def supervisor_socket(request: web.Request) -> web.WebSocketResponse:
+    """Every queue's figures on connect, then a queue's again whenever routing touched it
+    (on any process: the bus carries the news), at most every `SUPERVISOR_PUSH_SECONDS`."""
+    principal = await authenticate(request, allow_query=True)
+    principal.require(*SUPERVISING)
+    socket = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS)
+    await socket.prepare(request)
+    request.app[OPEN_SOCKETS].add(socket)
+    subscription = await request.app[BUS].subscribe(SUPERVISORS_TOPIC)
+    pusher = asyncio.create_task(_push_figures(request.app, socket, subscription))
+    try:
+        async for _ in socket:  # supervisors only listen; this ends when they leave
+            pass
+    finally:
+        pusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pusher
+        await subscription.close()
+        request.app[OPEN_SOCKETS].discard(socket)
+    return socket
+
+
+async def _push_figures(
+    app: web.Application, socket: web.WebSocketResponse, subscription: Subscription
+) -> None:
+    database = app[DATABASE]
+    for queue in await database.read(queue_figures):
+        await socket.send_json({"type": "queue_stats", "queue": queue})
+    while True:
+        changed = {(await subscription.get()).get("queue")}
+        await asyncio.sleep(SUPERVISOR_PUSH_SECONDS)
+        changed.update(message.get("queue") for message in subscription.drain())
+        names = sorted(name for name in changed if isinstance(name, str))
+        for queue in await database.read(queue_figures, names):
+            if not socket.closed:
+                await socket.send_json({"type": "queue_stats", "queue": queue})

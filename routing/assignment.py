@@ -1,145 +1,265 @@
-"""First assignment policy: one default queue, the available agent with the fewest open tickets.
+"""The routing engine's store side: queue tickets, offer or assign them, settle offers.
 
-Atomicity: every assignment first locks the rows of the agents it may assign to (PostgreSQL
-`FOR UPDATE`, in id order so two transactions never deadlock; SQLite has a single writer), then
-counts their load inside that lock, and finally sets the assignee only where it is still empty.
-So concurrent inbounds in one or several processes never push an agent over capacity and
-never assign one ticket twice.
+Atomicity, also across processes on one PostgreSQL: locks are always taken in one order —
+an offer, then tickets (by id), then agents (by id) — so two transactions never deadlock on
+each other. Routing locks the tickets it places and the available agents it may choose from
+(`FOR UPDATE`), counts their load (open tickets plus pending offers) inside that lock and
+lets every choice count towards the next, so no agent is ever over capacity. An agent that
+comes free takes waiting tickets with `SKIP LOCKED`, so it never waits for a ticket someone
+else is placing. The partial unique index on pending offers is the last guard: one ticket is
+never offered to two agents at once, and an assignment only lands where nobody holds the
+ticket yet. SQLite has a single writer, which serialises all of this by itself.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, bindparam, func, select, update
+from sqlalchemy import CursorResult, Table, bindparam, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
+from routing import presence, stats
 from routing.capacity import Capacity
-from timeline.models import OPEN_STATUSES, Agent, Presence, Ticket, TicketStatus
+from routing.choice import NEVER, Candidate, choose_agent, urgency
+from routing.config import RoutingConfig
+from timeline import store
+from timeline.models import (
+    OPEN_STATUSES,
+    Agent,
+    AgentSkill,
+    Offer,
+    OfferStatus,
+    Presence,
+    RoutingTimer,
+    Ticket,
+    TicketStatus,
+    TimerKind,
+)
 
-DEFAULT_QUEUE = "default"
+# How many of the oldest waiting tickets an agent who comes free looks through.
+_FILL_WINDOW = 50
+_DECLINED = (OfferStatus.REJECTED, OfferStatus.EXPIRED)
 
 
-@dataclass(frozen=True, slots=True)
-class AgentLoad:
-    agent_id: int
-    capacity: Capacity
-    load: Mapping[str, int]
-
-    @property
-    def open_tickets(self) -> int:
-        return sum(self.load.values())
-
-    def plus_one(self, channel: str) -> AgentLoad:
-        load = dict(self.load)
-        load[channel] = load.get(channel, 0) + 1
-        return AgentLoad(self.agent_id, self.capacity, load)
-
-
-@dataclass(frozen=True, slots=True)
-class _Staffed:
-    id: int
-    capacity: Any  # the agent's stored capacity (JSON), see `Capacity.from_json`
+class OfferGone(Exception):
+    """The offer was already accepted, rejected, withdrawn or timed out, or is not yours."""
 
 
 @dataclass(frozen=True, slots=True)
-class AssignmentRequest:
-    """A waiting ticket to place; `excluded` just handed it back and must not get it again."""
+class RouteRequest:
+    """A waiting ticket to place. `waiting_since` None: it enters its queue now."""
 
     ticket_id: int
     channel: str
-    preferred: int | None = None
-    excluded: int | None = None
+    queue: str
+    contact_id: int | None = None
+    priority: str = "normal"
+    preferred: int | None = None  # who held it before it was reopened
+    waiting_since: datetime | None = None
 
 
-def choose_agent(
-    candidates: Sequence[AgentLoad], channel: str, preferred: int | None = None
-) -> int | None:
-    """The candidate with room on `channel` and the fewest open tickets (ties: lowest id).
-
-    A `preferred` agent (who handled a reopened ticket before) wins whenever it has room.
-    """
-    with_room = [c for c in candidates if c.capacity.allows(c.load, channel)]
-    if not with_room:
-        return None
-    if any(c.agent_id == preferred for c in with_room):
-        return preferred
-    return min(with_room, key=lambda c: (c.open_tickets, c.agent_id)).agent_id
+@dataclass(frozen=True, slots=True)
+class OfferMade:
+    id: int
+    ticket_id: int
+    agent_id: int
+    queue: str
+    channel: str
+    expires_at: datetime
 
 
-def _lock_agents(session: Session, agent_ids: Sequence[int] | None) -> list[_Staffed]:
-    """The available agents' ids and capacities, their rows locked (columns, not ORM objects:
-    this runs for every batch that routes)."""
-    query = select(Agent.id, Agent.capacity).where(Agent.presence == Presence.AVAILABLE)
-    if agent_ids is not None:
-        query = query.where(Agent.id.in_(agent_ids))
-    query = query.order_by(Agent.id).with_for_update()
-    return [_Staffed(agent_id, capacity) for agent_id, capacity in session.execute(query)]
+@dataclass(slots=True)
+class Routed:
+    """What a routing step decided: direct assignments `{ticket: agent}` and offers made."""
+
+    assigned: dict[int, int] = field(default_factory=dict)
+    offers: list[OfferMade] = field(default_factory=list)
+    queues: set[str] = field(default_factory=set)  # queues whose figures changed
+
+    def merge(self, other: Routed) -> Routed:
+        self.assigned.update(other.assigned)
+        self.offers.extend(other.offers)
+        self.queues |= other.queues
+        return self
 
 
-def _loads(session: Session, agents: Sequence[_Staffed]) -> list[AgentLoad]:
-    ids = [a.id for a in agents]
-    per_channel: dict[int, dict[str, int]] = defaultdict(dict)
-    if ids:
-        rows = session.execute(
-            select(Ticket.assignee_id, Ticket.channel, func.count())
-            .where(Ticket.assignee_id.in_(ids), Ticket.status.in_(OPEN_STATUSES))
-            .group_by(Ticket.assignee_id, Ticket.channel)
-        )
-        for agent_id, channel, n in rows:
-            if agent_id is not None:
-                per_channel[agent_id][channel] = n
-    return [AgentLoad(a.id, Capacity.from_json(a.capacity), per_channel[a.id]) for a in agents]
+# --- entering a queue and being placed ------------------------------------------------------
 
 
-def agent_load(session: Session, agent_id: int) -> AgentLoad | None:
-    """One agent's capacity and load, whatever its presence, with its row locked."""
-    query = select(Agent.id, Agent.capacity).where(Agent.id == agent_id).with_for_update()
-    agents = [_Staffed(found_id, capacity) for found_id, capacity in session.execute(query)]
-    return (_loads(session, agents))[0] if agents else None
-
-
-def assign_tickets(
-    session: Session, requests: Sequence[AssignmentRequest], now: datetime
-) -> dict[int, int]:
-    """Assign waiting tickets, in order, to the best available agents; unplaced ones wait.
-
-    The agents are locked and counted once for the whole list, and each assignment counts
-    towards the next choice, so a batch never overfills an agent either.
-    """
+def enqueue(
+    session: Session, config: RoutingConfig, requests: Sequence[RouteRequest], now: datetime
+) -> list[RouteRequest]:
+    """Tickets enter their queues now: counted as offered, overflow timers set."""
     if not requests:
-        return {}
-    agents = _lock_agents(session, None)
-    if not agents:
-        return {}
-    loads = {load.agent_id: load for load in _loads(session, agents)}
-    plan: dict[int, int] = {}
-    for request in requests:
-        candidates = [load for load in loads.values() if load.agent_id != request.excluded]
-        agent_id = choose_agent(candidates, request.channel, request.preferred)
+        return []
+    session.execute(
+        update(_tickets())
+        .where(_tickets().c.id == bindparam("ticket"))
+        .values(waiting_since=now, queue=bindparam("queue_name")),
+        [{"ticket": r.ticket_id, "queue_name": r.queue} for r in requests],
+    )
+    stats.record(session, [stats.offered(config.queue(r.queue), now) for r in requests])
+    _schedule_overflow(session, config, [(r.ticket_id, r.queue) for r in requests], now)
+    return [_waiting(r, now) for r in requests]
+
+
+def _waiting(request: RouteRequest, now: datetime) -> RouteRequest:
+    return RouteRequest(
+        request.ticket_id,
+        request.channel,
+        request.queue,
+        request.contact_id,
+        request.priority,
+        request.preferred,
+        now,
+    )
+
+
+def route(
+    session: Session,
+    config: RoutingConfig,
+    requests: Sequence[RouteRequest],
+    now: datetime,
+    excluded: int | None = None,
+) -> Routed:
+    """Place waiting tickets, the most urgent first: an offer, or an assignment in queues that
+    do not ask. A ticket nobody can take now waits; an agent coming free takes it later.
+    `excluded` just handed these tickets back and is not given them again at once."""
+    routed = Routed(queues={r.queue for r in requests})
+    requests = _placeable(session, config, requests, now)
+    if not requests:
+        return routed
+    candidates = {c.agent_id: c for c in _lock_candidates(session, None)}
+    if not candidates:
+        return routed
+    declined = _declined(session, [r.ticket_id for r in requests])
+    sticky = _sticky(session, config, requests, now)
+    plan: dict[RouteRequest, int] = {}
+    for request in sorted(requests, key=lambda r: -_urgency(config, r, now)):
+        queue = config.queue(request.queue)
+        agent_id = choose_agent(
+            queue,
+            request.channel,
+            list(candidates.values()),
+            excluded=declined.get((request.ticket_id, request.queue), set()) | {excluded},
+            sticky=request.preferred or sticky.get(request.ticket_id),
+        )
         if agent_id is not None:
-            plan[request.ticket_id] = agent_id
-            loads[agent_id] = loads[agent_id].plus_one(request.channel)
-    return _set_assignees(session, plan, now)
+            plan[request] = agent_id
+            candidates[agent_id] = candidates[agent_id].plus_one(request.channel, now)
+    return routed.merge(_carry_out(session, config, plan, now))
 
 
-def _set_assignees(session: Session, plan: dict[int, int], now: datetime) -> dict[int, int]:
-    """Apply `{ticket: agent}` in one statement, only where nobody holds the ticket yet.
+def _urgency(config: RoutingConfig, request: RouteRequest, now: datetime) -> float:
+    waited = (now - request.waiting_since).total_seconds() if request.waiting_since else 0.0
+    return urgency(config.queue(request.queue), request.priority, waited)
+
+
+def _placeable(
+    session: Session, config: RoutingConfig, requests: Sequence[RouteRequest], now: datetime
+) -> list[RouteRequest]:
+    """Those still waiting (locked, in id order), without a pending offer, in an open queue."""
+    ids = sorted({r.ticket_id for r in requests})
+    if not ids:
+        return []
+    free = set(
+        session.execute(
+            select(Ticket.id)
+            .where(
+                Ticket.id.in_(ids),
+                Ticket.assignee_id.is_(None),
+                Ticket.status.in_(OPEN_STATUSES),
+                ~_pending_offer(),
+            )
+            .order_by(Ticket.id)
+            .with_for_update()
+        ).scalars()
+    )
+    return [r for r in requests if r.ticket_id in free and config.queue(r.queue).is_open(now)]
+
+
+def _pending_offer() -> Any:
+    return exists().where(Offer.ticket_id == Ticket.id, Offer.status == OfferStatus.PENDING)
+
+
+def _carry_out(
+    session: Session, config: RoutingConfig, plan: Mapping[RouteRequest, int], now: datetime
+) -> Routed:
+    offering = {r: a for r, a in plan.items() if config.queue(r.queue).offers()}
+    direct = {r: a for r, a in plan.items() if r not in offering}
+    routed = Routed()
+    routed.offers = _make_offers(session, config, offering, now)
+    routed.assigned = _assign(session, config, direct, now)
+    return routed
+
+
+def _make_offers(
+    session: Session, config: RoutingConfig, plan: Mapping[RouteRequest, int], now: datetime
+) -> list[OfferMade]:
+    if not plan:
+        return []
+    rows = [
+        {
+            "ticket_id": r.ticket_id,
+            "agent_id": agent_id,
+            "queue": r.queue,
+            "channel": r.channel,
+            "status": OfferStatus.PENDING,
+            "created_at": now,
+            "expires_at": now + config.queue(r.queue).offer_timeout(),
+        }
+        for r, agent_id in plan.items()
+    ]
+    ids = store.insert_rows(session, Offer, rows)
+    made = [
+        OfferMade(
+            offer_id, row["ticket_id"], row["agent_id"], row["queue"], row["channel"],
+            row["expires_at"],
+        )
+        for offer_id, row in zip(ids, rows, strict=True)
+    ]  # fmt: skip
+    schedule(session, [(TimerKind.OFFER_EXPIRY, o.id, o.expires_at) for o in made])
+    session.execute(
+        update(_agents()).where(_agents().c.id == bindparam("agent")).values(last_offered_at=now),
+        [{"agent": agent_id} for agent_id in sorted(set(plan.values()))],
+    )
+    return made
+
+
+def _assign(
+    session: Session, config: RoutingConfig, plan: Mapping[RouteRequest, int], now: datetime
+) -> dict[int, int]:
+    """Give tickets to agents in one statement, only where nobody holds them yet."""
+    assigned = set_assignees(session, {r.ticket_id: a for r, a in plan.items()}, now)
+    taken = [r for r in plan if r.ticket_id in assigned]
+    stats.record(
+        session, [stats.answered(config.queue(r.queue), r.waiting_since, now) for r in taken]
+    )
+    _took_tickets(session, set(assigned.values()), now)
+    return assigned
+
+
+def set_assignees(session: Session, plan: Mapping[int, int], now: datetime) -> dict[int, int]:
+    """Apply `{ticket: agent}` where nobody holds the ticket yet; the ones that landed.
 
     That guard is what keeps one ticket from being assigned twice; the tickets it refused
     (taken meanwhile by another process) are left out of the answer.
     """
     if not plan:
         return {}
-    table = Ticket.__table__
-    assert isinstance(table, Table)
-    values = {"assigned_at": now, "updated_at": now, "status": TicketStatus.OPEN}
+    table = _tickets()
+    values = {
+        "assigned_at": now,
+        "updated_at": now,
+        "status": TicketStatus.OPEN,
+        "waiting_since": None,
+    }
     statement = (
         update(table)
         .where(table.c.id == bindparam("ticket"), table.c.assignee_id.is_(None))
@@ -156,48 +276,415 @@ def _set_assignees(session: Session, plan: dict[int, int], now: datetime) -> dic
         if loaded is not None:
             for name, value in {**values, "assignee_id": agent_id}.items():
                 set_committed_value(loaded, name, value)
-    return plan
+    return dict(plan)
 
 
-def assign_ticket(session: Session, request: AssignmentRequest, now: datetime) -> int | None:
-    """Assign one waiting ticket; None leaves it waiting."""
-    return (assign_tickets(session, [request], now)).get(request.ticket_id)
-
-
-def fill_agent(session: Session, agent_id: int, now: datetime) -> list[int]:
-    """Give an agent who has room the oldest waiting tickets it may take, up to its capacity."""
-    agents = _lock_agents(session, [agent_id])
-    if not agents:
-        return []
-    (agent,) = _loads(session, agents)
-    load = dict(agent.load)
-    assigned: list[int] = []
-    skipped_channels: set[str] = set()
-    while True:
-        query = (
-            select(Ticket.id, Ticket.channel)
-            .where(
-                Ticket.assignee_id.is_(None),
-                Ticket.status.in_(OPEN_STATUSES),
-                Ticket.queue == DEFAULT_QUEUE,
-                Ticket.channel.not_in(skipped_channels),
-            )
-            .order_by(Ticket.created_at, Ticket.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
+def _took_tickets(session: Session, agent_ids: Collection[int], now: datetime) -> None:
+    if agent_ids:
+        session.execute(
+            update(Agent)
+            .where(Agent.id.in_(agent_ids))
+            .values(last_assigned_at=now, missed_offers=0)
         )
-        row = (session.execute(query)).one_or_none()
-        if row is None:
-            return assigned
-        ticket_id, channel = row
-        if not agent.capacity.allows(load, channel):
-            skipped_channels.add(channel)
-            if agent.capacity.is_full(load):
-                return assigned
-            continue
-        if _set_assignees(session, {ticket_id: agent_id}, now):
-            assigned.append(ticket_id)
-            load[channel] = load.get(channel, 0) + 1
+
+
+# --- candidates -----------------------------------------------------------------------------
+
+
+def _lock_candidates(session: Session, agent_ids: Sequence[int] | None) -> list[Candidate]:
+    """The available agents, their rows locked in id order, with load and skills."""
+    query = select(
+        Agent.id, Agent.capacity, Agent.presence_since, Agent.last_assigned_at,
+        Agent.last_offered_at,
+    ).where(Agent.presence == Presence.AVAILABLE)  # fmt: skip
+    if agent_ids is not None:
+        query = query.where(Agent.id.in_(agent_ids))
+    rows = list(session.execute(query.order_by(Agent.id).with_for_update()))
+    if not rows:
+        return []
+    ids = [row[0] for row in rows]
+    loads = _loads(session, ids)
+    skills = _skills(session, ids)
+    return [
+        Candidate(
+            agent_id,
+            Capacity.from_json(capacity),
+            loads[agent_id],
+            skills[agent_id],
+            idle_since=max(since, assigned) if assigned else since,
+            last_offered_at=offered or NEVER,
+        )
+        for agent_id, capacity, since, assigned, offered in rows
+    ]
+
+
+def _loads(session: Session, ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """Open tickets and pending offers per agent and channel: both take up capacity."""
+    per_channel: dict[int, dict[str, int]] = defaultdict(dict)
+    held = session.execute(
+        select(Ticket.assignee_id, Ticket.channel, func.count())
+        .where(Ticket.assignee_id.in_(ids), Ticket.status.in_(OPEN_STATUSES))
+        .group_by(Ticket.assignee_id, Ticket.channel)
+    )
+    offered = session.execute(
+        select(Offer.agent_id, Offer.channel, func.count())
+        .where(Offer.agent_id.in_(ids), Offer.status == OfferStatus.PENDING)
+        .group_by(Offer.agent_id, Offer.channel)
+    )
+    for agent_id, channel, n in [*held, *offered]:
+        if agent_id is not None:
+            load = per_channel[agent_id]
+            load[channel] = load.get(channel, 0) + n
+    return per_channel
+
+
+def _skills(session: Session, ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    found: dict[int, dict[str, int]] = defaultdict(dict)
+    rows = session.execute(
+        select(AgentSkill.agent_id, AgentSkill.skill, AgentSkill.level).where(
+            AgentSkill.agent_id.in_(ids)
+        )
+    )
+    for agent_id, skill, level in rows:
+        found[agent_id][skill] = level
+    return found
+
+
+def _declined(session: Session, ticket_ids: Sequence[int]) -> dict[tuple[int, str], set[int]]:
+    """Agents who rejected or let lapse an offer of each ticket, per (ticket, queue): they are
+    not asked again while the ticket stays in that queue."""
+    found: dict[tuple[int, str], set[int]] = defaultdict(set)
+    rows = session.execute(
+        select(Offer.ticket_id, Offer.queue, Offer.agent_id).where(
+            Offer.ticket_id.in_(ticket_ids), Offer.status.in_(_DECLINED)
+        )
+    )
+    for ticket_id, queue, agent_id in rows:
+        found[(ticket_id, queue)].add(agent_id)
+    return found
+
+
+def _sticky(
+    session: Session, config: RoutingConfig, requests: Sequence[RouteRequest], now: datetime
+) -> dict[int, int]:
+    """The contact's last agent, for queues with a sticky window: who took one of the
+    contact's other tickets within that window."""
+    windows = {
+        r.ticket_id: (r.contact_id, config.queue(r.queue).sticky_seconds)
+        for r in requests
+        if r.contact_id is not None and config.queue(r.queue).sticky_seconds > 0
+    }
+    if not windows:
+        return {}
+    longest = max(seconds for _, seconds in windows.values())
+    rows = session.execute(
+        select(Ticket.contact_id, Ticket.assignee_id, Ticket.assigned_at)
+        .where(
+            Ticket.contact_id.in_({c for c, _ in windows.values()}),
+            Ticket.assignee_id.is_not(None),
+            Ticket.assigned_at >= now - timedelta(seconds=longest),
+        )
+        .order_by(Ticket.assigned_at)
+    )
+    last: dict[int, tuple[int, datetime]] = {}
+    for contact_id, agent_id, at in rows:
+        last[contact_id] = (agent_id, at)
+    sticky: dict[int, int] = {}
+    for ticket_id, (contact_id, seconds) in windows.items():
+        found = last.get(contact_id)  # type: ignore[arg-type]
+        if found and found[1] >= now - timedelta(seconds=seconds):
+            sticky[ticket_id] = found[0]
+    return sticky
+
+
+# --- an agent comes free --------------------------------------------------------------------
+
+
+def fill_agent(session: Session, config: RoutingConfig, agent_id: int, now: datetime) -> Routed:
+    """Give an available agent with room the most urgent waiting tickets it may take."""
+    found = _lock_candidates(session, [agent_id])
+    if not found:
+        return Routed()
+    (agent,) = found
+    unfit = [q.name for q in config.queues.values() if not agent.qualifies(q) or not q.is_open(now)]
+    declined = exists().where(
+        Offer.ticket_id == Ticket.id,
+        Offer.agent_id == agent_id,
+        Offer.queue == Ticket.queue,
+        Offer.status.in_(_DECLINED),
+    )
+    query = (
+        select(Ticket.id, Ticket.channel, Ticket.queue, Ticket.contact_id, Ticket.priority,
+               Ticket.waiting_since)
+        .where(
+            Ticket.waiting_since.is_not(None),
+            Ticket.assignee_id.is_(None),
+            Ticket.status.in_(OPEN_STATUSES),
+            Ticket.queue.not_in(unfit),
+            ~_pending_offer(),
+            ~declined,
+        )
+        .order_by(Ticket.waiting_since, Ticket.id)
+        .limit(_FILL_WINDOW)
+        .with_for_update(skip_locked=True)
+    )  # fmt: skip
+    waiting = [RouteRequest(*row[:5], waiting_since=row[5]) for row in session.execute(query)]
+    waiting.sort(key=lambda r: -_urgency(config, r, now))
+    plan: dict[RouteRequest, int] = {}
+    for request in waiting:
+        if agent.has_room(request.channel):
+            plan[request] = agent_id
+            agent = agent.plus_one(request.channel, now)
+    routed = _carry_out(session, config, plan, now)
+    routed.queues = {r.queue for r in plan}
+    return routed
+
+
+# --- offers settled -------------------------------------------------------------------------
+
+
+def _lock_offer(session: Session, offer_id: int) -> Offer | None:
+    return session.execute(
+        select(Offer).where(Offer.id == offer_id).with_for_update()
+    ).scalar_one_or_none()
+
+
+def accept(
+    session: Session, config: RoutingConfig, offer_id: int, agent_id: int, now: datetime
+) -> int:
+    """The agent takes the offered ticket; its id. `OfferGone` if that is no longer possible."""
+    offer = _lock_offer(session, offer_id)
+    if (
+        offer is None
+        or offer.agent_id != agent_id
+        or offer.status != OfferStatus.PENDING
+        or offer.expires_at <= now
+    ):
+        raise OfferGone(offer_id)
+    offer.status, offer.decided_at = OfferStatus.ACCEPTED, now
+    ticket = session.execute(
+        select(Ticket).where(Ticket.id == offer.ticket_id).with_for_update()
+    ).scalar_one()
+    waited_since = ticket.waiting_since
+    if not set_assignees(session, {ticket.id: agent_id}, now):
+        raise OfferGone(offer_id)
+    stats.record(session, [stats.answered(config.queue(offer.queue), waited_since, now)])
+    _took_tickets(session, [agent_id], now)
+    cancel(session, TimerKind.OFFER_EXPIRY, [offer_id])
+    return ticket.id
+
+
+def reject(
+    session: Session, config: RoutingConfig, offer_id: int, agent_id: int, now: datetime
+) -> Routed:
+    """The agent declines: the ticket goes to the next agent (not back to this one)."""
+    offer = _lock_offer(session, offer_id)
+    if offer is None or offer.agent_id != agent_id or offer.status != OfferStatus.PENDING:
+        raise OfferGone(offer_id)
+    offer.status, offer.decided_at = OfferStatus.REJECTED, now
+    cancel(session, TimerKind.OFFER_EXPIRY, [offer_id])
+    session.flush()
+    return reroute(session, config, [offer.ticket_id], now)
+
+
+def expire(session: Session, config: RoutingConfig, offer_id: int, now: datetime) -> Routed:
+    """An offer timed out: a miss for the agent (away after the queue's limit), next agent."""
+    offer = _lock_offer(session, offer_id)
+    if offer is None or offer.status != OfferStatus.PENDING:
+        return Routed()
+    offer.status, offer.decided_at = OfferStatus.EXPIRED, now
+    agent = session.execute(
+        select(Agent).where(Agent.id == offer.agent_id).with_for_update()
+    ).scalar_one()
+    agent.missed_offers += 1
+    session.flush()
+    routed = reroute(session, config, [offer.ticket_id], now)
+    if agent.missed_offers >= config.queue(offer.queue).misses_before_away:
+        agent.missed_offers = 0
+        routed.merge(set_presence(session, config, agent.id, Presence.AWAY, now))
+    return routed
+
+
+def set_presence(
+    session: Session,
+    config: RoutingConfig,
+    agent_id: int,
+    state: Presence,
+    now: datetime,
+    until: datetime | None = None,
+) -> Routed:
+    """An agent's presence changes (console, API, CTI, timer). Coming available takes waiting
+    tickets; leaving hands pending offers on; after-call work ends by itself at `until`."""
+    if not presence.change(session, [agent_id], state, now):
+        return Routed()
+    if state is Presence.AFTER_CALL_WORK and until is not None:
+        schedule(session, [(TimerKind.AFTER_CALL_WORK, agent_id, until)])
+    if state is Presence.AVAILABLE:
+        return fill_agent(session, config, agent_id, now)
+    return withdraw_offers(session, config, agent_id, now)
+
+
+def withdraw_offers(
+    session: Session, config: RoutingConfig, agent_id: int, now: datetime
+) -> Routed:
+    """An agent left (away, offline): its pending offers go to others, not counted as misses."""
+    offers = list(
+        session.execute(
+            select(Offer)
+            .where(Offer.agent_id == agent_id, Offer.status == OfferStatus.PENDING)
+            .order_by(Offer.id)
+            .with_for_update()
+        ).scalars()
+    )
+    if not offers:
+        return Routed()
+    for offer in offers:
+        offer.status, offer.decided_at = OfferStatus.WITHDRAWN, now
+    cancel(session, TimerKind.OFFER_EXPIRY, [o.id for o in offers])
+    session.flush()
+    return reroute(session, config, [o.ticket_id for o in offers], now)
+
+
+def reroute(
+    session: Session, config: RoutingConfig, ticket_ids: Sequence[int], now: datetime
+) -> Routed:
+    """Place tickets already waiting again (after a reject, timeout, move or withdrawal)."""
+    rows = session.execute(
+        select(Ticket.id, Ticket.channel, Ticket.queue, Ticket.contact_id, Ticket.priority,
+               Ticket.waiting_since)
+        .where(Ticket.id.in_(ticket_ids), Ticket.waiting_since.is_not(None))
+    )  # fmt: skip
+    requests = [RouteRequest(*row[:5], waiting_since=row[5]) for row in rows]
+    return route(session, config, requests, now)
+
+
+def pending_offers(session: Session, agent_id: int) -> list[OfferMade]:
+    """An agent's open offers, for a console that (re)connects."""
+    rows = session.execute(
+        select(Offer)
+        .where(Offer.agent_id == agent_id, Offer.status == OfferStatus.PENDING)
+        .order_by(Offer.id)
+    ).scalars()
+    return [
+        OfferMade(o.id, o.ticket_id, o.agent_id, o.queue, o.channel, o.expires_at) for o in rows
+    ]
+
+
+# --- tickets moved or closed by hand --------------------------------------------------------
+
+
+def move(
+    session: Session, config: RoutingConfig, ticket: Ticket, queue: str, now: datetime
+) -> Routed:
+    """A ticket goes to another queue (a supervisor, or overflow): a pending offer is
+    withdrawn, it counts as offered there and is placed anew, keeping how long it waited."""
+    if ticket.queue == queue:
+        return Routed()
+    routed = Routed(queues={ticket.queue, queue})
+    withdraw_ticket_offers(session, [ticket.id], now)
+    cancel(session, TimerKind.OVERFLOW, [ticket.id])
+    ticket.queue = queue
+    if ticket.waiting_since is None or ticket.assignee_id is not None:
+        return routed
+    stats.record(session, [stats.offered(config.queue(queue), now)])
+    _schedule_overflow(session, config, [(ticket.id, queue)], now)
+    session.flush()
+    return routed.merge(reroute(session, config, [ticket.id], now))
+
+
+def overflow(session: Session, config: RoutingConfig, ticket_id: int, now: datetime) -> Routed:
+    """The ticket waited its queue's maximum: on to the fallback queue."""
+    ticket = session.execute(
+        select(Ticket).where(Ticket.id == ticket_id).with_for_update()
+    ).scalar_one_or_none()
+    if ticket is None or ticket.waiting_since is None or ticket.assignee_id is not None:
+        return Routed()
+    fallback = config.queue(ticket.queue).fallback_queue
+    return move(session, config, ticket, fallback, now) if fallback else Routed()
+
+
+def closed(session: Session, config: RoutingConfig, ticket: Ticket, now: datetime) -> None:
+    """A ticket was resolved or closed: abandoned if it was still waiting, handled if held."""
+    if ticket.waiting_since is not None and ticket.assignee_id is None:
+        stats.record(session, [stats.abandoned(config.queue(ticket.queue), now)])
+        withdraw_ticket_offers(session, [ticket.id], now)
+        cancel(session, TimerKind.OVERFLOW, [ticket.id])
+    elif ticket.assignee_id is not None:
+        stats.record(session, [stats.handled(config.queue(ticket.queue), ticket.assigned_at, now)])
+    ticket.waiting_since = None
+
+
+def withdraw_ticket_offers(session: Session, ticket_ids: Sequence[int], now: datetime) -> None:
+    withdrawn = session.execute(
+        update(Offer)
+        .where(Offer.ticket_id.in_(ticket_ids), Offer.status == OfferStatus.PENDING)
+        .values(status=OfferStatus.WITHDRAWN, decided_at=now)
+        .returning(Offer.id)
+    ).scalars()
+    cancel(session, TimerKind.OFFER_EXPIRY, list(withdrawn))
+
+
+# --- timers ---------------------------------------------------------------------------------
+
+
+def schedule(session: Session, timers: Sequence[tuple[TimerKind, int, datetime]]) -> None:
+    if timers:
+        store.insert_rows(
+            session,
+            RoutingTimer,
+            [{"kind": kind, "subject_id": subject, "due_at": due} for kind, subject, due in timers],
+        )
+
+
+def cancel(session: Session, kind: TimerKind, subject_ids: Collection[int]) -> None:
+    if subject_ids:
+        session.execute(
+            delete(RoutingTimer).where(
+                RoutingTimer.kind == kind, RoutingTimer.subject_id.in_(subject_ids)
+            )
+        )
+
+
+def claim_due(session: Session, now: datetime, limit: int = 100) -> list[RoutingTimer]:
+    """Due timers, locked against every other process and deleted: the caller acts on them in
+    this same transaction, so each fires once — or, if the process dies first, stays due."""
+    timers = list(
+        session.execute(
+            select(RoutingTimer)
+            .where(RoutingTimer.due_at <= now)
+            .order_by(RoutingTimer.due_at, RoutingTimer.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+    if timers:
+        session.execute(delete(RoutingTimer).where(RoutingTimer.id.in_([t.id for t in timers])))
+    return timers
+
+
+def _schedule_overflow(
+    session: Session, config: RoutingConfig, tickets: Sequence[tuple[int, str]], now: datetime
+) -> None:
+    timers = []
+    for ticket_id, queue_name in tickets:
+        queue = config.queue(queue_name)
+        if queue.fallback_queue and queue.max_wait_seconds:
+            due = now + timedelta(seconds=queue.max_wait_seconds)
+            timers.append((TimerKind.OVERFLOW, ticket_id, due))
+    schedule(session, timers)
+
+
+# --- helpers for other parts ----------------------------------------------------------------
+
+
+def agent_load(session: Session, agent_id: int) -> tuple[Capacity, dict[str, int]] | None:
+    """One agent's capacity and load (offers included), whatever its presence, row locked."""
+    row = session.execute(
+        select(Agent.capacity).where(Agent.id == agent_id).with_for_update()
+    ).one_or_none()
+    if row is None:
+        return None
+    return Capacity.from_json(row[0]), _loads(session, [agent_id])[agent_id]
 
 
 def agents_by_reference(session: Session, references: Collection[str]) -> dict[str, list[Agent]]:
@@ -229,3 +716,15 @@ def agents_by_reference(session: Session, references: Collection[str]) -> dict[s
 def available_agents(session: Session) -> list[int]:
     query = select(Agent.id).where(Agent.presence == Presence.AVAILABLE).order_by(Agent.id)
     return list(session.execute(query).scalars())
+
+
+def _tickets() -> Table:
+    table = Ticket.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+def _agents() -> Table:
+    table = Agent.__table__
+    assert isinstance(table, Table)
+    return table

@@ -6,8 +6,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.agents import NewAgent, create_agent
-from routing.assignment import AssignmentRequest, assign_tickets
+from routing.assignment import RouteRequest, route
 from routing.capacity import Capacity
+from routing.config import RoutingConfig
 from timeline import store
 from timeline.db import Database
 from timeline.models import Presence, Ticket, utcnow
@@ -41,8 +42,9 @@ async def test_a_ticket_someone_took_meanwhile_is_not_assigned_again(database_ur
         taken = await database.run(_ticket, bernd)
         free = await database.run(_ticket, None)
 
-        requests = [AssignmentRequest(taken, "sms"), AssignmentRequest(free, "sms")]
-        assigned = await database.run(assign_tickets, requests, utcnow())
+        requests = [RouteRequest(taken, "sms", "default"), RouteRequest(free, "sms", "default")]
+        routed = await database.run(route, RoutingConfig(), requests, utcnow())
+        assigned = routed.assigned
 
         holders = dict(
             await database.read(lambda s: s.execute(select(Ticket.id, Ticket.assignee_id)).all())

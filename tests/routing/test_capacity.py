@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from routing.assignment import AgentLoad, choose_agent
 from routing.capacity import DEFAULT_CAPACITY, Capacity
+from routing.choice import Candidate, choose_agent
+from routing.queues import implicit_queue
 
 TOTAL_3 = Capacity(total=3)
 SMS_3_VOICE_1 = Capacity(channels={"sms": 3, "voice": 1})  # total = 3 + 1 = 4
@@ -175,8 +176,8 @@ def test_channel_names_in_capacity_are_case_insensitive() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def agent(agent_id: int, capacity: Capacity = TOTAL_3, **load: int) -> AgentLoad:
-    return AgentLoad(agent_id, capacity, load)
+def agent(agent_id: int, capacity: Capacity = TOTAL_3, **load: int) -> Candidate:
+    return Candidate(agent_id, capacity, load)
 
 
 @pytest.mark.parametrize(
@@ -273,12 +274,13 @@ def agent(agent_id: int, capacity: Capacity = TOTAL_3, **load: int) -> AgentLoad
     ],
 )
 def test_choose_agent(
-    candidates: list[AgentLoad], channel: str, preferred: int | None, expected: int | None
+    candidates: list[Candidate], channel: str, preferred: int | None, expected: int | None
 ) -> None:
-    assert choose_agent(candidates, channel, preferred) == expected
+    queue = implicit_queue("default")  # the foundation's policy: least occupied
+    assert choose_agent(queue, channel, candidates, sticky=preferred) == expected
 
 
-def test_agent_load_open_tickets_is_the_sum_over_channels() -> None:
+def test_a_candidates_open_tickets_are_the_sum_over_channels() -> None:
     assert agent(1, sms=2, email=1, voice=0).open_tickets == 3
 
 

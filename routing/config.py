@@ -1,0 +1,94 @@
+"""The routing configuration: queues and ordered rules, from the database, the API or a file.
+
+The settings file (`SWITCHBOARD_ROUTING_FILE`, JSON or TOML) is loaded at start:
+`{"queues": [{...}, ...], "rules": [{"name", "queue", "when": {...}}, ...]}`. Queues are
+created or updated by name; when the file lists rules, they replace the stored ones.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from routing.queues import QueueConfig, implicit_queue
+from routing.rules import Rule
+from timeline.models import RoutingQueue, RoutingRule
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    queues: Mapping[str, QueueConfig] = field(default_factory=dict)
+    rules: Sequence[Rule] = ()
+
+    def queue(self, name: str) -> QueueConfig:
+        return self.queues.get(name) or implicit_queue(name)
+
+
+def load_config(session: Session) -> RoutingConfig:
+    queues = {
+        q.name: QueueConfig.parse({**q.config, "name": q.name})
+        for q in session.execute(select(RoutingQueue)).scalars()
+    }
+    rules = [
+        Rule(r.name, r.queue, r.conditions)
+        for r in session.execute(
+            select(RoutingRule).order_by(RoutingRule.position, RoutingRule.id)
+        ).scalars()
+    ]
+    return RoutingConfig(queues, rules)
+
+
+def save_queue(session: Session, queue: QueueConfig, now: datetime) -> RoutingQueue:
+    row = session.execute(
+        select(RoutingQueue).where(RoutingQueue.name == queue.name).with_for_update()
+    ).scalar_one_or_none()
+    data = queue.to_json()
+    if row is None:
+        row = RoutingQueue(name=queue.name, config=data, created_at=now, updated_at=now)
+        session.add(row)
+    else:
+        row.config, row.updated_at = data, now
+    session.flush()
+    return row
+
+
+def replace_rules(session: Session, rules: Sequence[Rule], now: datetime) -> None:
+    session.execute(delete(RoutingRule))
+    for position, rule in enumerate(rules):
+        session.add(
+            RoutingRule(
+                position=position,
+                name=rule.name,
+                queue=rule.queue,
+                conditions=dict(rule.when),
+                created_at=now,
+            )
+        )
+    session.flush()
+
+
+def read_file(path: Path) -> tuple[list[QueueConfig], list[Rule] | None]:
+    """The file's queues and rules (None: the file says nothing about rules)."""
+    text = path.read_text(encoding="utf-8")
+    data: Any = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold an object with 'queues' and 'rules'.")
+    queues = [QueueConfig.parse(q) for q in data.get("queues", [])]
+    rules = [Rule.parse(r) for r in data["rules"]] if "rules" in data else None
+    return queues, rules
+
+
+def apply_file(session: Session, path: Path, now: datetime) -> None:
+    queues, rules = read_file(path)
+    for queue in queues:
+        save_queue(session, queue, now)
+    if rules is not None:
+        replace_rules(session, rules, now)
