@@ -17,6 +17,7 @@ from channels.email.outbound import EmailSender
 from channels.sending import Sender
 from channels.telegram import BotAccount, TelegramBot, TelegramSender, poll
 from channels.twilio_sms import TwilioSmsSender
+from channels.webchat import WebchatSender
 from gateway import (
     api,
     desk,
@@ -29,6 +30,7 @@ from gateway import (
     sms,
     telegram,
     telephony,
+    webchat,
     ws,
 )
 from gateway.auth import TokenCache
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.add_routes(sms.routes)
     app.add_routes(telegram.routes)
     app.add_routes(media.routes)
+    app.add_routes(webchat.routes)
     app.add_routes(search.routes)
     app.add_routes(desk.routes)
     pages.setup(app)
@@ -156,6 +159,7 @@ async def _outbox(app: web.Application) -> AsyncIterator[None]:
     """The outbox sender, with a sender for each channel configured to send."""
     settings = app[SETTINGS]
     senders = senders_for(settings, app.get(TELEGRAM_BOT))
+    senders["webchat"] = WebchatSender(app[BUS].publish)
     announcer = StatusAnnouncer(app[DATABASE], app[BUS])
     app[MESSAGE_STATUS] = announcer
     worker = OutboxWorker(app[DATABASE], senders, settings.outbox, on_status=announcer)

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from timeline.models import EventEdit, Identity, OptOut, TimelineEvent
+from timeline.models import Contact, EventEdit, Identity, OptOut, Ticket, TimelineEvent
 
 
 def set_opt_out(session: Session, kind: str, value: str, source: str, at: datetime) -> bool:
@@ -136,4 +136,83 @@ def edits_of(session: Session, event_id: int) -> list[EventEdit]:
 def _identity(session: Session, kind: str, value: str) -> Identity | None:
     return session.execute(
         select(Identity).where(Identity.kind == kind, Identity.value == value)
+    ).scalar_one_or_none()
+
+
+def link_identities(
+    session: Session, first: tuple[str, str], second: tuple[str, str], name: str | None
+) -> int:
+    """Make two identities one person's (a chat visitor who gives an e-mail address).
+
+    A new identity joins the contact that owns the other; with neither known, one new contact
+    gets both. Two identities already owned by different contacts stay as they are: merging two
+    customers is an agent's decision. A contact still named after an identity value (as ingest
+    names strangers) takes `name`. Returns the first identity's contact.
+    """
+    owners = {key: _owner(session, *key) for key in (first, second)}
+    contact_id = owners[first] or owners[second]
+    if contact_id is None:
+        contact = Contact(name=(name or first[1])[:200])
+        session.add(contact)
+        session.flush()
+        contact_id = contact.id
+    for key, owner in owners.items():
+        if owner is None:
+            session.add(Identity(contact_id=contact_id, kind=key[0], value=key[1]))
+    named = session.get(Contact, contact_id)
+    if name and named is not None and named.name in (first[1], second[1]):
+        named.name = name[:200]
+    session.flush()
+    return owners[first] or contact_id
+
+
+def conversation(session: Session, channel: str, address: str, limit: int) -> list[TimelineEvent]:
+    """The last `limit` messages between us and one address on a channel, oldest first."""
+    query = (
+        select(TimelineEvent)
+        .where(
+            TimelineEvent.channel == channel,
+            or_(
+                and_(TimelineEvent.direction == "in", TimelineEvent.sender == address),
+                and_(TimelineEvent.direction == "out", TimelineEvent.recipient == address),
+            ),
+        )
+        .order_by(TimelineEvent.occurred_at.desc(), TimelineEvent.id.desc())
+        .limit(limit)
+    )
+    return list(reversed(session.execute(query).scalars().all()))
+
+
+def latest_ticket_from(session: Session, channel: str, address: str) -> Ticket | None:
+    """The ticket of the newest message this address sent on the channel."""
+    return session.execute(
+        select(Ticket)
+        .join(TimelineEvent, TimelineEvent.ticket_id == Ticket.id)
+        .where(
+            TimelineEvent.channel == channel,
+            TimelineEvent.direction == "in",
+            TimelineEvent.sender == address,
+        )
+        .order_by(TimelineEvent.occurred_at.desc(), TimelineEvent.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def latest_sender_on(session: Session, ticket_id: int, channel: str) -> str | None:
+    """Who wrote last on the ticket on this channel (the chat visitor to show typing to)."""
+    return session.execute(
+        select(TimelineEvent.sender)
+        .where(
+            TimelineEvent.ticket_id == ticket_id,
+            TimelineEvent.channel == channel,
+            TimelineEvent.direction == "in",
+        )
+        .order_by(TimelineEvent.occurred_at.desc(), TimelineEvent.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def _owner(session: Session, kind: str, value: str) -> int | None:
+    return session.execute(
+        select(Identity.contact_id).where(Identity.kind == kind, Identity.value == value)
     ).scalar_one_or_none()
