@@ -30,6 +30,7 @@ from gateway import (
     sms,
     telegram,
     telephony,
+    wallboard,
     webchat,
     ws,
 )
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_telegram)
     app.cleanup_ctx.append(_outbox)
     app.cleanup_ctx.append(_email)
+    app.cleanup_ctx.append(wallboard.sampling)
     app.on_shutdown.append(_close_sockets)
     app.add_routes(api.routes)
     app.add_routes(outbox_routes.routes)
@@ -91,6 +93,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.add_routes(webchat.routes)
     app.add_routes(search.routes)
     app.add_routes(desk.routes)
+    app.add_routes(wallboard.routes)
     pages.setup(app)
     app.add_routes(ws.routes)
     app.add_routes(routing_api.routes)

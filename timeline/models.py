@@ -549,3 +549,15 @@ class QueueDay(Base):
     wait_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     handled: Mapped[int] = mapped_column(Integer, default=0)
     handle_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class QueueSample(Base):
+    """A queue as it stood at one minute, for the wallboard's charts of the last hours."""
+
+    __tablename__ = "queue_samples"
+
+    queue: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime] = mapped_column(primary_key=True)
+    waiting: Mapped[int] = mapped_column(Integer)
+    longest_wait_seconds: Mapped[float] = mapped_column(Float)
+    service_level: Mapped[float | None] = mapped_column(Float)
