@@ -21,7 +21,7 @@ from routing import assignment, stats
 from routing.assignment import Routed, RouteRequest
 from routing.capacity import Capacity
 from routing.config import RoutingConfig, load_config, save_queue
-from routing.queues import InvalidQueue, QueueConfig
+from routing.queues import DEFAULT_QUEUE, InvalidQueue, QueueConfig
 from routing.rules import InvalidRule, Rule
 from timeline.models import (
     OPEN_STATUSES,
@@ -51,7 +51,9 @@ def queue_figures(session: Session, names: list[str] | None = None) -> list[dict
     now = utcnow()
     config = load_config(session)
     waiting = stats.waiting(session)
-    wanted = sorted(set(config.queues) | set(waiting)) if names is None else names
+    # The default queue is always shown: an empty queue is news on a wallboard, too.
+    every = set(config.queues) | set(waiting) | {DEFAULT_QUEUE}
+    wanted = sorted(every) if names is None else names
     queues = [config.queue(name) for name in wanted]
     days = stats.today(session, queues, now)
     roster = _roster(session)

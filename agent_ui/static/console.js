@@ -2,7 +2,9 @@
 // Everything a customer wrote is put on the page with textContent, never as markup.
 import { api, el, clear, when, channelIcon } from "./common.js";
 
-const state = { ticket: null, contactId: null, olderCursor: null, socket: null, retry: 500 };
+const state = { ticket: null, contactId: null, olderCursor: null, socket: null, retry: 500, receipts: new Map() };
+// How far a message got; a receipt never moves a badge backwards (they can cross on the wire).
+const PROGRESS = { queued: 0, sending: 1, sent: 2, delivered: 3, undelivered: 3, failed: 3, bounced: 3 };
 const CANNED = [
   { label: "Greeting", text: "Hello {name},\n\nthank you for contacting us.\n" },
   { label: "Call back", text: "Hello {name},\n\nwe tried to reach you and will call again shortly.\n" },
@@ -64,6 +66,9 @@ function onMessage(message) {
     case "pop_withdrawn":
     case "offer_withdrawn":
       removePop(message.id);
+      break;
+    case "message_status":
+      showDelivery(message.event_id, message.status, message.detail);
       break;
     default:
       break;
@@ -193,13 +198,32 @@ function timelineItem(event) {
   const note = event.kind === "note";
   const who = note ? `internal note by ${event.sender}` : event.direction === "in" ? "from customer" : "to customer";
   const meta = [channelIcon(event.channel), ` ${who} · ${when(event.occurred_at)}`];
-  if (event.status) meta.push(el("span", { class: `delivery delivery-${event.status}` }, [` · ${event.status}`]));
+  const receipt = state.receipts.get(event.id);
+  const newer = receipt && (!event.status || PROGRESS[receipt.status] > PROGRESS[event.status]);
+  const delivery = newer ? receipt : event.status ? { status: event.status, detail: event.status_detail } : null;
   if (event.ticket_id && state.ticket && event.ticket_id !== state.ticket.id) meta.push(` · other ticket`);
+  const metaLine = el("p", { class: "event-meta" }, meta);
+  if (delivery) placeBadge(metaLine, delivery.status, delivery.detail);
   return el("li", { class: `event event-${event.direction}${note ? " event-note" : ""}`, "data-event-id": String(event.id) }, [
-    el("p", { class: "event-meta" }, meta),
+    metaLine,
     event.subject ? el("p", { class: "event-subject" }, [event.subject]) : "",
     el("p", { class: "event-body" }, [event.body || ""]),
   ]);
+}
+
+// A receipt from the provider: remembered, and the message's badge changes where it is shown.
+function showDelivery(eventId, status, detail) {
+  const known = state.receipts.get(eventId);
+  if (known && PROGRESS[known.status] > PROGRESS[status]) return;
+  state.receipts.set(eventId, { status, detail });
+  const item = document.querySelector(`[data-event-id="${CSS.escape(String(eventId))}"] .event-meta`);
+  if (item) placeBadge(item, status, detail);
+}
+
+function placeBadge(meta, status, detail) {
+  meta.querySelector(".delivery")?.remove();
+  const text = detail ? ` · ${status} (${detail})` : ` · ${status}`;
+  meta.append(el("span", { class: `delivery delivery-${status}` }, [text]));
 }
 
 async function saveTicket(event) {
