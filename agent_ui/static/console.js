@@ -58,14 +58,20 @@ function onMessage(message) {
       document.getElementById("presence").value = message.state;
       break;
     case "screen_pop":
-    case "offer":
       showPop(message);
       send({ type: "ack", id: message.id });
       refreshLists();
       break;
+    case "offer":
+      showPop(message);
+      expireOffer(message);
+      break;
     case "pop_withdrawn":
-    case "offer_withdrawn":
-      removePop(message.id);
+      removePop(popKey("screen_pop", message.id));
+      break;
+    case "offer_accepted":
+      refreshLists();
+      if (message.ticket_id) openTicket(message.ticket_id);
       break;
     case "message_status":
       showDelivery(message.event_id, message.status, message.detail);
@@ -80,11 +86,12 @@ function onMessage(message) {
 function showPop(pop) {
   const contact = pop.contact || { name: "Unknown caller", identities: [], tags: [], open_tickets: [], recent: [] };
   const title = pop.call ? `Incoming call from ${pop.call.from}` : reasonText(pop.reason);
-  const card = el("li", { class: `pop pop-${pop.reason || pop.type}`, "data-pop-id": String(pop.id) }, [
+  const card = el("li", { class: `pop pop-${pop.reason || pop.type}`, "data-pop-id": popKey(pop.type, pop.id) }, [
     el("p", { class: "pop-title" }, [channelIcon(pop.channel), " ", title]),
     el("p", { class: "pop-contact" }, [contact.name]),
     el("ul", { class: "identities" }, contact.identities.map((i) => el("li", {}, [`${i.kind}: ${i.value}`]))),
     contact.tags && contact.tags.length ? el("p", { class: "tags" }, [`Tags: ${contact.tags.join(", ")}`]) : "",
+    attributesLine(contact.attributes),
     el("p", { class: "open-tickets" }, [`Open tickets: ${contact.open_tickets.length}`]),
     el("ol", { class: "recent" }, contact.recent.map((e) => el("li", {}, [
       channelIcon(e.channel), " ", when(e.occurred_at), " ", e.preview || e.body || "",
@@ -108,7 +115,7 @@ function popActions(pop) {
       const action = event.target.dataset.action;
       if (action) {
         send({ type: action, id: pop.id });
-        removePop(pop.id);
+        removePop(popKey(pop.type, pop.id));
       }
     });
   }
@@ -118,13 +125,31 @@ function popActions(pop) {
     actions.append(open);
   }
   const dismiss = el("button", { type: "button", class: "secondary" }, ["Dismiss"]);
-  dismiss.addEventListener("click", () => removePop(pop.id));
+  dismiss.addEventListener("click", () => removePop(popKey(pop.type, pop.id)));
   actions.append(dismiss);
   return actions;
 }
 
-function removePop(id) {
-  const card = document.querySelector(`[data-pop-id="${CSS.escape(String(id))}"]`);
+// Pops and offers are numbered apart, so a card is named by both.
+function popKey(type, id) {
+  return `${type}:${id}`;
+}
+
+// An offer not taken in time goes to the next agent; its card goes away by itself.
+function expireOffer(offer) {
+  const left = Date.parse(offer.expires_at) - Date.now();
+  if (Number.isFinite(left)) setTimeout(() => removePop(popKey("offer", offer.id)), Math.max(0, left));
+}
+
+// The customer's class and flags as the CRM keeps them (e.g. ABC class, VIP).
+function attributesLine(attributes) {
+  const entries = Object.entries(attributes || {}).filter(([, v]) => ["string", "number", "boolean"].includes(typeof v));
+  if (!entries.length) return "";
+  return el("p", { class: "attributes" }, [entries.map(([k, v]) => `${k}: ${v}`).join(" · ")]);
+}
+
+function removePop(key) {
+  const card = document.querySelector(`[data-pop-id="${CSS.escape(key)}"]`);
   if (card) card.remove();
   document.getElementById("pops-empty").hidden = document.getElementById("pops").children.length > 0;
 }

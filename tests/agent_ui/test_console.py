@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 from gateway.settings import Settings
 from tests.browser import screenshot
 from tests.helpers import Agents, bearer, inbound
+from timeline.models import Role
 
 PASSWORD = "correct horse battery"
 CTI_TOKEN = "cti-console-test"
@@ -216,3 +217,34 @@ async def test_the_console_fits_a_tablet_and_works_from_the_keyboard(
     assert first_stop == "Skip to content"
     assert searching == "search"
     assert unlabelled == 0
+
+
+async def test_an_offer_shows_the_customer_and_accepting_it_opens_the_ticket(
+    client: TestClient, agents: Agents, browser: Any
+) -> None:
+    sam = await agents.add("Sam Supervisor", role=Role.SUPERVISOR)
+    anna = await agents.add("Anna Agent")
+    queue = await client.post(
+        "/api/v1/queues", json={"name": "default", "offer_timeout_seconds": 60}, headers=bearer(sam)
+    )
+    assert queue.status == 201
+    page = await (await browser.new_context(viewport={"width": 1280, "height": 720})).new_page()
+    await sign_in(page, client, anna["email"])
+    await page.wait_for_selector("#connection:has-text('Connected')")
+    await page.select_option("#presence", "available")
+    await page.wait_for_timeout(300)  # the presence is applied before the customer writes
+
+    await client.post(
+        "/api/v1/inbound", json=inbound("o1", sender=CALLER, body="Is my order on its way?"),
+        headers=bearer(sam),
+    )  # fmt: skip
+    offer = page.locator(".pop-offer")
+    await offer.wait_for()
+    text = await offer.inner_text()
+    await offer.get_by_role("button", name="Accept").click()
+    await page.wait_for_selector("#ticket:not([hidden]) #timeline .event")
+
+    assert CALLER in text and "Is my order on its way?" in text
+    assert await page.locator(".pop-offer").count() == 0
+    mine = await client.get("/api/v1/tickets?assignee=me", headers=bearer(anna))
+    assert [t["status"] for t in (await mine.json())["tickets"]] == ["open"]
