@@ -28,7 +28,7 @@ from routing import assignment
 from routing.assignment import OfferMade, Routed
 from routing.config import RoutingConfig, apply_file, load_config
 from timeline.db import Database
-from timeline.models import Agent, Presence, Ticket, TimerKind, utcnow
+from timeline.models import Presence, Ticket, utcnow
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -229,32 +229,9 @@ class Dispatcher:
             timers = assignment.claim_due(session, now)
             routed = Routed()
             for timer in timers:
-                routed.merge(_fire(session, config, timer.kind, timer.subject_id, now))
+                routed.merge(assignment.fire(session, config, timer, now))
             return len(timers), announcement(session, routed)
 
         fired, news = await self._db.run(unit)
         await self.publish(news)
         return fired
-
-
-def _fire(
-    session: Session, config: RoutingConfig, kind: str, subject: int, now: datetime
-) -> Routed:
-    if kind == TimerKind.OFFER_EXPIRY:
-        return assignment.expire(session, config, subject, now)
-    if kind == TimerKind.OVERFLOW:
-        return assignment.overflow(session, config, subject, now)
-    if kind == TimerKind.AFTER_CALL_WORK:
-        return _after_call_work_ends(session, config, subject, now)
-    log.warning("unknown routing timer %r", kind)
-    return Routed()
-
-
-def _after_call_work_ends(
-    session: Session, config: RoutingConfig, agent_id: int, now: datetime
-) -> Routed:
-    """Back to available, unless the agent chose another state meanwhile."""
-    agent = session.get(Agent, agent_id)
-    if agent is None or agent.presence != Presence.AFTER_CALL_WORK:
-        return Routed()
-    return assignment.set_presence(session, config, agent_id, Presence.AVAILABLE, now)

@@ -662,6 +662,20 @@ def claim_due(session: Session, now: datetime, limit: int = 100) -> list[Routing
     return timers
 
 
+def fire(session: Session, config: RoutingConfig, timer: RoutingTimer, now: datetime) -> Routed:
+    """Act on a claimed timer. Each action checks that it still applies (an offer accepted in
+    the meantime does not expire, an agent who chose another state stays in it)."""
+    if timer.kind == TimerKind.OFFER_EXPIRY:
+        return expire(session, config, timer.subject_id, now)
+    if timer.kind == TimerKind.OVERFLOW:
+        return overflow(session, config, timer.subject_id, now)
+    if timer.kind == TimerKind.AFTER_CALL_WORK:
+        agent = session.get(Agent, timer.subject_id)
+        if agent is not None and agent.presence == Presence.AFTER_CALL_WORK:
+            return set_presence(session, config, agent.id, Presence.AVAILABLE, now)
+    return Routed()
+
+
 def _schedule_overflow(
     session: Session, config: RoutingConfig, tickets: Sequence[tuple[int, str]], now: datetime
 ) -> None:
