@@ -1,0 +1,361 @@
+"""The routing engine's store functions in worked examples, on a fixed clock: every statistic
+against hand-computed values, overflow, the sticky agent, priority ageing, misses making an
+agent away, after-call work ending by its timer, and presence history."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, insert, select
+from sqlalchemy.orm import Session
+
+from gateway.agents import skill_levels
+from gateway.routing_api import change_ticket
+from routing import assignment, stats
+from routing.assignment import Routed, RouteRequest
+from routing.capacity import Capacity
+from routing.config import RoutingConfig
+from routing.queues import QueueConfig
+from timeline import store
+from timeline.models import (
+    Agent,
+    AgentSkill,
+    Base,
+    Contact,
+    Offer,
+    Presence,
+    PresenceSpell,
+    QueueDay,
+    Ticket,
+)
+
+T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+
+
+class Desk:
+    """A routing store on SQLite with a hand-moved clock."""
+
+    def __init__(self, engine: Engine, *queues: dict[str, Any]) -> None:
+        self.engine = engine
+        configs = [QueueConfig.parse(q) for q in queues]
+        self.config = RoutingConfig({q.name: q for q in configs})
+        self.now = T0
+        with self.unit() as session:
+            (self.contact,) = store.insert_rows(session, Contact, [{"name": "Customer"}])
+
+    def unit(self) -> Any:
+        session = Session(self.engine, expire_on_commit=False)
+        return _Unit(session)
+
+    def agent(self, name: str, capacity: str = "3", skills: list[str] | None = None) -> int:
+        with self.unit() as session:
+            (agent_id,) = store.insert_rows(
+                session,
+                Agent,
+                [{"name": name, "email": f"{name}@example.com", "password_hash": "-",
+                  "capacity": Capacity.parse(capacity).to_json(), "presence_since": self.now}],
+            )  # fmt: skip
+            levels = skill_levels(skills or [])
+            if levels:
+                session.execute(
+                    insert(AgentSkill),
+                    [{"agent_id": agent_id, "skill": s, "level": n} for s, n in levels.items()],
+                )
+        return agent_id
+
+    def presence(self, agent_id: int, state: Presence, until: datetime | None = None) -> Routed:
+        with self.unit() as session:
+            return assignment.set_presence(session, self.config, agent_id, state, self.now, until)
+
+    def inbound(
+        self, queue: str, channel: str = "sms", priority: str = "normal", contact: int | None = None
+    ) -> tuple[int, Routed]:
+        with self.unit() as session:
+            (ticket_id,) = store.insert_rows(
+                session,
+                Ticket,
+                [{"contact_id": contact or self.contact, "channel": channel, "queue": queue,
+                  "priority": priority, "created_at": self.now, "updated_at": self.now}],
+            )  # fmt: skip
+            request = RouteRequest(ticket_id, channel, queue, contact or self.contact, priority)
+            waiting = assignment.enqueue(session, self.config, [request], self.now)
+            return ticket_id, assignment.route(session, self.config, waiting, self.now)
+
+    def later(self, seconds: float) -> Routed:
+        self.now += timedelta(seconds=seconds)
+        routed = Routed()
+        with self.unit() as session:
+            for timer in assignment.claim_due(session, self.now):
+                routed.merge(assignment.fire(session, self.config, timer, self.now))
+        return routed
+
+    def accept(self, offer_id: int, agent_id: int) -> int:
+        with self.unit() as session:
+            return assignment.accept(session, self.config, offer_id, agent_id, self.now)
+
+    def resolve(self, ticket_id: int) -> None:
+        with self.unit() as session:
+            _, freed = change_ticket(
+                session, self.config, ticket_id, {"status": "resolved"}, self.now
+            )
+        if freed is not None:
+            with self.unit() as session:
+                assignment.fill_agent(session, self.config, freed, self.now)
+
+    def ticket(self, ticket_id: int) -> Ticket:
+        with self.unit() as session:
+            ticket = session.get(Ticket, ticket_id)
+            assert ticket is not None
+            return ticket
+
+    def agent_row(self, agent_id: int) -> Agent:
+        with self.unit() as session:
+            agent = session.get(Agent, agent_id)
+            assert agent is not None
+            return agent
+
+    def figures(self, queue: str) -> dict[str, Any]:
+        with self.unit() as session:
+            config = self.config.queue(queue)
+            day = stats.today(session, [config], self.now).get(queue)
+            return stats.figures(config, day, stats.waiting(session).get(queue), {}, self.now)
+
+
+class _Unit:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def __enter__(self) -> Session:
+        self.session.begin()
+        return self.session
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is None:
+            self.session.commit()
+        else:
+            self.session.rollback()
+        self.session.close()
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    engine = create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+SALES = {"name": "sales", "offer_timeout_seconds": 30, "sla_seconds": 20}
+
+
+def test_every_statistic_against_hand_computed_values(engine: Engine) -> None:
+    desk = Desk(engine, SALES)
+    anna = desk.agent("anna", capacity="5")
+    desk.presence(anna, Presence.AVAILABLE)
+
+    first, routed = desk.inbound("sales")  # offered at 09:00:00
+    desk.later(10)
+    desk.accept(routed.offers[0].id, anna)  # answered after 10 s: within the 20 s target
+    desk.presence(anna, Presence.AWAY)
+    second, _ = desk.inbound("sales")  # 09:00:10, waits
+    third, _ = desk.inbound("sales")  # 09:00:10, waits
+    desk.later(50)
+    (offer,) = desk.presence(anna, Presence.AVAILABLE).offers[:1]  # 09:01:00
+    assert offer.ticket_id == second
+    desk.accept(offer.id, anna)  # answered after 50 s: outside the target
+    desk.resolve(third)  # abandoned at 09:01:00, while still waiting (an offer was pending)
+    desk.later(120)
+    desk.resolve(first)  # handled: held from 09:00:10 to 09:03:00 = 170 s
+    desk.inbound("sales")  # 09:03:00; anna has room: offered to her, still waiting
+    desk.later(15)
+
+    figures = desk.figures("sales")
+    assert figures["now"] == {"waiting": 1, "longest_wait_seconds": 15.0, "agents": {}}
+    assert figures["today"] == {
+        "day": "2026-11-25",
+        "offered": 4,
+        "answered": 2,
+        "answered_in_sla": 1,
+        "abandoned": 1,
+        "handled": 1,
+        "service_level": round(1 / 3, 4),  # in SLA / (answered + abandoned)
+        "asa_seconds": 30.0,  # (10 + 50) / 2
+        "aht_seconds": 170.0,
+        "abandonment_rate": 0.25,  # 1 of 4 offered
+    }
+
+
+def test_a_ticket_waiting_its_queues_maximum_overflows_to_the_fallback(engine: Engine) -> None:
+    desk = Desk(
+        engine,
+        {"name": "sales", "fallback_queue": "support", "max_wait_seconds": 60},
+        {"name": "support"},
+    )
+    ticket_id, _ = desk.inbound("sales")
+    desk.later(59)
+    assert desk.ticket(ticket_id).queue == "sales"
+
+    desk.later(1)
+
+    assert desk.ticket(ticket_id).queue == "support"
+    assert desk.figures("support")["today"]["offered"] == 1
+    assert desk.figures("support")["now"]["longest_wait_seconds"] == 60.0, "the wait goes on"
+
+
+def test_an_overflowed_ticket_goes_to_an_agent_of_the_fallback_queue(engine: Engine) -> None:
+    desk = Desk(
+        engine,
+        {"name": "sales", "skills": {"french": 1}, "fallback_queue": "support",
+         "max_wait_seconds": 60},
+        {"name": "support"},
+    )  # fmt: skip
+    bernd = desk.agent("bernd")
+    desk.presence(bernd, Presence.AVAILABLE)
+    ticket_id, routed = desk.inbound("sales")
+    assert not routed.assigned, "bernd speaks no French"
+
+    routed = desk.later(60)
+
+    assert routed.assigned == {ticket_id: bernd}
+
+
+@pytest.mark.parametrize(("pause", "expected"), [(60, "bernd"), (601, "anna")])
+def test_the_sticky_agent_gets_the_contacts_next_ticket_within_the_window(
+    engine: Engine, pause: int, expected: str
+) -> None:
+    desk = Desk(engine, {"name": "sales", "sticky_seconds": 600})  # least occupied
+    agents = {"anna": desk.agent("anna"), "bernd": desk.agent("bernd")}
+    desk.presence(agents["bernd"], Presence.AVAILABLE)
+    first, routed = desk.inbound("sales")
+    desk.inbound("sales", contact=store_contact(desk))  # bernd keeps this one open
+    desk.resolve(first)
+    desk.later(pause)
+    desk.presence(agents["anna"], Presence.AVAILABLE)  # less occupied than bernd
+
+    second, routed = desk.inbound("sales")
+
+    assert routed.assigned == {second: agents[expected]}
+
+
+def test_priority_ageing_serves_a_long_waiting_low_ticket_before_a_fresh_urgent_one(
+    engine: Engine,
+) -> None:
+    desk = Desk(engine, {"name": "sales", "ageing_seconds": 60})
+    anna = desk.agent("anna", capacity="1")
+    old_low, _ = desk.inbound("sales", priority="low")
+    desk.later(60)
+    fresh_urgent, _ = desk.inbound("sales", priority="urgent")
+    desk.later(60)
+    # Ageing lifts both alike: low (-1) trails urgent (+2) by 3 levels = 180 s of waiting.
+    # Urgent came 60 s later: 120 s short of catching up, so the urgent one goes first.
+    assert desk.presence(anna, Presence.AVAILABLE).assigned == {fresh_urgent: anna}
+    desk.presence(anna, Presence.AWAY)
+    desk.resolve(fresh_urgent)
+    desk.later(61)
+    second_urgent, _ = desk.inbound("sales", priority="urgent")  # 181 s after the low one
+    desk.later(10)
+
+    assert desk.presence(anna, Presence.AVAILABLE).assigned == {old_low: anna}
+    assert desk.ticket(second_urgent).assignee_id is None
+
+
+def test_offers_that_time_out_go_on_and_make_the_agent_away_after_the_limit(
+    engine: Engine,
+) -> None:
+    desk = Desk(engine, {**SALES, "misses_before_away": 2, "strategy": "longest_idle"})
+    anna, bernd = desk.agent("anna"), desk.agent("bernd")
+    desk.presence(anna, Presence.AVAILABLE)
+    desk.later(1)
+    desk.presence(bernd, Presence.AVAILABLE)
+    first, routed = desk.inbound("sales")
+    assert [o.agent_id for o in routed.offers] == [anna]
+
+    routed = desk.later(30)  # anna's first miss: on to bernd
+    assert [(o.ticket_id, o.agent_id) for o in routed.offers] == [(first, bernd)]
+    assert desk.agent_row(anna).presence == Presence.AVAILABLE
+
+    _, routed = desk.inbound("sales")
+    assert [o.agent_id for o in routed.offers] == [anna]
+    desk.later(30)  # anna's second miss, bernd's first
+
+    assert desk.agent_row(anna).presence == Presence.AWAY
+    assert desk.agent_row(bernd).presence == Presence.AVAILABLE
+
+
+def test_a_rejected_offer_goes_to_the_next_agent_never_back(engine: Engine) -> None:
+    desk = Desk(engine, SALES)
+    anna, bernd = desk.agent("anna"), desk.agent("bernd")
+    desk.presence(anna, Presence.AVAILABLE)
+    ticket_id, routed = desk.inbound("sales")
+    with desk.unit() as session:
+        routed = assignment.reject(session, desk.config, routed.offers[0].id, anna, desk.now)
+    assert routed.offers == []
+    routed = desk.presence(bernd, Presence.AVAILABLE)
+    assert [(o.ticket_id, o.agent_id) for o in routed.offers] == [(ticket_id, bernd)]
+    with desk.unit() as session:
+        routed = assignment.reject(session, desk.config, routed.offers[0].id, bernd, desk.now)
+    assert routed.offers == [] and desk.ticket(ticket_id).waiting_since is not None
+
+
+def test_after_call_work_ends_by_its_timer_and_keeps_a_presence_history(engine: Engine) -> None:
+    desk = Desk(engine, {"name": "support"})
+    anna = desk.agent("anna")
+    desk.presence(anna, Presence.AVAILABLE)
+    desk.later(5)
+    desk.presence(anna, Presence.BUSY)
+    desk.later(100)
+    desk.presence(anna, Presence.AFTER_CALL_WORK, until=desk.now + timedelta(seconds=30))
+    waiting, _ = desk.inbound("support")
+    desk.later(29)
+    assert desk.agent_row(anna).presence == Presence.AFTER_CALL_WORK
+
+    routed = desk.later(1)
+
+    assert desk.agent_row(anna).presence == Presence.AVAILABLE
+    assert routed.assigned == {waiting: anna}, "back from wrap-up, she takes what waits"
+    with desk.unit() as session:
+        spells = session.execute(
+            select(PresenceSpell.state, PresenceSpell.since, PresenceSpell.until)
+            .where(PresenceSpell.agent_id == anna)
+            .order_by(PresenceSpell.id)
+        ).all()
+    assert [(s, (a - T0).seconds, b and (b - T0).seconds) for s, a, b in spells] == [
+        ("available", 0, 5),
+        ("busy", 5, 105),
+        ("after_call_work", 105, 135),
+        ("available", 135, None),
+    ]
+
+
+def test_counters_are_per_local_day_of_the_queue(engine: Engine) -> None:
+    desk = Desk(engine, {"name": "tokyo", "timezone": "Asia/Tokyo"})
+    desk.now = datetime(2026, 11, 25, 14, 59, tzinfo=UTC)  # 23:59 in Tokyo
+    desk.inbound("tokyo")
+    desk.later(60)  # 00:00 on the 26th in Tokyo
+    desk.inbound("tokyo")
+    with desk.unit() as session:
+        days = {d.day: d.offered for d in session.execute(select(QueueDay)).scalars()}
+    assert days == {"2026-11-25": 1, "2026-11-26": 1}
+
+
+def store_contact(desk: Desk) -> int:
+    with desk.unit() as session:
+        (contact_id,) = store.insert_rows(session, Contact, [{"name": "Someone else"}])
+    return contact_id
+
+
+def test_one_pending_offer_per_ticket_is_the_databases_rule(engine: Engine) -> None:
+    desk = Desk(engine, SALES)
+    anna, bernd = desk.agent("anna"), desk.agent("bernd")
+    desk.presence(anna, Presence.AVAILABLE)
+    ticket_id, _ = desk.inbound("sales")
+    with pytest.raises(Exception, match="UNIQUE"), desk.unit() as session:
+        store.insert_rows(
+            session,
+            Offer,
+            [{"ticket_id": ticket_id, "agent_id": bernd, "queue": "sales", "channel": "sms",
+              "status": "pending", "created_at": desk.now, "expires_at": desk.now}],
+        )  # fmt: skip
