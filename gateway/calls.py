@@ -88,6 +88,7 @@ class CallOutcome:
     callback_ticket_id: int | None = None
     callback_queue: str | None = None
     offers: list[JSON] = field(default_factory=list)  # of the callback ticket
+    presence: dict[int, str] = field(default_factory=dict)  # agents on or off a call
 
 
 @dataclass(eq=False)
@@ -187,6 +188,9 @@ class CallDesk:
         for outcome in outcomes:
             for agent_id, pop_id in outcome.withdrawn:
                 message = {"type": "pop_withdrawn", "id": pop_id}
+                await self._bus.publish(agent_topic(agent_id), message)
+            for agent_id, state in outcome.presence.items():
+                message = {"type": "presence_changed", "state": state}
                 await self._bus.publish(agent_topic(agent_id), message)
             for offer in outcome.offers:
                 message = {k: v for k, v in offer.items() if k != "agent_id"}
@@ -432,7 +436,7 @@ class _Wave:
     def _presence(self) -> None:
         """CTI presence: an agent on a call is busy; its hang-up starts timed after-call work
         (a timer row ends it), one statement per step for the wave."""
-        presence.change(self.session, sorted(self.on_calls), Presence.BUSY, self.now)
+        busy = presence.change(self.session, sorted(self.on_calls), Presence.BUSY, self.now)
         wrapping = presence.change(
             self.session, sorted(self.wrapping), Presence.AFTER_CALL_WORK, self.now
         )
@@ -440,6 +444,12 @@ class _Wave:
             self.session,
             [(TimerKind.AFTER_CALL_WORK, agent, self.wrapping[agent]) for agent in wrapping],
         )
+        changed = {**dict.fromkeys(busy, Presence.BUSY),
+                   **dict.fromkeys(wrapping, Presence.AFTER_CALL_WORK)}  # fmt: skip
+        for job, outcome in self.outcomes.items():
+            agent = self.calls[job.key].answered_by_id
+            if agent in changed:
+                outcome.presence[agent] = changed[agent]
 
     def _callback_ticket(self, call: Call) -> Ticket:
         return Ticket(

@@ -62,13 +62,14 @@ class Announcement:
     pops: list[StoredPop] = field(default_factory=list)
     offers: list[JSON] = field(default_factory=list)  # each with its "agent_id"
     queues: set[str] = field(default_factory=set)
+    presence: dict[int, str] = field(default_factory=dict)
 
 
 def announcement(session: Session, routed: Routed) -> Announcement:
     """Inside the routing transaction: store the pops of direct assignments, build the offers."""
     return Announcement(
         assigned_pops(session, routed.assigned), offer_messages(session, routed.offers),
-        set(routed.queues),
+        set(routed.queues), dict(routed.presence),
     )  # fmt: skip
 
 
@@ -111,6 +112,9 @@ def assigned_pops(session: Session, assignments: Mapping[int, int]) -> list[Stor
 
 
 async def publish(bus: Bus, news: Announcement) -> None:
+    """Presence first: a console learns it is available before the offers that follow."""
+    for agent_id, state in sorted(news.presence.items()):
+        await bus.publish(agent_topic(agent_id), {"type": "presence_changed", "state": state})
     await publish_pops(bus, news.pops)
     for offer in news.offers:
         message = {k: v for k, v in offer.items() if k != "agent_id"}

@@ -81,11 +81,13 @@ class Routed:
     assigned: dict[int, int] = field(default_factory=dict)
     offers: list[OfferMade] = field(default_factory=list)
     queues: set[str] = field(default_factory=set)  # queues whose figures changed
+    presence: dict[int, Presence] = field(default_factory=dict)  # agents' new states
 
     def merge(self, other: Routed) -> Routed:
         self.assigned.update(other.assigned)
         self.offers.extend(other.offers)
         self.queues |= other.queues
+        self.presence.update(other.presence)
         return self
 
 
@@ -520,8 +522,11 @@ def set_presence(
     if state is Presence.AFTER_CALL_WORK and until is not None:
         schedule(session, [(TimerKind.AFTER_CALL_WORK, agent_id, until)])
     if state is Presence.AVAILABLE:
-        return fill_agent(session, config, agent_id, now)
-    return withdraw_offers(session, config, agent_id, now)
+        routed = fill_agent(session, config, agent_id, now)
+    else:
+        routed = withdraw_offers(session, config, agent_id, now)
+    routed.presence[agent_id] = state
+    return routed
 
 
 def withdraw_offers(
