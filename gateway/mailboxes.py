@@ -17,11 +17,12 @@ import asyncio
 import logging
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from channels import InvalidPayload
-from channels.email.imap import FETCH_BATCH, Fetched, ImapError, ImapMailbox, Mailbox, Selected
+from channels.email.imap import FETCH_BATCH, ImapError, ImapMailbox, Mailbox, Selected
 from gateway.email_intake import EmailIntake, PreparedEmail
-from gateway.ingest import IngestError
+from gateway.ingest import IngestError, IngestResult
 from timeline import mailboxes
 from timeline.db import Database
 
@@ -71,7 +72,7 @@ class MailboxWorker:
                 await imap.wait_for_mail()
 
     async def sync(self, imap: ImapMailbox, uidvalidity: int, uidnext: int) -> int:
-        """Take everything above the stored position, batch by batch; the new position.
+        """Take everything above the stored position; the new position.
 
         `uidnext` comes from the SELECT before: UIDs below it that no search found are gone
         (expunged meanwhile), and count as taken.
@@ -79,26 +80,36 @@ class MailboxWorker:
         name = self.mailbox.name
         last: int = await self._db.run(mailboxes.position, name, uidvalidity)
         # Until nothing is new; what arrives after the last search shows in the next SELECT.
-        while batch := (await imap.uids_after(last))[:FETCH_BATCH]:
-            fetched = await imap.fetch(batch)
-            done, failure = await self._take(fetched)
-            # Gone meanwhile (another client deleted them): nothing left to take.
-            done |= set(batch) - {f.uid for f in fetched}
-            await imap.finish(sorted(done & {f.uid for f in fetched}))
-            taken = _contiguous(batch, done)
-            if taken:
-                await self._db.run(mailboxes.advance, name, uidvalidity, taken)
-                last = taken
-            if failure is not None:
-                raise failure
+        while uids := await imap.uids_after(last):
+            last = await self._take(imap, uidvalidity, uids, last)
         if uidnext - 1 > last:
             last = uidnext - 1
             await self._db.run(mailboxes.advance, name, uidvalidity, last)
         return last
 
-    async def _take(self, fetched: Sequence[Fetched]) -> tuple[set[int], Exception | None]:
-        """Ingest a batch in UID order: (the UIDs now on the timeline or journaled, a failure)."""
-        done: set[int] = set()
+    async def _take(self, imap: ImapMailbox, uidvalidity: int, uids: list[int], last: int) -> int:
+        """Batch by batch, in UID order: the next batch is fetched and parsed while the one
+        before is being committed (the database works in its own thread meanwhile)."""
+        previous: _Batch | None = None
+        try:
+            for start in range(0, len(uids), FETCH_BATCH):
+                batch = await self._start(imap, uids[start : start + FETCH_BATCH])
+                if previous is not None:
+                    last = await self._complete(imap, uidvalidity, previous, last)
+                previous = batch
+            if previous is not None:
+                last = await self._complete(imap, uidvalidity, previous, last)
+        except BaseException:
+            if previous is not None:  # already queued: let it end, answered or not
+                await asyncio.gather(*previous.delivering.values(), return_exceptions=True)
+            raise
+        return last
+
+    async def _start(self, imap: ImapMailbox, uids: list[int]) -> _Batch:
+        """Fetch and parse a batch, and queue it for the ingest path in UID order."""
+        fetched = await imap.fetch(uids)
+        # Gone meanwhile (another client deleted them): nothing left to take.
+        batch = _Batch(uids, {f.uid for f in fetched}, set(uids) - {f.uid for f in fetched})
         prepared: list[tuple[int, PreparedEmail]] = []
         for message in fetched:
             try:
@@ -109,11 +120,17 @@ class MailboxWorker:
                 log.warning(
                     "mailbox %s: UID %d rejected: %s", self.mailbox.name, message.uid, error
                 )
-                done.add(message.uid)
+                batch.done.add(message.uid)
         # Created in order, so they queue for the ingest path in UID order.
-        delivering = [(uid, asyncio.create_task(self._intake.deliver(p))) for uid, p in prepared]
+        batch.delivering = {
+            uid: asyncio.create_task(self._intake.deliver(p)) for uid, p in prepared
+        }
+        return batch
+
+    async def _complete(self, imap: ImapMailbox, uidvalidity: int, batch: _Batch, last: int) -> int:
+        """Once the batch is committed: flag/move/delete it, then advance the position."""
         failure: Exception | None = None
-        for uid, task in delivering:
+        for uid, task in batch.delivering.items():
             try:
                 await task
             except IngestError as error:
@@ -124,8 +141,24 @@ class MailboxWorker:
             except Exception as error:
                 failure = failure or error
                 continue
-            done.add(uid)
-        return done, failure
+            batch.done.add(uid)
+        await imap.finish(sorted(batch.done & batch.fetched))
+        taken = _contiguous(batch.uids, batch.done)
+        if taken:
+            await self._db.run(mailboxes.advance, self.mailbox.name, uidvalidity, taken)
+            last = taken
+        if failure is not None:
+            raise failure
+        return last
+
+
+@dataclass(eq=False)
+class _Batch:
+    uids: list[int]
+    fetched: set[int]
+    # On the timeline, journaled, or gone from the mailbox.
+    done: set[int]
+    delivering: dict[int, asyncio.Task[IngestResult]] = field(default_factory=dict)
 
 
 def _contiguous(batch: Sequence[int], done: set[int]) -> int | None:

@@ -100,11 +100,12 @@ class Fetched:
 class ImapMailbox:
     """One logged-in connection with the mailbox's folder selected.
 
-    Every step fails fast with `ImapError` when the server drops the connection: aioimaplib
-    would otherwise let a pending command wait for its timeout, or an IDLE wait forever.
+    Every step fails with `ImapError` as soon as the server drops the connection, or after
+    `timeout`: aioimaplib would otherwise let an IDLE (or a MOVE, which it gives no timeout)
+    wait forever.
     """
 
-    def __init__(self, mailbox: Mailbox, timeout: float = 30.0) -> None:
+    def __init__(self, mailbox: Mailbox, timeout: float = 60.0) -> None:
         self.mailbox = mailbox
         self._timeout = timeout
         self._client: aioimaplib.IMAP4 | None = None
@@ -196,13 +197,14 @@ class ImapMailbox:
     async def wait_for_mail(self) -> None:
         """Until the server announces news (IDLE), or for the poll interval."""
         if not self.can_idle:
-            await self._step("poll", asyncio.sleep(self.mailbox.poll_seconds))
+            await self._step("poll", asyncio.sleep(self.mailbox.poll_seconds), bounded=False)
             return
         client = self.client
         idle = await self._step("IDLE", client.idle_start(timeout=IDLE_SECONDS))
         try:
             while True:
-                pushed = await self._step("IDLE", client.wait_server_push(IDLE_SECONDS + 60))
+                waiting = client.wait_server_push(IDLE_SECONDS + 60)
+                pushed = await self._step("IDLE", waiting, bounded=False)
                 if pushed == aioimaplib.STOP_WAIT_SERVER_PUSH or _announces_mail(pushed):
                     break
         finally:
@@ -223,18 +225,21 @@ class ImapMailbox:
     ) -> aioimaplib.Response:
         return _ok(await self._step(what, command), what)
 
-    async def _step(self, what: str, step: Awaitable[T]) -> T:
-        """`step`, unless the connection is lost first."""
+    async def _step(self, what: str, step: Awaitable[T], *, bounded: bool = True) -> T:
+        """`step`, unless the connection is lost first or (`bounded`) it takes too long."""
         task = asyncio.ensure_future(step)
         lost = asyncio.ensure_future(self._lost.wait())
+        limit = self._timeout if bounded else None
         try:
-            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, lost}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
         finally:
             lost.cancel()
             if not task.done():
                 task.cancel()
-        if not task.done() or task.cancelled():
+        if lost.done() and not lost.cancelled() and not task.done():
             raise ImapError(f"{what}: the server closed the connection")
+        if not task.done() or task.cancelled():
+            raise ImapError(f"{what}: no answer within {self._timeout:.0f} s")
         return task.result()
 
 

@@ -18,6 +18,7 @@ References ids followed by In-Reply-To (newest last) and the `[#N]` tag of the s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import mimetypes
 import re
@@ -28,8 +29,10 @@ from email import policy
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.parser import BytesParser, HeaderParser
+from email.policy import EmailPolicy
 from email.utils import getaddresses, parsedate_to_datetime
 from html.parser import HTMLParser
+from typing import Any
 
 import charset_normalizer
 
@@ -49,7 +52,23 @@ _AUTO_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress")
 _CHARSET_ALIASES = {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252"}
 _MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
 
-_parser = BytesParser(policy=policy.default)
+
+class _RememberingPolicy(EmailPolicy):
+    """`policy.default`, remembering what it made of each header value.
+
+    The modern policy parses a header again on every access, and the MIME helpers
+    (`get_content_type`, `get_body`, `is_attachment`) access Content-Type and
+    Content-Disposition many times per part; most values recur from message to message.
+    Parsed headers are immutable, so sharing them is safe.
+    """
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one module-level policy, never freed
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        return super().header_fetch_parse(name, value)
+
+
+_POLICY = _RememberingPolicy()
+_parser = BytesParser(policy=_POLICY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +283,7 @@ def _bounce(message: Message) -> Bounce | None:
         if kind == "message/delivery-status":
             failed += _failed_recipients(part)
         elif kind == "text/rfc822-headers":
-            headers = HeaderParser(policy=policy.default).parsestr(_decode(part))
+            headers = HeaderParser(policy=_POLICY).parsestr(_decode(part))
             original += _ids(_header(headers, "Message-ID"))
         elif kind == "message/rfc822" and isinstance(inner := part.get_payload(0), Message):
             original += _ids(_header(inner, "Message-ID"))
