@@ -37,12 +37,16 @@ function send(message) {
 
 // The console shows the presence the server has; it changes only when the agent says so.
 async function showOwnPresence() {
-  const me = await api("/api/v1/agents/me");
+  showPresence((await api("/api/v1/agents/me")).presence);
+}
+
+// Presence can change without the agent (on a call: busy; after it: after-call work).
+function showPresence(presence) {
   const select = document.getElementById("presence");
-  if (![...select.options].some((o) => o.value === me.presence)) {
-    select.append(el("option", { value: me.presence }, [me.presence.replaceAll("_", " ")]));
+  if (![...select.options].some((o) => o.value === presence)) {
+    select.append(el("option", { value: presence }, [presence.replaceAll("_", " ")]));
   }
-  select.value = me.presence;
+  select.value = presence;
 }
 
 function status(text) {
@@ -55,7 +59,8 @@ function onMessage(message) {
       showOwnPresence();
       break;
     case "presence":
-      document.getElementById("presence").value = message.state;
+    case "presence_changed":
+      showPresence(message.state);
       break;
     case "screen_pop":
       showPop(message);
