@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -149,6 +150,30 @@ def smtp_peer() -> Iterator[SmtpPeer]:
     peer.stop()
 
 
+# --- IMAP -----------------------------------------------------------------------------------
+
+
+def _dovecot(*, tls: bool) -> Iterator[Dovecot]:
+    try:
+        server = Dovecot.start(tls=tls)
+    except (DovecotMissing, OSError, RuntimeError, subprocess.CalledProcessError) as error:
+        service_unavailable("Dovecot", error)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    """A throw-away Dovecot (Debian dovecot-imapd) with one user and an empty Maildir."""
+    yield from _dovecot(tls=False)
+
+
+@pytest.fixture
+def dovecot_tls() -> Iterator[Dovecot]:
+    """The same, speaking only IMAPS, with a self-signed certificate (`certificate`)."""
+    yield from _dovecot(tls=True)
+
+
 # --- Chromium ---------------------------------------------------------------------------------
 
 
@@ -160,17 +185,3 @@ async def browser() -> AsyncIterator[Any]:
             yield launched
     except BrowserMissing as error:
         service_unavailable("Chromium", error)
-
-
-# --- IMAP -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def dovecot() -> Iterator[Dovecot]:
-    """A throw-away Dovecot (Debian dovecot-imapd) with one user and an empty Maildir."""
-    try:
-        server = Dovecot.start()
-    except (DovecotMissing, OSError, RuntimeError) as error:
-        service_unavailable("Dovecot", error)
-    yield server
-    server.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import aioimaplib
 
 from channels.email.imap import Mailbox
+from tests.smtp_peer import self_signed_certificate
 
 LOOPBACK = "127.0.0.1"
 NOBODY = 65534
@@ -51,7 +53,7 @@ listen = {host}
 base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 mail_location = maildir:~/Maildir
@@ -68,10 +70,11 @@ userdb {{
 service imap-login {{
   inet_listener imap {{
     address = {host}
-    port = {port}
+    port = {imap_port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = {host}
+    port = {imaps_port}
   }}
 }}
 """
@@ -84,13 +87,19 @@ class Dovecot:
     user: str = "support"
     password: str = "imap-test-secret"
     host: str = LOOPBACK
+    # With TLS (IMAPS on `port`): the self-signed certificate a client must trust.
+    certificate: Path | None = None
 
     @classmethod
-    def start(cls) -> Dovecot:
+    def start(cls, *, tls: bool = False) -> Dovecot:
         binary = dovecot_binary()
         root = Path(tempfile.mkdtemp(prefix="switchboard-dovecot-"))
         root.chmod(0o755)
-        server = cls(root=root, port=_free_port())
+        ssl_settings, certificate = "ssl = no", None
+        if tls:
+            certificate, key = self_signed_certificate(root)
+            ssl_settings = f"ssl = required\nssl_cert = <{certificate}\nssl_key = <{key}"
+        server = cls(root=root, port=_free_port(), certificate=certificate)
         home = root / "home"
         (home / "Maildir").mkdir(parents=True)
         for path in (home, home / "Maildir"):
@@ -98,8 +107,11 @@ class Dovecot:
         (root / "passwd").write_text(
             f"{server.user}:{{PLAIN}}{server.password}:{NOBODY}:{NOBODY}::{home}::\n"
         )
+        ports = {"imaps_port": server.port, "imap_port": 0} if tls else {
+            "imap_port": server.port, "imaps_port": 0,
+        }  # fmt: skip
         (root / "dovecot.conf").write_text(
-            _CONFIG.format(host=server.host, port=server.port, root=root)
+            _CONFIG.format(host=server.host, root=root, ssl=ssl_settings, **ports)
         )
         subprocess.run([binary, "-c", str(server.config)], check=True, timeout=30)
         server._wait_listening()
@@ -130,7 +142,8 @@ class Dovecot:
             name=name,
             host=self.host,
             port=self.port,
-            tls=False,
+            tls=self.certificate is not None,
+            ca_file=str(self.certificate) if self.certificate else None,
             username=self.user,
             password=self.password,
             address="support@switchboard.example",
@@ -138,7 +151,13 @@ class Dovecot:
         return replace(mailbox, **settings)  # type: ignore[arg-type]
 
     async def connect(self) -> aioimaplib.IMAP4:
-        client = aioimaplib.IMAP4(host=self.host, port=self.port, timeout=30)
+        if self.certificate is not None:
+            context = ssl.create_default_context(cafile=str(self.certificate))
+            client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
+                host=self.host, port=self.port, timeout=30, ssl_context=context
+            )
+        else:
+            client = aioimaplib.IMAP4(host=self.host, port=self.port, timeout=30)
         await client.wait_hello_from_server()
         response = await client.login(self.user, self.password)
         assert response.result == "OK", response

@@ -61,6 +61,7 @@ class Mailbox:
     idle: bool = True
     poll_seconds: float = 60.0
     verify_tls: bool = True
+    ca_file: str | None = None  # trust this CA bundle instead of the system's (a private CA)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Mailbox:
@@ -115,7 +116,7 @@ class ImapMailbox:
         """Connect, log in and select the folder."""
         mailbox = self.mailbox
         if mailbox.tls:
-            context = ssl.create_default_context()
+            context = ssl.create_default_context(cafile=mailbox.ca_file)
             if not mailbox.verify_tls:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE

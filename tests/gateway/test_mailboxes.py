@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select
 
-from channels.email.imap import AfterIntake, Mailbox
+from channels.email.imap import AfterIntake, ImapMailbox, Mailbox
 from gateway.app import create_app
 from gateway.keys import DATABASE
 from gateway.settings import Settings, SettingsError
@@ -254,3 +255,29 @@ def test_mailboxes_are_configured_as_a_json_list() -> None:
 def test_unusable_mailbox_settings_are_refused(raw: str) -> None:
     with pytest.raises(SettingsError, match="SWITCHBOARD_MAILBOXES"):
         Settings.from_env({"SWITCHBOARD_MAILBOXES": raw})
+
+
+async def test_a_mailbox_is_read_over_tls_trusting_the_ca_it_is_given(
+    dovecot_tls: Dovecot, aiohttp_client: Any, settings: Settings
+) -> None:
+    mailbox = dovecot_tls.mailbox()
+    assert mailbox.tls and mailbox.ca_file
+    await dovecot_tls.append([mail(message_id="secret@example.org")])
+
+    client = await gateway(aiohttp_client, settings, mailbox)
+
+    await have_events(client, 1)
+
+
+async def test_a_certificate_nobody_vouched_for_is_refused(
+    dovecot_tls: Dovecot, aiohttp_client: Any, settings: Settings
+) -> None:
+    await dovecot_tls.append([mail(message_id="never@example.org")])
+    untrusted = dovecot_tls.mailbox(ca_file=None)
+
+    imap = ImapMailbox(untrusted)
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await imap.open()
+    finally:
+        await imap.close()
