@@ -6,6 +6,8 @@ itself is on the timeline event already, this only tells the agent's console to 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -19,28 +21,31 @@ class StatusAnnouncer:
         self._db = db
         self._bus = bus
 
-    async def __call__(self, event_id: int) -> None:
-        found = await self._db.read(_status_message, event_id)
-        if found is not None:
-            agent_id, message = found
+    async def __call__(self, event_ids: Sequence[int]) -> None:
+        for agent_id, message in await self._db.read(_status_messages, event_ids):
             await self._bus.publish(agent_topic(agent_id), message)
 
 
-def _status_message(session: Session, event_id: int) -> tuple[int, Message] | None:
-    """The assignee of the event's ticket and what to tell them; None if nobody holds it."""
-    row = session.execute(
+def _status_messages(session: Session, event_ids: Sequence[int]) -> list[tuple[int, Message]]:
+    """For each event whose ticket somebody holds: that agent, and what to tell them."""
+    rows = session.execute(
         select(TimelineEvent, Ticket.assignee_id)
         .join(Ticket, Ticket.id == TimelineEvent.ticket_id)
-        .where(TimelineEvent.id == event_id)
-    ).first()
-    if row is None or row.assignee_id is None:
-        return None
-    event: TimelineEvent = row[0]
-    return row.assignee_id, {
-        "type": "message_status",
-        "event_id": event.id,
-        "ticket_id": event.ticket_id,
-        "channel": event.channel,
-        "status": event.delivery_status,
-        "detail": event.delivery_detail,
-    }
+        .where(TimelineEvent.id.in_(event_ids), Ticket.assignee_id.is_not(None))
+        .order_by(TimelineEvent.id)
+    ).all()
+    return [
+        (
+            assignee_id,
+            {
+                "type": "message_status",
+                "event_id": event.id,
+                "ticket_id": event.ticket_id,
+                "channel": event.channel,
+                "status": event.delivery_status,
+                "detail": event.delivery_detail,
+            },
+        )
+        for event, assignee_id in rows
+        if assignee_id is not None
+    ]

@@ -17,8 +17,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
+
+from sqlalchemy.orm import Session
 
 from channels.sending import PermanentSendError, Sender, SendError, TransientSendError
+from gateway.group_commit import GroupCommit
 from timeline import outbox
 from timeline.db import Database
 from timeline.models import utcnow
@@ -80,8 +84,25 @@ class RateLimit:
         return max(0.0, (1 - self._tokens) / self.rate)
 
 
-# Told the timeline event of a message whose delivery status changed (sent, failed, …).
-StatusListener = Callable[[int], Awaitable[None]]
+# Told the timeline events of messages whose delivery status changed (sent, failed, …).
+StatusListener = Callable[[list[int]], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class _Outcome:
+    """One send's result, waiting to be recorded with the others that finished meanwhile."""
+
+    item: OutboxItem
+    # The `timeline.outbox` call that records a failure; None for a send the provider took
+    # (`provider_id`), which are recorded together.
+    record: Callable[[Session], bool] | None
+    done: asyncio.Future[bool]
+    provider_id: str | None = None
+    journal_id: int | None = None  # what `GroupCommit` names in its errors; none here
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
 
 
 class OutboxWorker:
@@ -98,6 +119,10 @@ class OutboxWorker:
         self.senders = dict(senders)
         self.policy = policy or OutboxPolicy()
         self._on_status = on_status
+        # Results are written by group commit: under load, one transaction for many sends.
+        self._results: GroupCommit[_Outcome] = GroupCommit("outbox-results", self._record)
+        # With sends in flight, claim in batches rather than one row per finished send.
+        self._min_claim = max(1, self.policy.concurrency // 4)
         self._limits = {c: RateLimit(r) for c, r in self.policy.rate_limits.items() if r > 0}
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -110,6 +135,7 @@ class OutboxWorker:
 
     async def start(self) -> None:
         if self.senders:
+            await self._results.start()
             self._runner = asyncio.create_task(self._run(), name="outbox")
 
     async def stop(self, grace: float = 30.0) -> None:
@@ -123,6 +149,7 @@ class OutboxWorker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._results.stop()
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -141,7 +168,7 @@ class OutboxWorker:
         pause = self.policy.poll_interval
         for channel, sender in self.senders.items():
             room = self.policy.concurrency - len(self._in_flight)
-            if room <= 0:
+            if room <= 0 or (self._in_flight and room < self._min_claim):
                 return pause  # a finishing send wakes the loop
             limit = self._limits.get(channel)
             allowed = min(room, limit.available()) if limit else room
@@ -189,36 +216,68 @@ class OutboxWorker:
         try:
             result = await sender.send(item)
         except SendError as error:
-            await self._record_failure(item, error)
+            self._record_failure(item, error)
             return
         except Exception as error:
             # A bug in a sender must not lose the message: it counts as a transient failure.
             log.exception("outbox: sender for %s failed unexpectedly", item.channel)
-            await self._record_failure(item, TransientSendError(f"{type(error).__name__}"))
+            self._record_failure(item, TransientSendError(f"{type(error).__name__}"))
             return
-        if await self.db.run(outbox.mark_sent, item, result.provider_id):
-            await self._status_changed(item)
+        self._outcome(item, None, result.provider_id)
         log.info("outbox: message %s sent on %s", item.id, item.channel)
 
-    async def _status_changed(self, item: OutboxItem) -> None:
-        if self._on_status is None or item.event_id is None:
-            return
-        try:
-            await self._on_status(item.event_id)
-        except Exception:  # the status is stored; only its announcement is lost
-            log.exception("outbox: announcing the status of message %s failed", item.id)
-
-    async def _record_failure(self, item: OutboxItem, error: SendError) -> None:
+    def _record_failure(self, item: OutboxItem, error: SendError) -> None:
         if isinstance(error, PermanentSendError):
             log.warning("outbox: message %s refused for good: %s", item.id, error.reason)
-            if await self.db.run(outbox.mark_failed, item, error.reason):
-                await self._status_changed(item)
+            self._outcome(item, lambda s: outbox.mark_failed(s, item, error.reason))
         elif item.attempt >= self.policy.max_attempts:
             log.warning("outbox: message %s dead after %s attempts", item.id, item.attempt)
-            if await self.db.run(outbox.mark_failed, item, error.reason, dead=True):
-                await self._status_changed(item)
+            self._outcome(item, lambda s: outbox.mark_failed(s, item, error.reason, dead=True))
         else:
             delay = backoff(item.attempt, self.policy.backoff_base, self.policy.backoff_max)
             at = utcnow() + timedelta(seconds=delay)
             log.info("outbox: message %s retried in %.1fs: %s", item.id, delay, error.reason)
-            await self.db.run(outbox.mark_retry, item, error.reason, at)
+            self._outcome(item, lambda s: outbox.mark_retry(s, item, error.reason, at))
+
+    def _outcome(
+        self,
+        item: OutboxItem,
+        record: Callable[[Session], bool] | None,
+        provider_id: str | None = None,
+    ) -> None:
+        """Queue a result for recording (by group commit) and free the send's slot at once:
+        the provider is not kept waiting for our database. `stop` records what is queued.
+
+        Should the database fail, the row stays `sending` until its lease runs out, and the
+        crash rule of `timeline.outbox` decides.
+        """
+        future = asyncio.get_running_loop().create_future()
+        future.add_done_callback(partial(_log_unrecorded, item))
+        self._results.submit(_Outcome(item, record, future, provider_id))
+
+    async def _record(self, batch: list[_Outcome]) -> None:
+        changed = await self.db.run(_record_all, batch)
+        for outcome, ok in zip(batch, changed, strict=True):
+            outcome.done.set_result(ok)
+        event_ids = [
+            o.item.event_id
+            for o, ok in zip(batch, changed, strict=True)
+            if ok and o.item.event_id is not None
+        ]
+        if self._on_status is None or not event_ids:
+            return
+        try:
+            await self._on_status(event_ids)
+        except Exception:  # the statuses are stored; only their announcement is lost
+            log.exception("outbox: announcing %d delivery statuses failed", len(event_ids))
+
+
+def _log_unrecorded(item: OutboxItem, done: asyncio.Future[bool]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("outbox: the result of message %s could not be recorded", item.id)
+
+
+def _record_all(session: Session, batch: list[_Outcome]) -> list[bool]:
+    sent = [(o.item, o.provider_id) for o in batch if o.record is None]
+    recorded = iter(outbox.mark_sent_many(session, sent))
+    return [next(recorded) if o.record is None else o.record(session) for o in batch]

@@ -69,5 +69,5 @@ async def sms_status(request: web.Request) -> web.Response:
     ):
         event = await db.read(outbox.outbound_event, channel, report.message_sid)
         if event is not None:
-            await request.app[MESSAGE_STATUS](event.id)
+            await request.app[MESSAGE_STATUS]([event.id])
     return twiml(twilio_sms.reply_twiml())

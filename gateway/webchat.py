@@ -163,10 +163,13 @@ class ChatSession:
     async def _delivered(self, message_id: str) -> None:
         """The reply reached the visitor's browser: the agent sees it delivered."""
         db = self.app[DATABASE]
-        if await db.run(outbox.mark_delivery, webchat.CHANNEL, message_id, "delivered", None):
-            event = await db.read(outbox.outbound_event, webchat.CHANNEL, message_id)
-            if event is not None:
-                await self.app[MESSAGE_STATUS](event.id)
+        try:
+            if await db.run(outbox.mark_delivery, webchat.CHANNEL, message_id, "delivered", None):
+                event = await db.read(outbox.outbound_event, webchat.CHANNEL, message_id)
+                if event is not None:
+                    await self.app[MESSAGE_STATUS]([event.id])
+        except Exception:  # the reply is on the screen all the same; only its receipt is lost
+            log.exception("web chat: recording the delivery of %s failed", message_id)
 
     async def _receive(self) -> None:
         async for frame in self.socket:

@@ -25,12 +25,12 @@ it claimed, and a late report for a row that was reclaimed meanwhile changes not
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -196,27 +196,22 @@ def claim(
     someone who said stop.
     """
     now = now or utcnow()
-    due = (
-        select(OutboxMessage)
-        .where(
-            OutboxMessage.channel == channel,
-            or_(
-                and_(
-                    OutboxMessage.status == OutboxStatus.QUEUED,
-                    OutboxMessage.next_attempt_at <= now,
-                ),
-                and_(
-                    OutboxMessage.status == OutboxStatus.SENDING,
-                    OutboxMessage.locked_until < now,
-                ),
-            ),
-        )
-        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+    # Two queries rather than one with OR: each runs down the (status, next_attempt_at) index
+    # instead of scanning every row of the channel, which matters with a long queue.
+    ours = select(OutboxMessage).where(OutboxMessage.channel == channel)
+    crashed = ours.where(
+        OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.locked_until < now
     )
+    queued = ours.where(
+        OutboxMessage.status == OutboxStatus.QUEUED, OutboxMessage.next_attempt_at <= now
+    )
+    rows: list[OutboxMessage] = []
+    for due in (crashed, queued):
+        if len(rows) < limit:
+            query = due.order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+            query = query.limit(limit - len(rows)).with_for_update(skip_locked=True)
+            rows.extend(session.execute(query).scalars())
     claimed: list[OutboxItem] = []
-    rows = list(session.execute(due).scalars())
     opted_out = messaging.opted_out_since(
         session, [(r.contact_id, r.recipient, r.created_at) for r in rows if r.contact_id]
     )
@@ -265,14 +260,58 @@ def _claimed(session: Session, item: OutboxItem) -> OutboxMessage | None:
 def mark_sent(
     session: Session, item: OutboxItem, provider_id: str | None, now: datetime | None = None
 ) -> bool:
-    row = _claimed(session, item)
-    if row is None:
-        return False
+    return mark_sent_many(session, [(item, provider_id)], now)[0]
+
+
+def mark_sent_many(
+    session: Session,
+    results: Sequence[tuple[OutboxItem, str | None]],
+    now: datetime | None = None,
+) -> list[bool]:
+    """Several sends the provider accepted, `(item, provider id)` each, in three statements.
+
+    Each is recorded only if its row is still that attempt's (the fencing check of
+    `_claimed`); the answers say which were.
+    """
+    if not results:
+        return []
     now = now or utcnow()
-    row.provider_id = provider_id or row.provider_id
-    row.sent_at = now
-    _finish(session, row, OutboxStatus.SENT, None, now)
-    return True
+    current = {
+        (row_id, attempts): event_id
+        for row_id, attempts, event_id in session.execute(
+            select(OutboxMessage.id, OutboxMessage.attempts, OutboxMessage.event_id)
+            .where(
+                OutboxMessage.id.in_([item.id for item, _ in results]),
+                OutboxMessage.status == OutboxStatus.SENDING,
+            )
+            .with_for_update()
+        )
+    }
+    ours = [(i, p) for i, p in results if (i.id, i.attempt) in current]
+    if ours:
+        session.execute(
+            update(OutboxMessage),
+            [
+                {
+                    "id": item.id,
+                    "status": OutboxStatus.SENT,
+                    "provider_id": provider_id or item.provider_id,
+                    "sent_at": now,
+                    "locked_until": None,
+                    "last_error": None,
+                    "updated_at": now,
+                }
+                for item, provider_id in ours
+            ],
+        )
+        sent = _EVENT_STATUS[OutboxStatus.SENT]
+        events = [e for i, _ in ours if (e := current[(i.id, i.attempt)]) is not None]
+        if events:
+            session.execute(
+                update(TimelineEvent),
+                [{"id": e, "delivery_status": sent, "delivery_detail": None} for e in events],
+            )
+    return [(item.id, item.attempt) in current for item, _ in results]
 
 
 def mark_retry(
@@ -367,6 +406,12 @@ def mark_delivery(
     event = outbound_event(session, channel, external_id)
     if event is None:
         return False
+    # Locks in the order the sender's own results take them (outbox row, then event), so a
+    # receipt racing the sender's `mark_sent` waits for it instead of deadlocking.
+    session.execute(
+        select(OutboxMessage.id).where(OutboxMessage.event_id == event.id).with_for_update()
+    ).all()
+    session.refresh(event)
     if status == "sent" and event.delivery_status in RECEIPT_STATUSES - {"sent"}:
         return True
     now = now or utcnow()
@@ -392,10 +437,8 @@ def mark_delivery(
 
 def outbound_event(session: Session, channel: str, external_id: str) -> TimelineEvent | None:
     """Our outbound message with this id: the one it went out with, or the provider's."""
-    ours = (
-        select(TimelineEvent)
-        .where(TimelineEvent.channel == channel, TimelineEvent.direction == "out")
-        .with_for_update()
+    ours = select(TimelineEvent).where(
+        TimelineEvent.channel == channel, TimelineEvent.direction == "out"
     )
     event = session.execute(
         ours.where(TimelineEvent.external_id == external_id)
