@@ -220,7 +220,9 @@ async def _email(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     attachments = attachment_store(settings)
     app[ATTACHMENTS] = attachments
-    intake = EmailIntake(app[INGESTOR], app[DATABASE], attachments)
+    intake = EmailIntake(
+        app[INGESTOR], app[DATABASE], attachments, acknowledge=app[REPLIES].acknowledge
+    )
     app[EMAIL] = intake
     workers = [
         asyncio.create_task(MailboxWorker(m, intake, app[DATABASE]).run(), name=f"imap-{m.name}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -46,10 +46,20 @@ class PreparedEmail:
 
 
 class EmailIntake:
-    def __init__(self, ingestor: Ingestor, db: Database, attachments: AttachmentStore) -> None:
+    """`acknowledge(event_id)` is offered every message that opened a ticket and is not
+    `auto_generated` (the optional auto-acknowledgement, gateway/replies.py)."""
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        db: Database,
+        attachments: AttachmentStore,
+        acknowledge: Callable[[int], Awaitable[object]] | None = None,
+    ) -> None:
         self._ingestor = ingestor
         self._db = db
         self._attachments = attachments
+        self._acknowledge = acknowledge
 
     async def receive(self, raw: bytes, mailbox: Mailbox | None = None) -> IngestResult:
         """One message, start to end (the API and the CLI)."""
@@ -78,6 +88,11 @@ class EmailIntake:
         bounce = prepared.parsed.bounce
         if bounce is not None:  # again on a retry: marking is idempotent
             await self._db.run(_mark_bounced, bounce)
+        if self._acknowledge and result.ticket_id and not prepared.parsed.auto_generated:
+            try:  # again on a retry: the acknowledgement is idempotent per ticket
+                await self._acknowledge(result.event_id)
+            except Exception:  # stored all the same; an acknowledgement is a courtesy
+                log.exception("acknowledging e-mail event %d failed", result.event_id)
         return result
 
     def _store(self, parts: Sequence[inbound.MailPart]) -> list[str | None]:

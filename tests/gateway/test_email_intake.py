@@ -24,9 +24,11 @@ from sqlalchemy import select
 from channels.email.inbound import parse
 from gateway.app import create_app
 from gateway.keys import DATABASE
+from gateway.replies import AutoAck
 from gateway.settings import Settings
 from tests.helpers import Agents, bearer
-from timeline.models import Identity, TimelineEvent, utcnow
+from tests.smtp_peer import SmtpPeer, account_for
+from timeline.models import Identity, OutboxMessage, TimelineEvent, utcnow
 
 FIXTURE_DIR = Path(__file__).parent.parent / "fixtures" / "email"
 FIXTURES = sorted(p.stem for p in FIXTURE_DIR.glob("*.eml"))
@@ -184,6 +186,31 @@ async def test_a_reply_after_the_window_opens_a_new_ticket_linked_to_the_old(
     assert (await ticket(client, agent, reply["ticket_id"]))["linked_ticket_id"] == first[
         "ticket_id"
     ]
+
+
+async def test_a_new_ticket_is_acknowledged_but_machine_made_mail_never(
+    aiohttp_client: Any, settings: Settings, smtp_peer: SmtpPeer
+) -> None:
+    acknowledging = dataclasses.replace(
+        settings, smtp=account_for(smtp_peer), email_auto_ack=AutoAck(text="Ticket {ticket}.")
+    )
+    client = await aiohttp_client(create_app(acknowledging))
+    agent = await Agents(client.server.app).add()
+
+    first = await post(client, agent, mail(message_id="please-help@example.org"))
+    for name in ("out_of_office", "newsletter", "dsn_bounce"):
+        await post(client, agent, fixture(name))
+    await post(
+        client, agent, mail(message_id="more@example.org", In_Reply_To="<please-help@example.org>")
+    )
+
+    async with client.server.app[DATABASE].reading() as session:
+        queued = (await session.execute(select(OutboxMessage.recipient))).scalars().all()
+    assert queued == ["anna@example.org"]
+    [acknowledgement] = await smtp_peer.wait_for(1)
+    assert acknowledgement["Auto-Submitted"] == "auto-replied"
+    assert acknowledgement["In-Reply-To"] == "<please-help@example.org>"
+    assert acknowledgement.get_content().strip() == f"Ticket {first['ticket_number']}."
 
 
 async def test_bulk_mail_stays_on_the_timeline_without_a_ticket(
