@@ -18,7 +18,8 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "email"
 
 EXPECTED: dict[str, dict[str, Any]] = {
     "outlook_reply_aw": {
-        "message_id": "AM9PR08MB6148B0E6C2F1F4E2D3A1B2C3A9E12@AM9PR08MB6148.eurprd08.prod.outlook.com",
+        "message_id": "AM9PR08MB6148B0E6C2F1F4E2D3A1B2C3A9E12"
+        "@AM9PR08MB6148.eurprd08.prod.outlook.com",
         "sender": ("j.mueller@mueller-bau.de", "Jürgen Müller"),
         "subject": "AW: [#10001] Rechnung 2026-0142 führt zu Rückfrage",
         "ticket_number": 10001,
@@ -87,7 +88,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
     "windows_1252": {
         # Labelled ISO-8859-1, written in windows-1252: the euro sign and curly quotes survive.
-        "text_contains": ["€129.00 instead of €99.00 – the “loyalty” discount"],
+        "text_contains": ["€129.00 instead of €99.00 \u2013 the “loyalty” discount"],
     },
     "unknown_charset": {
         "sender": ("olga.smirnova@mail.example.ru", "Ольга Смирнова"),
