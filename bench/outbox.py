@@ -5,7 +5,9 @@ ceiling measured in the same run.
 
 1. The Twilio REST stub (`tests.stubs.twilio_api`) runs as its own process.
 2. Ceiling: a plain aiohttp client in this process posts the same requests (Basic auth, form
-   `To`/`From`/`Body`/`StatusCallback` to `Messages.json`) with `--concurrency` in flight.
+   `To`/`From`/`Body`/`StatusCallback` to `Messages.json`) with `--concurrency` in flight,
+   once before and once after the gateway's turn; their mean is the ceiling (on a shared
+   machine the load drifts during a run).
 3. Gateway: `--messages` SMS are queued straight into a fresh SQLite file (as replies queue
    them: an outbound timeline event and an outbox row each), then `python -m gateway serve`
    starts on it with the same concurrency and rate limits off, and sends them all. Its rate is
@@ -31,7 +33,15 @@ from typing import Any
 
 import aiohttp
 
-from bench._load import LOOPBACK, ServerProcess, free_port, http_ok, tcp_open, wait_ready
+from bench._load import (
+    LOOPBACK,
+    ServerProcess,
+    cpu_seconds,
+    free_port,
+    http_ok,
+    tcp_open,
+    wait_ready,
+)
 from channels.sending import Reply, Thread
 from channels.twilio_sms import SmsAccount, TwilioSmsSender
 from timeline import outbox
@@ -177,7 +187,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await wait_ready(stub, tcp_open(stub_port))
         print(f"ceiling: {args.messages} posts from a bare aiohttp client ...", flush=True)
-        ceiling = await _ceiling(stub_url, args.messages, args.concurrency)
+        ceiling_before = await _ceiling(stub_url, args.messages, args.concurrency)
         db_path = workdir / "switchboard.db"
         env["SWITCHBOARD_DATABASE_URL"] = f"sqlite+aiosqlite:///{db_path}"
         print(f"queueing {args.messages} SMS ...", flush=True)
@@ -192,25 +202,33 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         try:
             await wait_ready(gateway, http_ok(f"http://{LOOPBACK}:{gateway_port}/healthz"))
             print("gateway sending ...", flush=True)
+            cpu_before, wall_before = cpu_seconds(gateway.proc.pid), time.perf_counter()
             while (progress := await asyncio.to_thread(_progress, db_path))[1] > 0:
                 if not gateway.running:
                     raise RuntimeError("the gateway died:\n" + gateway.log_tail())
                 await asyncio.sleep(0.5)
             peak_mib = _peak_rss_mib(gateway.proc.pid)
+            cpu_after, wall = cpu_seconds(gateway.proc.pid), time.perf_counter() - wall_before
+            busy = (cpu_after or 0.0) - (cpu_before or 0.0)
         finally:
             gateway.stop()
         sent, _ = progress
         received = _stub_count(stub_url) - before
         rate = sent / _sent_span(db_path)
+        print("ceiling again ...", flush=True)
+        ceiling_after = await _ceiling(stub_url, args.messages, args.concurrency)
     finally:
         stub.stop()
     result = {
         "messages": args.messages,
         "concurrency": args.concurrency,
-        "ceiling_messages_per_s": round(ceiling, 1),
+        "ceiling_messages_per_s": round((ceiling_before + ceiling_after) / 2, 1),
+        "ceiling_before_after": [round(ceiling_before, 1), round(ceiling_after, 1)],
         "gateway_messages_per_s": round(rate, 1),
-        "ratio": round(rate / ceiling, 3),
+        "ratio": round(rate / ((ceiling_before + ceiling_after) / 2), 3),
         "gateway_peak_rss_mib": round(peak_mib, 1),
+        # Share of one core the gateway used while sending: near 1.0 means CPU-bound.
+        "gateway_cpu_share": round(busy / wall, 2),
         "sent_rows": sent,
         "stub_received": received,
     }
@@ -221,10 +239,15 @@ def run() -> None:
     args = _parser().parse_args()
     result = asyncio.run(main(args))
     print()
-    print(f"  stub ceiling (bare aiohttp client): {result['ceiling_messages_per_s']:>9.1f} msg/s")
+    before, after = result["ceiling_before_after"]
+    print(
+        f"  stub ceiling (bare aiohttp client): {result['ceiling_messages_per_s']:>9.1f} msg/s"
+        f"  (before {before:.0f}, after {after:.0f})"
+    )
     print(f"  gateway outbox (twilio client):     {result['gateway_messages_per_s']:>9.1f} msg/s")
     print(f"  ratio gateway/ceiling:              {result['ratio']:>9.3f}  (target >= 0.3)")
     print(f"  gateway peak RSS:                   {result['gateway_peak_rss_mib']:>9.1f} MiB")
+    print(f"  gateway CPU while sending:          {result['gateway_cpu_share']:>9.2f} cores")
     print(f"  rows sent {result['sent_rows']}, requests the stub took {result['stub_received']}")
     if result["sent_rows"] != result["messages"] or result["stub_received"] != result["messages"]:
         print("  MISMATCH: every queued message must be sent exactly once", file=sys.stderr)

@@ -3,8 +3,10 @@
 One worker per gateway process (a `cleanup_ctx` of the app). It sleeps until something is
 enqueued in this process (`wake`), a retry falls due, or the poll interval passes (the only way
 to hear of rows other processes queued). Up to `concurrency` messages are in flight at once,
-each channel within its own rate limit. What a crash leaves half-sent is decided by
-`timeline.outbox` (crash recovery).
+and up to half as many more claimed and waiting for a free slot, each channel within its own
+rate limit. Results are written by group commit, one transaction for all that finished
+together. What a crash leaves half-sent (or claimed and waiting) is decided by `timeline.outbox`
+(crash recovery).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -121,8 +124,11 @@ class OutboxWorker:
         self._on_status = on_status
         # Results are written by group commit: under load, one transaction for many sends.
         self._results: GroupCommit[_Outcome] = GroupCommit("outbox-results", self._record)
-        # With sends in flight, claim in batches rather than one row per finished send.
+        # With sends in flight, claim in batches rather than one row per finished send, and
+        # a few ahead (`_ready`), so a finished send is followed at once, not after a claim.
         self._min_claim = max(1, self.policy.concurrency // 4)
+        self._window = self.policy.concurrency + self.policy.concurrency // 2
+        self._ready: deque[tuple[Sender, OutboxItem]] = deque()
         self._limits = {c: RateLimit(r) for c, r in self.policy.rate_limits.items() if r > 0}
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -139,16 +145,21 @@ class OutboxWorker:
             self._runner = asyncio.create_task(self._run(), name="outbox")
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Claim nothing more; let sends in flight finish, so none is cut off mid-way."""
+        """Claim nothing more; send what was claimed and let sends in flight finish, so none
+        is cut off mid-way. What `grace` does not allow is left to the crash rule."""
         self._stopping = True
         self._wake.set()
         if self._runner is not None:
             await self._runner
-        if self._in_flight:
-            _done, pending = await asyncio.wait(self._in_flight, timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        deadline = asyncio.get_running_loop().time() + grace
+        while self._in_flight:  # finishing sends start the claimed ones still waiting
+            left = deadline - asyncio.get_running_loop().time()
+            _done, pending = await asyncio.wait(set(self._in_flight), timeout=max(0.0, left))
+            if pending and left <= 0:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                break
         await self._results.stop()
 
     async def _run(self) -> None:
@@ -167,7 +178,7 @@ class OutboxWorker:
         """Start sends for what is due; return how long to sleep before looking again."""
         pause = self.policy.poll_interval
         for channel, sender in self.senders.items():
-            room = self.policy.concurrency - len(self._in_flight)
+            room = self._window - len(self._in_flight) - len(self._ready)
             if room <= 0 or (self._in_flight and room < self._min_claim):
                 return pause  # a finishing send wakes the loop
             limit = self._limits.get(channel)
@@ -185,8 +196,8 @@ class OutboxWorker:
             )
             if limit:
                 limit.take(len(items))
-            for item in items:
-                self._start_send(sender, item)
+            self._ready.extend((sender, item) for item in items)
+            self._start_ready()
             if len(items) == allowed:
                 pause = 0.0  # there may be more
         if pause > 0:
@@ -199,13 +210,17 @@ class OutboxWorker:
             return self.policy.poll_interval
         return max(0.0, (due - utcnow()).total_seconds())
 
-    def _start_send(self, sender: Sender, item: OutboxItem) -> None:
-        task = asyncio.create_task(self._send(sender, item), name=f"outbox-{item.id}")
-        self._in_flight.add(task)
-        task.add_done_callback(self._sent)
+    def _start_ready(self) -> None:
+        """Start claimed sends while there is room."""
+        while self._ready and len(self._in_flight) < self.policy.concurrency:
+            sender, item = self._ready.popleft()
+            task = asyncio.create_task(self._send(sender, item), name=f"outbox-{item.id}")
+            self._in_flight.add(task)
+            task.add_done_callback(self._sent)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        self._start_ready()
         self._wake.set()
         if not task.cancelled() and (error := task.exception()) is not None:
             # Its outcome could not be stored (the database away): the row stays `sending`

@@ -28,9 +28,9 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -198,46 +198,77 @@ def claim(
     now = now or utcnow()
     # Two queries rather than one with OR: each runs down the (status, next_attempt_at) index
     # instead of scanning every row of the channel, which matters with a long queue.
-    ours = select(OutboxMessage).where(OutboxMessage.channel == channel)
+    ours = select(*_CLAIM_COLUMNS).where(OutboxMessage.channel == channel)
     crashed = ours.where(
         OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.locked_until < now
     )
     queued = ours.where(
         OutboxMessage.status == OutboxStatus.QUEUED, OutboxMessage.next_attempt_at <= now
     )
-    rows: list[OutboxMessage] = []
+    rows: list[Any] = []
     for due in (crashed, queued):
         if len(rows) < limit:
             query = due.order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
             query = query.limit(limit - len(rows)).with_for_update(skip_locked=True)
-            rows.extend(session.execute(query).scalars())
-    claimed: list[OutboxItem] = []
+            rows.extend(session.execute(query).all())
     opted_out = messaging.opted_out_since(
         session, [(r.contact_id, r.recipient, r.created_at) for r in rows if r.contact_id]
     )
+    claimed: list[OutboxItem] = []
     for row in rows:
+        reason = None
         if row.status == OutboxStatus.SENDING and not resendable:
-            _finish(session, row, OutboxStatus.FAILED, INTERRUPTED, now)
-            continue
-        if (row.contact_id, row.recipient) in opted_out:
-            _finish(session, row, OutboxStatus.FAILED, OPTED_OUT, now)
-            continue
-        row.status = OutboxStatus.SENDING
-        row.attempts += 1
-        row.locked_until = now + lease
-        row.updated_at = now
-        claimed.append(_item(row))
+            reason = INTERRUPTED
+        elif (row.contact_id, row.recipient) in opted_out:
+            reason = OPTED_OUT
+        if reason is not None:
+            failed = session.get(OutboxMessage, row.id)
+            assert failed is not None
+            _finish(session, failed, OutboxStatus.FAILED, reason, now)
+        else:
+            claimed.append(_item(row, attempt=row.attempts + 1))
+    if claimed:
+        # Core rather than the ORM's unit of work: claiming is the outbox's hot path.
+        session.execute(
+            update(_OUTBOX)
+            .where(_OUTBOX.c.id == bindparam("claimed_id"))
+            .values(
+                status=OutboxStatus.SENDING,
+                attempts=bindparam("attempt"),
+                locked_until=now + lease,
+                updated_at=now,
+            ),
+            [{"claimed_id": item.id, "attempt": item.attempt} for item in claimed],
+        )
     session.flush()
     return claimed
 
 
-def _item(row: OutboxMessage) -> OutboxItem:
+# Core tables for the hot paths (claims, results), where the ORM's unit of work costs most.
+_OUTBOX = cast(Table, OutboxMessage.__table__)
+_EVENTS = cast(Table, TimelineEvent.__table__)
+_CLAIM_COLUMNS = (
+    OutboxMessage.id,
+    OutboxMessage.channel,
+    OutboxMessage.status,
+    OutboxMessage.attempts,
+    OutboxMessage.recipient,
+    OutboxMessage.contact_id,
+    OutboxMessage.created_at,
+    OutboxMessage.payload,
+    OutboxMessage.provider_id,
+    OutboxMessage.idempotency_key,
+    OutboxMessage.event_id,
+)
+
+
+def _item(row: Any, attempt: int) -> OutboxItem:
     return OutboxItem(
         id=row.id,
         channel=row.channel,
         recipient=row.recipient,
         payload=dict(row.payload),
-        attempt=row.attempts,
+        attempt=attempt,
         provider_id=row.provider_id,
         idempotency_key=row.idempotency_key,
         event_id=row.event_id,
@@ -290,26 +321,26 @@ def mark_sent_many(
     ours = [(i, p) for i, p in results if (i.id, i.attempt) in current]
     if ours:
         session.execute(
-            update(OutboxMessage),
-            [
-                {
-                    "id": item.id,
-                    "status": OutboxStatus.SENT,
-                    "provider_id": provider_id or item.provider_id,
-                    "sent_at": now,
-                    "locked_until": None,
-                    "last_error": None,
-                    "updated_at": now,
-                }
-                for item, provider_id in ours
-            ],
+            update(_OUTBOX)
+            .where(_OUTBOX.c.id == bindparam("sent_id"))
+            .values(
+                status=OutboxStatus.SENT,
+                provider_id=bindparam("sent_as"),
+                sent_at=now,
+                locked_until=None,
+                last_error=None,
+                updated_at=now,
+            ),
+            [{"sent_id": i.id, "sent_as": p or i.provider_id} for i, p in ours],
         )
         sent = _EVENT_STATUS[OutboxStatus.SENT]
         events = [e for i, _ in ours if (e := current[(i.id, i.attempt)]) is not None]
         if events:
             session.execute(
-                update(TimelineEvent),
-                [{"id": e, "delivery_status": sent, "delivery_detail": None} for e in events],
+                update(_EVENTS)
+                .where(_EVENTS.c.id == bindparam("event"))
+                .values(delivery_status=sent, delivery_detail=None),
+                [{"event": e} for e in events],
             )
     return [(item.id, item.attempt) in current for item, _ in results]
 
