@@ -354,3 +354,39 @@ def sms(sender: TwilioSmsSender, text: str) -> NewOutbound:
         contact_id=None,
         text=draft.text,
     )
+
+
+async def test_a_customer_who_writes_again_after_stop_may_be_answered(
+    gateway: TestClient, api: TwilioApiStub
+) -> None:
+    agent = await Agents(gateway.server.app).add("Anna")
+    ticket_id = await ticket_of_first_message(gateway)
+    await customer_writes(gateway, "stop.json")
+
+    await customer_writes(
+        gateway,
+        "text.json",
+        MessageSid="SM9f708192a3b4c5d6e7f80112233445aa",
+        SmsSid="SM9f708192a3b4c5d6e7f80112233445aa",
+        Body="Sorry, one more question: when do you open?",
+    )
+    answer = await reply(gateway, agent, ticket_id, "We open at 9.")
+
+    assert answer.status == 202
+    assert (await settled(gateway, (await answer.json())["outbox_id"])).status == "sent"
+
+
+async def test_replies_can_go_through_a_messaging_service(
+    aiohttp_client: Any, settings: Settings, twilio: tuple[TwilioApiStub, str]
+) -> None:
+    api, url = twilio
+    service = sms_settings(settings, url, twilio_messaging_service_sid="MG" + "a" * 32)
+    client = await aiohttp_client(create_app(service))
+    agent = await Agents(client.server.app).add("Anna")
+    ticket_id = await ticket_of_first_message(client)
+
+    answer = await reply(client, agent, ticket_id, "Hello from the service")
+
+    assert (await settled(client, (await answer.json())["outbox_id"])).status == "sent"
+    [sent] = api.messages
+    assert sent["MessagingServiceSid"] == "MG" + "a" * 32 and "From" not in sent
