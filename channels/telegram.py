@@ -47,6 +47,8 @@ from timeline.events import Address, Attachment, EventKind, InboundEvent, Thread
 from timeline.outbox import OutboxItem
 
 log = logging.getLogger(__name__)
+# httpx logs every request's URL at INFO, and a Bot API URL carries the bot's token.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 CHANNEL = "telegram"
 TELEGRAM = "telegram"  # the identity kind: a Telegram user id (routing.identity.TELEGRAM)
@@ -257,10 +259,13 @@ async def poll(bot: TelegramBot, handle: UpdateHandler, *, wait_seconds: int = 2
     """
     offset: int | None = None
     pause = 1.0
-    client = await bot.get()
-    await client.delete_webhook()  # Telegram refuses getUpdates while a webhook is set
+    webhook_deleted = False
     while True:
         try:
+            client = await bot.get()
+            if not webhook_deleted:
+                await client.delete_webhook()  # Telegram refuses getUpdates beside a webhook
+                webhook_deleted = True
             updates = await client.get_updates(
                 offset=offset, timeout=wait_seconds, allowed_updates=list(UPDATE_KINDS)
             )
@@ -270,7 +275,10 @@ async def poll(bot: TelegramBot, handle: UpdateHandler, *, wait_seconds: int = 2
             pause = 1.0
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("telegram polling failed; trying again in %.0fs", pause)
+        except Exception as error:
+            # By type only: InvalidToken's message quotes the token, others may quote the URL.
+            log.error(
+                "telegram polling failed (%s); trying again in %.0fs", type(error).__name__, pause
+            )
             await asyncio.sleep(pause)
             pause = min(pause * 2, 60.0)

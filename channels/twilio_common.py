@@ -6,12 +6,16 @@ talk to the same REST API with the same account, so both use these two helpers.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import aiohttp
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
+
+# The library logs ten lines at INFO for every request it makes; one per message is ours to log.
+logging.getLogger("twilio").setLevel(logging.WARNING)
 
 # Long enough for Twilio's slowest answers; a send that takes longer is retried by the outbox.
 REST_TIMEOUT_SECONDS = 30.0
