@@ -19,7 +19,7 @@ from typing import Any
 
 from channels import InvalidPayload
 from channels.sending import Draft, Reply, SendResult, Thread
-from timeline.events import Address, EventKind, InboundEvent, ThreadHints
+from timeline.events import Address, EventKind, InboundEvent
 from timeline.outbox import OutboxItem
 
 CHANNEL = "webchat"
@@ -82,7 +82,6 @@ def offline_event(visitor: str, data: Mapping[str, Any]) -> InboundEvent:
         external_id=f"webchat.{visitor}.{_client_id(data)}@switchboard.invalid",
         subject=f"Web chat message from {name}",
         text=_text(data, "text", MAX_TEXT),
-        thread=ThreadHints(),
     )
 
 

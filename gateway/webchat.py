@@ -38,6 +38,7 @@ from gateway.errors import ApiError, not_found
 from gateway.ingest import IngestError
 from gateway.keys import BUS, DATABASE, INGESTOR, MESSAGE_STATUS, OPEN_SOCKETS, SETTINGS
 from gateway.outbox import RateLimit
+from routing.identity import normalise
 from timeline import messaging, outbox
 from timeline.models import Agent, Presence, Ticket, TimelineEvent
 
@@ -225,7 +226,7 @@ class ChatSession:
             await self.app[DATABASE].run(
                 messaging.link_identities,
                 (WEBCHAT, self.visitor),
-                (EMAIL, form.email.lower()),
+                (EMAIL, self._email(form.email)),
                 form.name,
             )
         await self._send({"type": "prechat_ok"})
@@ -239,11 +240,18 @@ class ChatSession:
         if result.contact_id is not None:
             await self.app[DATABASE].run(
                 messaging.link_identities,
-                (EMAIL, event.sender.raw.lower()),
+                (EMAIL, self._email(event.sender.raw)),
                 (WEBCHAT, self.visitor),
                 event.sender.name,
             )
         await self._send({"type": "offline_ok", "ticket_number": result.ticket_number})
+
+    def _email(self, raw: str) -> str:
+        """The address as ingest keys it (lower case, IDNA domain)."""
+        identity = normalise(EMAIL, raw, self.app[SETTINGS].default_region)
+        if identity is None:
+            raise InvalidPayload("invalid_email", "'email' must be an e-mail address.")
+        return identity.value
 
     async def _typing(self) -> None:
         now = time.monotonic()

@@ -1,4 +1,4 @@
-"""Shared by the SMS tests and the outbox tests that send SMS: a gateway aimed at the stub."""
+"""Shared by the messaging tests: a gateway aimed at the Twilio stub, and the outbox polled."""
 
 from __future__ import annotations
 
