@@ -38,6 +38,7 @@ from routing.assignment import (
     agents_by_reference,
     available_agents,
     enqueue,
+    exclusive,
     route,
     schedule,
 )
@@ -190,7 +191,7 @@ class CallDesk:
                 message = {"type": "pop_withdrawn", "id": pop_id}
                 await self._bus.publish(agent_topic(agent_id), message)
             for agent_id, state in outcome.presence.items():
-                message = {"type": "presence_changed", "state": state}
+                message = {"type": "presence", "state": state}
                 await self._bus.publish(agent_topic(agent_id), message)
             for offer in outcome.offers:
                 message = {k: v for k, v in offer.items() if k != "agent_id"}
@@ -209,7 +210,12 @@ class CallDesk:
 def apply_signals(
     session: Session, settings: Settings, config: RoutingConfig, jobs: Sequence[_CallJob]
 ) -> dict[_CallJob, CallOutcome]:
-    """Apply a batch of signals in the caller's transaction and settle their journal entries."""
+    """Apply a batch of signals in the caller's transaction and settle their journal entries.
+
+    Answers and hang-ups change presence and route callback tickets: those batches take the
+    exclusive routing lock; batches of rings alone (the screen-pop path) do not wait for it."""
+    if any(job.signal.phase is not CallPhase.RINGING for job in jobs):
+        exclusive(session)
     outcomes: dict[_CallJob, CallOutcome] = {}
     notes: dict[int, str] = {}
     for wave in _waves(jobs):

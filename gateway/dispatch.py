@@ -114,7 +114,7 @@ def assigned_pops(session: Session, assignments: Mapping[int, int]) -> list[Stor
 async def publish(bus: Bus, news: Announcement) -> None:
     """Presence first: a console learns it is available before the offers that follow."""
     for agent_id, state in sorted(news.presence.items()):
-        await bus.publish(agent_topic(agent_id), {"type": "presence_changed", "state": state})
+        await bus.publish(agent_topic(agent_id), {"type": "presence", "state": state})
     await publish_pops(bus, news.pops)
     for offer in news.offers:
         message = {k: v for k, v in offer.items() if k != "agent_id"}
@@ -163,6 +163,7 @@ class Dispatcher:
         config = await self.config.get()
 
         def unit(session: Session) -> tuple[Routed, Announcement]:
+            assignment.exclusive(session)
             routed = work(session, config)
             return routed, announcement(session, routed)
 
@@ -202,6 +203,7 @@ class Dispatcher:
         config = await self.config.get()
 
         def unit(session: Session) -> tuple[int, Announcement]:
+            assignment.exclusive(session)
             ticket_id = assignment.accept(session, config, offer_id, agent_id, utcnow())
             (ticket,) = session.execute(select(Ticket.queue).where(Ticket.id == ticket_id))
             news = announcement(session, Routed({ticket_id: agent_id}, queues={ticket[0]}))
@@ -230,6 +232,9 @@ class Dispatcher:
 
         def unit(session: Session) -> tuple[int, Announcement]:
             now = utcnow()
+            if not assignment.any_due(session, now):
+                return 0, Announcement()
+            assignment.exclusive(session)
             timers = assignment.claim_due(session, now)
             routed = Routed()
             for timer in timers:

@@ -27,7 +27,7 @@ from gateway.dispatch import Announcement, ConfigCache, offer_messages, publish
 from gateway.group_commit import GroupCommit, IngestError
 from gateway.pops import PopRequest, StoredPop, store_pops
 from gateway.settings import Settings
-from routing.assignment import RouteRequest, enqueue, route
+from routing.assignment import RouteRequest, enqueue, route, shared
 from routing.config import RoutingConfig
 from routing.contacts import identity_of, resolve_contacts
 from routing.identity import IdentityKey
@@ -265,6 +265,7 @@ class _BatchWriter:
 
     def write(self, jobs: list[_Job], *, recheck: bool) -> _Stored:
         """`recheck` after a lost race: another process may have stored some of the events."""
+        shared(self.session)
         results: dict[_Job, IngestResult] = {}
         if recheck:
             jobs, results = self._drop_stored_meanwhile(jobs)

@@ -345,6 +345,7 @@ def change_ticket(
     session: Session, config: RoutingConfig, ticket_id: int, changes: dict[str, Any], now: datetime
 ) -> tuple[Announcement, int | None]:
     """One ticket change in one transaction; what to publish, and the agent it freed."""
+    assignment.exclusive(session)
     ticket = session.execute(
         select(Ticket).where(Ticket.id == ticket_id).with_for_update()
     ).scalar_one_or_none()

@@ -191,8 +191,10 @@ class AgentSession:
         await self._send({"type": "error", "error": code, "detail": detail})
 
     async def _send(self, message: dict[str, Any]) -> None:
+        # A console that vanished mid-send gets the rest on reconnect (replay).
         if not self.socket.closed:
-            await self.socket.send_json(message)
+            with contextlib.suppress(ConnectionResetError):
+                await self.socket.send_json(message)
 
 
 @routes.get("/ws/supervisor")

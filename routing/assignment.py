@@ -19,7 +19,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, bindparam, delete, exists, func, select, update
+from sqlalchemy import (
+    CursorResult,
+    Table,
+    bindparam,
+    delete,
+    exists,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -41,6 +51,11 @@ from timeline.models import (
     TicketStatus,
     TimerKind,
 )
+
+# PostgreSQL advisory lock (any fixed number) taken first by every routing transaction.
+_ROUTING_LOCK = 7_254_006
+_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_SHARED_LOCK = text("SELECT pg_advisory_xact_lock_shared(:key)")
 
 # How many of the oldest waiting tickets an agent who comes free looks through.
 _FILL_WINDOW = 50
@@ -89,6 +104,26 @@ class Routed:
         self.queues |= other.queues
         self.presence.update(other.presence)
         return self
+
+
+# --- who may route at the same time --------------------------------------------------------
+
+
+def exclusive(session: Session) -> None:
+    """First thing in a routing step outside the ingest path (an offer settled, a presence
+    changed, a timer fired, a ticket changed by hand): such steps lock an agent or an offer
+    before the agents they choose among, so two of them, or one and an ingest batch, could
+    each wait for the other. On PostgreSQL they take turns across processes (an advisory lock,
+    fair: PostgreSQL queues it); SQLite has one writer anyway."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_LOCK, {"key": _ROUTING_LOCK})
+
+
+def shared(session: Session) -> None:
+    """First thing in an ingest batch: batches run side by side (they lock contacts, tickets,
+    then agents in id order, all in the same order), but not beside an exclusive step."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_SHARED_LOCK, {"key": _ROUTING_LOCK})
 
 
 # --- entering a queue and being placed ------------------------------------------------------
@@ -648,6 +683,12 @@ def cancel(session: Session, kind: TimerKind, subject_ids: Collection[int]) -> N
                 RoutingTimer.kind == kind, RoutingTimer.subject_id.in_(subject_ids)
             )
         )
+
+
+def any_due(session: Session, now: datetime) -> bool:
+    """Whether a timer is due, without locking anything (the sweeper's cheap look first)."""
+    query = select(RoutingTimer.id).where(RoutingTimer.due_at <= now).limit(1)
+    return session.execute(query).first() is not None
 
 
 def claim_due(session: Session, now: datetime, limit: int = 100) -> list[RoutingTimer]:

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from routing.queues import QueueConfig
 from timeline.models import QueueDay, Ticket
 
+_PENDING = "switchboard.queue_counters"
 COUNTERS = (
     "offered",
     "answered",
@@ -65,14 +66,24 @@ def handled(queue: QueueConfig, assigned_at: datetime | None, at: datetime) -> B
 
 
 def record(session: Session, bumps: Sequence[Bump]) -> None:
-    """Add the bumps to their (queue, local day) rows: one upsert statement for all."""
+    """Count the bumps; they are written when the transaction commits (`_write_counters`)."""
     if not bumps:
         return
-    rows: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
+    rows = session.info.setdefault(_PENDING, defaultdict(lambda: dict.fromkeys(COUNTERS, 0)))
     for bump in bumps:
         row = rows[(bump.queue.name, bump.queue.local_day(bump.at).isoformat())]
         for name, value in bump.counts.items():
             row[name] += value
+
+
+@event.listens_for(Session, "before_commit")
+def _write_counters(session: Session) -> None:
+    """One upsert for the whole transaction, its rows in (queue, day) order, as the last thing
+    before the commit: the counter rows are the most contended ones, so they are locked last
+    and for the shortest time, in the same order by every transaction (no deadlocks)."""
+    rows = session.info.pop(_PENDING, None)
+    if not rows:
+        return
     values = [{"queue": q, "day": d, **counts} for (q, d), counts in sorted(rows.items())]
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -83,6 +94,11 @@ def record(session: Session, bumps: Sequence[Bump]) -> None:
         set_={name: table.c[name] + statement.excluded[name] for name in COUNTERS},  # type: ignore[attr-defined]
     )
     session.execute(statement, values)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_counters(session: Session) -> None:
+    session.info.pop(_PENDING, None)
 
 
 def today(session: Session, queues: Sequence[QueueConfig], now: datetime) -> dict[str, QueueDay]:

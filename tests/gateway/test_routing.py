@@ -81,7 +81,7 @@ async def ticket(client: TestClient, who: dict[str, Any], ticket_id: int) -> dic
 
 async def presence_becomes(socket: Any, state: str) -> None:
     """Wait for the console to be told its presence is now `state` (earlier changes pass)."""
-    while (await receive(socket, "presence_changed"))["state"] != state:
+    while (await receive(socket, "presence"))["state"] != state:
         pass
 
 
