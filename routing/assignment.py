@@ -172,7 +172,8 @@ def route(
     requests = _placeable(session, config, requests, now)
     if not requests:
         return routed
-    candidates = {c.agent_id: c for c in _lock_candidates(session, None)}
+    skilled = _skilled(config, requests)
+    candidates = {c.agent_id: c for c in _lock_candidates(session, None, skilled)}
     if not candidates:
         return routed
     declined = _declined(session, [r.ticket_id for r in requests])
@@ -328,14 +329,33 @@ def _took_tickets(session: Session, agent_ids: Collection[int], now: datetime) -
 # --- candidates -----------------------------------------------------------------------------
 
 
-def _lock_candidates(session: Session, agent_ids: Sequence[int] | None) -> list[Candidate]:
-    """The available agents, their rows locked in id order, with load and skills."""
+def _skilled(config: RoutingConfig, requests: Sequence[RouteRequest]) -> set[str] | None:
+    """When every ticket's queue asks for skills, only agents with one of them can qualify:
+    the others need not be locked nor loaded (a large centre has thousands). None: anyone."""
+    needed: set[str] = set()
+    for request in requests:
+        skills = config.queue(request.queue).skills
+        if not skills:
+            return None
+        needed.update(skills)
+    return needed
+
+
+def _lock_candidates(
+    session: Session, agent_ids: Sequence[int] | None, skills: set[str] | None = None
+) -> list[Candidate]:
+    """The available agents (with one of `skills`, if given), their rows locked in id order,
+    with load and skills."""
     query = select(
         Agent.id, Agent.capacity, Agent.presence_since, Agent.last_assigned_at,
         Agent.last_offered_at,
     ).where(Agent.presence == Presence.AVAILABLE)  # fmt: skip
     if agent_ids is not None:
         query = query.where(Agent.id.in_(agent_ids))
+    if skills is not None:
+        query = query.where(
+            Agent.id.in_(select(AgentSkill.agent_id).where(AgentSkill.skill.in_(skills)))
+        )
     rows = list(session.execute(query.order_by(Agent.id).with_for_update()))
     if not rows:
         return []

@@ -1,0 +1,191 @@
+"""One routing decision on a large centre in PostgreSQL: rule match, agent choice, reservation.
+
+`python -m bench.routing [--agents 10000] [--queues 200] [--contacts 1000000] [--decisions 2000]`
+(from the repo root; PostgreSQL at `--postgres`, default the test server 127.0.0.1:5432):
+
+1. A fresh database `switchboard_bench_routing` gets the schema, `--contacts` contacts and as
+   many resolved tickets (generated in SQL), `--queues` queues (each asking for its own skill,
+   offers with a timeout, strategies in turn) with one keyword rule each, and `--agents`
+   available agents with two skills each and capacity 5.
+2. Each decision is one transaction like the ingest path's: a new ticket of a random contact
+   about a random queue's keyword, then the measured part — the rules pick the queue, the
+   ticket enters it, the engine locks and loads the qualified agents, chooses one and
+   reserves it (an offer row and its expiry timer) — then the commit.
+3. Prints p50/p90/p99/max of the decision and of the whole transaction, and writes them to
+   bench/results/routing.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from routing.assignment import RouteRequest, enqueue, route
+from routing.config import RoutingConfig, load_config, replace_rules, save_queue
+from routing.queues import QueueConfig
+from routing.rules import Facts, Rule, choose_queue
+from timeline import store
+from timeline.db import Database
+from timeline.models import Ticket, utcnow
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATABASE = "switchboard_bench_routing"
+STRATEGIES = ("longest_idle", "least_occupied", "round_robin")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.routing")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--agents", type=int, default=10_000)
+    parser.add_argument("--queues", type=int, default=200)
+    parser.add_argument("--contacts", type=int, default=1_000_000)
+    parser.add_argument("--decisions", type=int, default=2_000)
+    return parser
+
+
+async def _fresh_database(admin_dsn: str) -> str:
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        await connection.execute(f'CREATE DATABASE "{DATABASE}"')
+    finally:
+        await connection.close()
+    base = admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    return f"{base}/{DATABASE}"
+
+
+def _populate(session: Session, args: argparse.Namespace) -> None:
+    """Bulk rows in SQL (a million contacts in seconds), queues and rules through the store."""
+    now = utcnow()
+    session.execute(
+        text(
+            "INSERT INTO contacts (name, tags, attributes, created_at) "
+            "SELECT 'Customer ' || g, '[]', '{}', now() FROM generate_series(1, :n) g"
+        ),
+        {"n": args.contacts},
+    )
+    session.execute(
+        text(
+            "INSERT INTO tickets (number, contact_id, status, priority, queue, channel, "
+            "created_at, updated_at, resolved_at) "
+            "SELECT 10000 + g, g, 'resolved', 'normal', 'q' || (g % :queues), 'sms', "
+            "now(), now(), now() FROM generate_series(1, :n) g"
+        ),
+        {"n": args.contacts, "queues": args.queues},
+    )
+    session.execute(
+        text(
+            "INSERT INTO agents (name, email, password_hash, role, skills, capacity, presence, "
+            "presence_since, missed_offers, last_acked_pop_id, created_at) "
+            "SELECT 'Agent ' || g, 'agent' || g || '@example.com', '-', 'agent', '[]', "
+            "'{\"total\": 5}', 'available', now() - g * interval '1 second', 0, 0, now() "
+            "FROM generate_series(1, :n) g"
+        ),
+        {"n": args.agents},
+    )
+    session.execute(
+        text(
+            "INSERT INTO agent_skills (agent_id, skill, level) "
+            "SELECT g, 's' || (g % :queues), 1 + g % 3 FROM generate_series(1, :n) g "
+            "UNION ALL SELECT g, 's' || ((g * 7 + 3) % :queues), 2 FROM generate_series(1, :n) g "
+            "ON CONFLICT DO NOTHING"
+        ),
+        {"n": args.agents, "queues": args.queues},
+    )
+    for q in range(args.queues):
+        queue = QueueConfig.parse(
+            {"name": f"q{q}", "skills": {f"s{q}": 1}, "offer_timeout_seconds": 30,
+             "strategy": STRATEGIES[q % 3], "sticky_seconds": 3600 if q % 2 else 0}
+        )  # fmt: skip
+        save_queue(session, queue, now)
+    rules = [Rule.parse({"queue": f"q{q}", "when": {"keywords": [f"topic{q}"]}})
+             for q in range(args.queues)]  # fmt: skip
+    replace_rules(session, rules, now)
+    session.execute(text("ANALYZE"))
+
+
+def _decide(
+    session: Session, config: RoutingConfig, contact: int, topic: int
+) -> tuple[float, bool]:
+    """One ticket, then the measured decision; (seconds, whether it was reserved)."""
+    now = utcnow()
+    (ticket_id,) = store.insert_rows(
+        session,
+        Ticket,
+        [{"contact_id": contact, "channel": "sms", "queue": "default", "created_at": now,
+          "updated_at": now}],
+    )  # fmt: skip
+    started = time.perf_counter()
+    facts = Facts("sms", subject="Question", body=f"about topic{topic} please")
+    queue = choose_queue(config.rules, facts, config.queues, now)
+    waiting = enqueue(session, config, [RouteRequest(ticket_id, "sms", queue, contact)], now)
+    routed = route(session, config, waiting, now)
+    return time.perf_counter() - started, bool(routed.offers)
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    pick = lambda p: ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000  # noqa: E731
+    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1] * 1000}
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    url = await _fresh_database(args.postgres)
+    database = Database(url)
+    try:
+        await database.upgrade()
+        print(f"bench.routing: {args.contacts} contacts, {args.agents} agents, "
+              f"{args.queues} queues...", flush=True)  # fmt: skip
+        await database.run(_populate, args)
+        config = await database.read(load_config)
+        rng = random.Random(6)
+        decisions: list[float] = []
+        transactions: list[float] = []
+        reserved = 0
+        for _ in range(args.decisions):
+            contact, topic = rng.randint(1, args.contacts), rng.randrange(args.queues)
+            started = time.perf_counter()
+            seconds, offered = await database.run(_decide, config, contact, topic)
+            transactions.append(time.perf_counter() - started)
+            decisions.append(seconds)
+            reserved += offered
+    finally:
+        await database.dispose()
+    result = {
+        "agents": args.agents,
+        "queues": args.queues,
+        "contacts": args.contacts,
+        "decisions": args.decisions,
+        "reserved": reserved,
+        "decision_ms": _percentiles(decisions),
+        "transaction_ms": _percentiles(transactions),
+        "mean_decision_ms": statistics.fmean(decisions) * 1000,
+    }
+    return result
+
+
+def _report(result: dict[str, Any]) -> None:
+    d, t = result["decision_ms"], result["transaction_ms"]
+    print(f"decisions (reserved)                  {result['decisions']} ({result['reserved']})")
+    print(f"decision ms p50/p90/p99/max           {d['p50']:.2f} / {d['p90']:.2f} / "
+          f"{d['p99']:.2f} / {d['max']:.2f}")  # fmt: skip
+    print(f"transaction ms p50/p90/p99/max        {t['p50']:.2f} / {t['p90']:.2f} / "
+          f"{t['p99']:.2f} / {t['max']:.2f}")  # fmt: skip
+    print(f"target p99 decision < 2 ms            {'MET' if d['p99'] < 2 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    outcome = asyncio.run(main(_parser().parse_args()))
+    _report(outcome)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "routing.json").write_text(json.dumps(outcome, indent=2), encoding="utf-8")
