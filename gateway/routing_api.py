@@ -243,7 +243,8 @@ def agents_with_load(session: Session) -> list[dict[str, Any]]:
         .where(Ticket.assignee_id.is_not(None), Ticket.status.in_(OPEN_STATUSES))
         .group_by(Ticket.assignee_id, Ticket.channel)
     ):
-        load[agent_id][channel] += n
+        if agent_id is not None:
+            load[agent_id][channel] += n
     offered: dict[int, int] = dict(
         session.execute(  # type: ignore[arg-type]
             select(Offer.agent_id, func.count())

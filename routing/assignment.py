@@ -185,7 +185,8 @@ def route(
             queue,
             request.channel,
             list(candidates.values()),
-            excluded=declined.get((request.ticket_id, request.queue), set()) | {excluded},
+            excluded=declined.get((request.ticket_id, request.queue), set())
+            | ({excluded} if excluded is not None else set()),
             sticky=request.preferred or sticky.get(request.ticket_id),
         )
         if agent_id is not None:
@@ -242,6 +243,7 @@ def _make_offers(
 ) -> list[OfferMade]:
     if not plan:
         return []
+    expiry = {r: now + config.queue(r.queue).offer_timeout() for r in plan}
     rows = [
         {
             "ticket_id": r.ticket_id,
@@ -250,18 +252,15 @@ def _make_offers(
             "channel": r.channel,
             "status": OfferStatus.PENDING,
             "created_at": now,
-            "expires_at": now + config.queue(r.queue).offer_timeout(),
+            "expires_at": expiry[r],
         }
         for r, agent_id in plan.items()
     ]
     ids = store.insert_rows(session, Offer, rows)
     made = [
-        OfferMade(
-            offer_id, row["ticket_id"], row["agent_id"], row["queue"], row["channel"],
-            row["expires_at"],
-        )
-        for offer_id, row in zip(ids, rows, strict=True)
-    ]  # fmt: skip
+        OfferMade(offer_id, r.ticket_id, agent_id, r.queue, r.channel, expiry[r])
+        for offer_id, (r, agent_id) in zip(ids, plan.items(), strict=True)
+    ]
     schedule(session, [(TimerKind.OFFER_EXPIRY, o.id, o.expires_at) for o in made])
     session.execute(
         update(_agents()).where(_agents().c.id == bindparam("agent")).values(last_offered_at=now),
@@ -361,13 +360,13 @@ def _lock_candidates(
         return []
     ids = [row[0] for row in rows]
     loads = _loads(session, ids)
-    skills = _skills(session, ids)
+    levels = _skills(session, ids)
     return [
         Candidate(
             agent_id,
             Capacity.from_json(capacity),
             loads[agent_id],
-            skills[agent_id],
+            levels[agent_id],
             idle_since=max(since, assigned) if assigned else since,
             last_offered_at=offered or NEVER,
         )
@@ -445,7 +444,8 @@ def _sticky(
     )
     last: dict[int, tuple[int, datetime]] = {}
     for contact_id, agent_id, at in rows:
-        last[contact_id] = (agent_id, at)
+        if contact_id is not None and agent_id is not None and at is not None:
+            last[contact_id] = (agent_id, at)
     sticky: dict[int, int] = {}
     for ticket_id, (contact_id, seconds) in windows.items():
         found = last.get(contact_id)  # type: ignore[arg-type]

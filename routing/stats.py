@@ -118,7 +118,7 @@ def waiting(session: Session) -> dict[str, tuple[int, datetime]]:
         .where(Ticket.waiting_since.is_not(None))
         .group_by(Ticket.queue)
     )
-    return {queue: (n, oldest) for queue, n, oldest in rows}
+    return {queue: (n, oldest) for queue, n, oldest in rows if oldest is not None}
 
 
 def figures(
