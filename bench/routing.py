@@ -108,7 +108,7 @@ def _populate(session: Session, args: argparse.Namespace) -> None:
              "strategy": STRATEGIES[q % 3], "sticky_seconds": 3600 if q % 2 else 0}
         )  # fmt: skip
         save_queue(session, queue, now)
-    rules = [Rule.parse({"queue": f"q{q}", "when": {"keywords": [f"topic{q}"]}})
+    rules = [Rule.parse({"queue": f"q{q}", "when": {"keywords": [f"topic-{q:03d}"]}})
              for q in range(args.queues)]  # fmt: skip
     replace_rules(session, rules, now)
     session.execute(text("ANALYZE"))
@@ -126,7 +126,7 @@ def _decide(
           "updated_at": now}],
     )  # fmt: skip
     started = time.perf_counter()
-    facts = Facts("sms", subject="Question", body=f"about topic{topic} please")
+    facts = Facts("sms", subject="Question", body=f"about topic-{topic:03d} please")
     queue = choose_queue(config.rules, facts, config.queues, now)
     waiting = enqueue(session, config, [RouteRequest(ticket_id, "sms", queue, contact)], now)
     routed = route(session, config, waiting, now)
