@@ -26,6 +26,8 @@ from tests.browser import BrowserMissing, chromium
 from tests.dovecot import Dovecot, DovecotMissing
 from tests.helpers import Agents, empty_postgres
 from tests.smtp_peer import SmtpPeer
+from tests.stubs.twilio_api import TwilioApiStub
+from tests.twilio_sms import stub
 from timeline.models import Role
 
 POSTGRES_DSN = os.environ.get(
@@ -185,3 +187,14 @@ async def browser() -> AsyncIterator[Any]:
             yield launched
     except BrowserMissing as error:
         service_unavailable("Chromium", error)
+
+
+# --- Twilio -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def twilio(aiohttp_server: Any) -> tuple[TwilioApiStub, str]:
+    """A local stub of Twilio's REST API (tests.stubs.twilio_api) and its base URL."""
+    api = stub()
+    server = await aiohttp_server(api.app())
+    return api, str(server.make_url("")).rstrip("/")

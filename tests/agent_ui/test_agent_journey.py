@@ -20,17 +20,10 @@ from tests.agent_ui.test_console import sign_in
 from tests.browser import screenshot
 from tests.helpers import Agents
 from tests.stubs.twilio_api import TwilioApiStub
-from tests.twilio_sms import CUSTOMER, form, post_signed, sms_settings, stub
+from tests.twilio_sms import CUSTOMER, form, post_signed, sms_settings
 from timeline.models import OutboxMessage, Role
 
 CTI_TOKEN = "cti-journey"
-
-
-@pytest.fixture
-async def twilio(aiohttp_server: Any) -> tuple[TwilioApiStub, str]:
-    api = stub()
-    server = await aiohttp_server(api.app())
-    return api, str(server.make_url("")).rstrip("/")
 
 
 @pytest.fixture

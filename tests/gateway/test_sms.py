@@ -30,7 +30,6 @@ from tests.twilio_sms import (
     post_signed,
     settled,
     sms_settings,
-    stub,
 )
 from timeline import outbox
 from timeline.db import Database
@@ -39,13 +38,6 @@ from timeline.outbox import NewOutbound
 
 SMS = "/webhooks/twilio/sms"
 STATUS = "/webhooks/twilio/sms/status"
-
-
-@pytest.fixture
-async def twilio(aiohttp_server: Any) -> tuple[TwilioApiStub, str]:
-    api = stub()
-    server = await aiohttp_server(api.app())
-    return api, str(server.make_url("")).rstrip("/")
 
 
 @pytest.fixture
