@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Concatenate, ParamSpec
 
@@ -37,6 +37,10 @@ P = ParamSpec("P")
 # apply at once, another process's within this time.
 CONFIG_TTL_SECONDS = 1.0
 SWEEP_SECONDS = 0.25
+# An offer still open this long after it was made is published once more by every process:
+# the one that made it may have died between its commit and its publish. A console's socket
+# drops the repeats, so the agent sees each offer once.
+REANNOUNCE_AFTER = timedelta(seconds=1)
 
 
 class ConfigCache:
@@ -129,18 +133,22 @@ class Dispatcher:
         self._bus = bus
         self._routing_file = routing_file
         self.config = ConfigCache(db)
-        self._sweeper: asyncio.Task[None] | None = None
+        self._timers: list[asyncio.Task[None]] = []
+        self._reannounced: set[int] = set()
 
     async def start(self) -> None:
         if self._routing_file is not None:
             await self._db.run(apply_file, self._routing_file, utcnow())
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="routing-timers")
+        self._timers = [
+            asyncio.create_task(self._sweep_forever(), name="routing-timers"),
+            asyncio.create_task(self._reannounce_forever(), name="routing-reannounce"),
+        ]
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in self._timers:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+                await task
 
     async def step(
         self,
@@ -225,6 +233,28 @@ class Dispatcher:
                 fired = 0
             if not fired:
                 await asyncio.sleep(SWEEP_SECONDS)
+
+    async def _reannounce_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REANNOUNCE_AFTER.total_seconds() / 2)
+            try:
+                await self.reannounce()
+            except Exception:
+                log.exception("open offers could not be published again")
+
+    async def reannounce(self) -> int:
+        """Publish the offers open for a while that this process has not published again
+        yet; how many."""
+
+        def unit(session: Session) -> list[JSON]:
+            offers = assignment.offers_pending_since(session, utcnow() - REANNOUNCE_AFTER)
+            fresh = [o for o in offers if o.id not in self._reannounced]
+            self._reannounced = {o.id for o in offers}
+            return offer_messages(session, fresh)
+
+        messages = await self._db.read(unit)
+        await self.publish(Announcement(offers=messages))
+        return len(messages)
 
     async def sweep(self) -> int:
         """Fire the timers that are due, in one transaction; how many fired."""

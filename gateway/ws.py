@@ -63,7 +63,7 @@ class AgentSession:
         self.principal = principal
         self.socket = socket
         self._replayed: set[int] = set()
-        self._replayed_offers: set[int] = set()
+        self._offers_sent: set[int] = set()
 
     async def run(self) -> None:
         agent_id = self.principal.agent_id
@@ -96,17 +96,20 @@ class AgentSession:
             self._replayed.add(pop.id)
             await self._send({**pop.payload, "id": pop.id, "replayed": True})
         for offer in offered:
-            self._replayed_offers.add(offer["id"])
+            self._offers_sent.add(offer["id"])
             del offer["agent_id"]
             await self._send({**offer, "replayed": True})
 
     async def _forward(self, subscription: Subscription) -> None:
         async for message in subscription:
-            # A pop both replayed and published goes out once; a withdrawal always goes out.
+            # A pop both replayed and published goes out once, an offer published again by
+            # another process too; a withdrawal always goes out.
             if message.get("type") == "screen_pop" and message.get("id") in self._replayed:
                 continue
-            if message.get("type") == "offer" and message.get("id") in self._replayed_offers:
-                continue
+            if message.get("type") == "offer":
+                if message.get("id") in self._offers_sent:
+                    continue
+                self._offers_sent.add(message["id"])
             await self._send(message)
 
     async def _receive(self) -> None:

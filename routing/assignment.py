@@ -620,10 +620,18 @@ def reroute(
 
 def pending_offers(session: Session, agent_id: int) -> list[OfferMade]:
     """An agent's open offers, for a console that (re)connects."""
+    return _pending(session, Offer.agent_id == agent_id)
+
+
+def offers_pending_since(session: Session, made_before: datetime) -> list[OfferMade]:
+    """Open offers made before a moment: those a process that died between its commit and
+    its publish would otherwise leave unseen until they expire."""
+    return _pending(session, Offer.created_at <= made_before)
+
+
+def _pending(session: Session, condition: Any) -> list[OfferMade]:
     rows = session.execute(
-        select(Offer)
-        .where(Offer.agent_id == agent_id, Offer.status == OfferStatus.PENDING)
-        .order_by(Offer.id)
+        select(Offer).where(condition, Offer.status == OfferStatus.PENDING).order_by(Offer.id)
     ).scalars()
     return [
         OfferMade(o.id, o.ticket_id, o.agent_id, o.queue, o.channel, o.expires_at) for o in rows

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.dispatch import Dispatcher
+from gateway.keys import BUS, DATABASE
 from gateway.settings import Settings
-from tests.helpers import Agents, bearer, go_available, inbound, receive
+from tests.helpers import Agents, bearer, go_available, inbound, nothing_more, receive
 from timeline.models import Role
 
 CTI_TOKEN = "cti-routing-4d1e"
@@ -163,6 +165,36 @@ async def test_a_reconnecting_agent_receives_its_open_offers(
 
     assert replayed["id"] == live["id"] and replayed["replayed"] is True
     await second_console.close()
+
+
+async def test_an_offer_whose_publish_was_lost_still_reaches_the_console_once(
+    client: TestClient, agents: Agents, supervisor: dict[str, Any], monkeypatch: Any
+) -> None:
+    """As when the process that made the offer dies between its commit and its publish."""
+    await sales_queue(client, supervisor)
+    anna = await agents.add("Anna")
+    socket = await console(client, anna)
+    bus = client.app[BUS]
+    publish, lost = bus.publish, []
+
+    async def losing_offers(topic: str, message: dict[str, Any]) -> None:
+        if message.get("type") == "offer":
+            lost.append(message)
+        else:
+            await publish(topic, message)
+
+    monkeypatch.setattr(bus, "publish", losing_offers)
+    sent = await send(client, anna, "m1")
+    monkeypatch.setattr(bus, "publish", publish)
+    offer = await receive(socket, "offer")
+    another_process = Dispatcher(client.app[DATABASE], bus)
+    published_again = await another_process.reannounce()
+
+    assert [m["id"] for m in lost] == [offer["id"]]
+    assert offer["ticket"]["id"] == sent["ticket_id"]
+    assert published_again == 1
+    await nothing_more(socket, "offer", wait=0.5)
+    await socket.close()
 
 
 async def test_the_routing_file_and_contact_tags_pick_the_vip_queue(
