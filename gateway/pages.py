@@ -1,4 +1,4 @@
-"""The browser pages: sign-in, the agent console and the supervisor wallboard.
+"""The browser pages: sign-in, the agent console, the supervisor wallboard and campaigns.
 
 Server-rendered (Jinja2, autoescaped) shells; the live parts are small ES modules in
 `agent_ui/static` talking to the same API and WebSockets as any integration, authenticated by
@@ -121,7 +121,12 @@ async def wallboard(request: web.Request) -> web.StreamResponse:
     return await _page(request, "wallboard.html", Role.SUPERVISOR, Role.ADMIN)
 
 
-_PAGES = frozenset({"/login", "/console", "/wallboard"})
+@routes.get("/campaigns")
+async def campaigns(request: web.Request) -> web.StreamResponse:
+    return await _page(request, "campaigns.html", Role.SUPERVISOR, Role.ADMIN)
+
+
+_PAGES = frozenset({"/login", "/console", "/wallboard", "/campaigns"})
 
 
 async def _page(request: web.Request, template: str, *roles: Role) -> web.StreamResponse:
