@@ -445,7 +445,6 @@ function row(campaign) {
     el("td", {}, [channelIcon(campaign.channel)]),
     el("td", {}, [campaign.status]),
     el("td", {}, [`${sent} / ${targeted}`]),
-    el("td", {}, [when(campaign.created_at)]),
   ]);
 }
 
