@@ -222,9 +222,8 @@ async function saveDraft(body) {
 async function preview(event) {
   event.preventDefault();
   const status = $("form-status");
-  const problem = $("template-error");
   const body = campaignBody();
-  problem.hidden = true;
+  clearProblem();
   $("start-draft").disabled = true;
   if (!body?.name) {
     status.textContent = body ? "Give the campaign a name." : "Choose a saved segment.";
@@ -244,9 +243,29 @@ async function preview(event) {
     refreshList();
   } catch (error) {
     status.textContent = "Not saved.";
-    problem.textContent = error.message;
-    problem.hidden = false;
+    showProblem(error);
     $("preview-panel").hidden = true;
+  }
+}
+
+// A template that does not compile names its part and line: say so, and mark that field.
+function showProblem(error) {
+  const problem = $("template-error");
+  const part = error.data?.error === "template_error" ? error.data.part : null;
+  const field = part && $(channel() === "email" ? `email-${part}` : `${channel()}-${part}`);
+  problem.textContent = field ? `Template error: ${error.message}` : error.message;
+  problem.hidden = false;
+  if (!field) return;
+  field.setAttribute("aria-invalid", "true");
+  field.setAttribute("aria-describedby", "template-error");
+  field.focus();
+}
+
+function clearProblem() {
+  $("template-error").hidden = true;
+  for (const field of form.querySelectorAll("[aria-invalid]")) {
+    field.removeAttribute("aria-invalid");
+    field.removeAttribute("aria-describedby");
   }
 }
 
@@ -312,7 +331,7 @@ function newCampaign() {
   chooseChannel();
   chooseAudience();
   $("preview-panel").hidden = true;
-  $("template-error").hidden = true;
+  clearProblem();
   $("start-draft").disabled = true;
   $("form-status").textContent = "";
   $("campaign-name").focus();

@@ -19,7 +19,8 @@ export async function api(path, { method = "GET", body } = {}) {
     throw new Error("signed out");
   }
   const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(data.detail || `HTTP ${response.status}`);
+  // The error body rides along, for pages that show more than the sentence (a template's line).
+  if (!response.ok) throw Object.assign(new Error(data.detail || `HTTP ${response.status}`), { status: response.status, data });
   return data;
 }
 
