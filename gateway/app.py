@@ -20,6 +20,7 @@ from channels.twilio_sms import TwilioSmsSender
 from channels.webchat import WebchatSender
 from gateway import (
     api,
+    campaign_routes,
     desk,
     email_routes,
     media,
@@ -37,6 +38,7 @@ from gateway import (
 from gateway.auth import TokenCache
 from gateway.bus import open_bus
 from gateway.calls import CallDesk, signal_json
+from gateway.campaigns import dispatching
 from gateway.dispatch import Dispatcher
 from gateway.email_intake import EmailIntake, attachment_store
 from gateway.errors import error_middleware
@@ -80,6 +82,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_asterisk)
     app.cleanup_ctx.append(_telegram)
     app.cleanup_ctx.append(_outbox)
+    app.cleanup_ctx.append(dispatching)
     app.cleanup_ctx.append(_email)
     app.cleanup_ctx.append(wallboard.sampling)
     app.on_shutdown.append(_close_sockets)
@@ -97,6 +100,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     pages.setup(app)
     app.add_routes(ws.routes)
     app.add_routes(routing_api.routes)
+    app.add_routes(campaign_routes.routes)
     app.router.add_get("/", _landing_page)
     return app
 

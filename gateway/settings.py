@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from channels.cti import NumberFormat
 from channels.email.imap import Mailbox
@@ -91,6 +92,8 @@ class Settings:
     # Web chat: the pages allowed to open /ws/chat (their origins), and each visitor's pace.
     webchat_origins: tuple[str, ...] = ()
     webchat_messages_per_minute: float = 20.0
+    # The company's time zone: campaigns' quiet hours for contacts of unknown zone.
+    timezone: str = "UTC"
 
     @property
     def twilio_account(self) -> TwilioAccount | None:
@@ -203,6 +206,7 @@ class Settings:
                 get("WEBCHAT_MESSAGES_PER_MINUTE"),
                 defaults.webchat_messages_per_minute,
             ),
+            timezone=_zone(get("TIMEZONE") or defaults.timezone),
         )
 
 
@@ -216,6 +220,14 @@ def _number(name: str, raw: str | None, default: float) -> float:
     if value < 0:
         raise SettingsError(f"SWITCHBOARD_{name} must not be negative")
     return value
+
+
+def _zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(f"SWITCHBOARD_TIMEZONE: unknown time zone {name!r}") from None
+    return name
 
 
 def _switch(raw: str | None) -> bool:

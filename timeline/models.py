@@ -561,3 +561,101 @@ class QueueSample(Base):
     waiting: Mapped[int] = mapped_column(Integer)
     longest_wait_seconds: Mapped[float] = mapped_column(Float)
     service_level: Mapped[float | None] = mapped_column(Float)
+
+
+# --- outbound campaigns (issue 8) -----------------------------------------------------------
+
+
+class Segment(Base):
+    """A saved audience: a filter over contacts (see `routing.segments` for its keys)."""
+
+    __tablename__ = "segments"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    filter: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CampaignStatus(enum.StrEnum):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class Campaign(Base):
+    """One outbound campaign: audience, template, politeness, and how far dispatch has come.
+
+    `cursor_contact_id` is the last contact whose recipient row exists: recipients are
+    materialised in keyset pages, each page and its cursor in one transaction, so a restart
+    continues after the last committed page. `lease_owner`/`lease_until`: the process that
+    dispatches the campaign now (one at a time, so its pacing holds across processes).
+    """
+
+    __tablename__ = "campaigns"
+    __table_args__ = (Index(None, "status"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.DRAFT)
+    segment_id: Mapped[int | None] = mapped_column(ForeignKey("segments.id"))
+    # The audience as it was when the campaign was created (a segment's filter is copied).
+    filter: Mapped[dict[str, Any]] = mapped_column()
+    template: Mapped[dict[str, Any]] = mapped_column()
+    sender: Mapped[str | None] = mapped_column(String(320))
+    pacing: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    quiet_hours: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    frequency_cap: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    scheduled_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    cursor_contact_id: Mapped[int] = mapped_column(Id, default=0)
+    materialised_at: Mapped[datetime | None] = mapped_column()
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column()
+    # Inbound events up to this id were looked at for replies to the campaign.
+    replies_seen_event_id: Mapped[int] = mapped_column(Id, default=0)
+
+
+class RecipientStatus(enum.StrEnum):
+    PENDING = "pending"  # materialised, not yet handed to the outbox
+    QUEUED = "queued"  # in the outbox (its row says sent, delivered, failed, …)
+    SKIPPED = "skipped"  # not sent, for `skip_reason`
+
+
+class CampaignRecipient(Base):
+    """One contact of a campaign's audience: at most one per campaign, whatever its identities.
+
+    `idempotency_key` is also the outbox row's key, so handing the message to the outbox twice
+    (a crash between enqueue and this row's update cannot happen, they share a transaction,
+    but a second process might try) stores one message. `not_before`: not sent earlier (quiet
+    hours in the recipient's time zone move it on).
+    """
+
+    __tablename__ = "campaign_recipients"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "contact_id"),
+        Index(None, "campaign_id", "status", "not_before", "id"),
+        Index(None, "contact_id", "queued_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default=RecipientStatus.PENDING)
+    skip_reason: Mapped[str | None] = mapped_column(String(32))
+    recipient: Mapped[str | None] = mapped_column(String(320))
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_messages.id"))
+    not_before: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    queued_at: Mapped[datetime | None] = mapped_column()
+    # The customer's answer (the first inbound on the channel after the message), if any.
+    reply_event_id: Mapped[int | None] = mapped_column(ForeignKey("timeline_events.id"))
+    replied_at: Mapped[datetime | None] = mapped_column()
+    opted_out_at: Mapped[datetime | None] = mapped_column()

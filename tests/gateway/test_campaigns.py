@@ -1,0 +1,394 @@
+"""Campaigns through the gateway: the API, and dispatch through the outbox to the local Twilio
+stub (the real `twilio` client), with consent, frequency caps, duplicates, pause and replies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from sqlalchemy import select
+
+from gateway.app import create_app
+from gateway.campaigns import CAMPAIGN_POLICY, CampaignPolicy
+from gateway.keys import DATABASE
+from gateway.settings import Settings
+from tests.helpers import Agents, bearer
+from tests.stubs.twilio_api import TwilioApiStub
+from tests.twilio_sms import form, post_signed, sms_settings
+from timeline import messaging, store
+from timeline.models import CampaignRecipient, Role
+
+FAST = CampaignPolicy(poll_interval=0.05)
+SMS_TEMPLATE = {"body": "Hi {{ first_name | default('there') }}, your {{ attributes.plan }} plan."}
+
+
+@pytest.fixture
+async def gateway(
+    aiohttp_client: Any, settings: Settings, twilio: tuple[TwilioApiStub, str]
+) -> TestClient:
+    app = create_app(sms_settings(settings, twilio[1]))
+    app[CAMPAIGN_POLICY] = FAST
+    return await aiohttp_client(app)
+
+
+@pytest.fixture
+def stub(twilio: tuple[TwilioApiStub, str]) -> TwilioApiStub:
+    return twilio[0]
+
+
+@pytest.fixture
+async def boss(gateway: TestClient) -> dict[str, str]:
+    return bearer(await Agents(gateway.server.app).add("Sue", role=Role.SUPERVISOR))
+
+
+async def contacts(
+    client: TestClient, people: Sequence[tuple[str, Sequence[tuple[str, str]]]], **fields: Any
+) -> list[int]:
+    """Contacts made straight in the database: `(name, [(kind, value)])` each."""
+    async with client.server.app[DATABASE].transaction() as session:
+        return await session.run_sync(
+            lambda s: store.create_contacts(s, [(n, list(i)) for n, i in people], **fields)
+        )
+
+
+def phone(n: int) -> str:
+    return f"+4915112{n:06d}"
+
+
+async def create(client: TestClient, boss: dict[str, str], **fields: Any) -> dict[str, Any]:
+    body = {
+        "name": "Spring sale",
+        "channel": "sms",
+        "filter": {"tags_any": ["spring"]},
+        "template": SMS_TEMPLATE,
+        **fields,
+    }
+    response = await client.post("/api/v1/campaigns", json=body, headers=boss)
+    assert response.status == 201, await response.text()
+    return dict(await response.json())
+
+
+async def act(client: TestClient, boss: dict[str, str], campaign_id: int, action: str) -> Any:
+    return await client.post(f"/api/v1/campaigns/{campaign_id}/{action}", headers=boss)
+
+
+async def campaign(client: TestClient, boss: dict[str, str], campaign_id: int) -> dict[str, Any]:
+    response = await client.get(f"/api/v1/campaigns/{campaign_id}", headers=boss)
+    assert response.status == 200
+    return dict(await response.json())
+
+
+async def finished(
+    client: TestClient, boss: dict[str, str], campaign_id: int, within: float = 30.0
+) -> dict[str, Any]:
+    async with asyncio.timeout(within):
+        while (found := await campaign(client, boss, campaign_id))["status"] != "completed":  # noqa: ASYNC110 - the dispatcher's progress, polled
+            await asyncio.sleep(0.05)
+    return found
+
+
+def received(stub: TwilioApiStub) -> Counter[str]:
+    return Counter(m["To"] for m in stub.messages)
+
+
+# --- the API --------------------------------------------------------------------------------
+
+
+async def test_agents_may_not_see_campaigns(gateway: TestClient) -> None:
+    agent = bearer(await Agents(gateway.server.app).add("Al"))
+
+    response = await gateway.get("/api/v1/campaigns", headers=agent)
+
+    assert response.status == 403
+    assert (await response.json())["error"] == "forbidden"
+
+
+async def test_a_saved_segment_and_its_preview(gateway: TestClient, boss: dict[str, str]) -> None:
+    await contacts(
+        gateway, [(f"Spring {n}", [("phone", phone(n))]) for n in range(3)], tags=["spring"]
+    )
+    await contacts(gateway, [("Winter", [("phone", phone(9))])], tags=["winter"])
+
+    saved = await gateway.post(
+        "/api/v1/segments",
+        json={"name": "Spring people", "filter": {"tags_any": ["spring"]}},
+        headers=boss,
+    )
+    preview = await gateway.post(
+        "/api/v1/segments/preview",
+        json={"filter": {"tags_any": ["spring"]}, "sample": 2},
+        headers=boss,
+    )
+
+    assert saved.status == 201
+    segment = await saved.json()
+    assert segment["filter"] == {"tags_any": ["spring"]}
+    listed = await (await gateway.get("/api/v1/segments", headers=boss)).json()
+    assert [s["id"] for s in listed["segments"]] == [segment["id"]]
+    body = await preview.json()
+    assert body["count"] == 3
+    assert [s["name"] for s in body["sample"]] == ["Spring 0", "Spring 1"]
+    assert body["sample"][0]["identities"] == [{"kind": "phone", "value": phone(0)}]
+
+
+async def test_an_unknown_filter_key_is_refused(gateway: TestClient, boss: dict[str, str]) -> None:
+    response = await gateway.post(
+        "/api/v1/segments/preview", json={"filter": {"colour": ["red"]}}, headers=boss
+    )
+
+    assert response.status == 400
+    assert (await response.json())["error"] == "invalid_filter"
+
+
+async def test_a_template_that_does_not_compile_is_refused_at_create_with_its_line(
+    gateway: TestClient, boss: dict[str, str]
+) -> None:
+    body = {
+        "name": "Broken",
+        "channel": "email",
+        "filter": {},
+        "template": {"subject": "Hello", "text": "Dear {{ name }},\n\nYour {{ plan | }} plan"},
+    }
+
+    response = await gateway.post("/api/v1/campaigns", json=body, headers=boss)
+
+    assert response.status == 400
+    error = await response.json()
+    assert error["error"] == "template_error"
+    assert error["part"] == "text"
+    assert error["line"] == 3
+
+
+async def test_preview_renders_samples_lists_render_errors_and_costs_the_sms(
+    gateway: TestClient, boss: dict[str, str]
+) -> None:
+    [anna] = await contacts(
+        gateway, [("Anna Adler", [("phone", phone(1))])], tags=["spring"], attributes={"d": 0}
+    )
+    [bert] = await contacts(
+        gateway, [("Bert", [("phone", phone(2))])], tags=["spring"], attributes={"d": 5}
+    )
+    created = await create(
+        gateway, boss, template={"body": "Hi {{ first_name }} 😀 {{ 10 // attributes.d }}"}
+    )
+
+    response = await gateway.post(
+        f"/api/v1/campaigns/{created['id']}/preview", json={"sample": 5}, headers=boss
+    )
+
+    body = await response.json()
+    assert body["count"] == 2
+    assert body["samples"] == [
+        {"contact_id": bert, "name": "Bert", "rendered": {"body": "Hi Bert 😀 2"}}
+    ]
+    assert [e["contact_id"] for e in body["errors"]] == [anna]
+    assert "ZeroDivisionError" in body["errors"][0]["error"]
+    assert body["sms"] == {"encoding": "UCS-2", "segments": 1, "characters": 11}
+
+
+async def test_a_missing_value_renders_its_default(
+    gateway: TestClient, boss: dict[str, str]
+) -> None:
+    await contacts(gateway, [("", [("phone", phone(1))])], tags=["spring"])
+    created = await create(gateway, boss)
+
+    response = await gateway.post(
+        f"/api/v1/campaigns/{created['id']}/preview", json={"sample": 1}, headers=boss
+    )
+
+    body = await response.json()
+    assert body["errors"] == []
+    assert body["samples"][0]["rendered"] == {"body": "Hi there, your  plan."}
+    assert body["sms"] == {"encoding": "GSM-7", "segments": 1, "characters": 21}
+
+
+async def test_illegal_transitions_are_409(gateway: TestClient, boss: dict[str, str]) -> None:
+    created = await create(gateway, boss)
+
+    paused = await act(gateway, boss, created["id"], "pause")
+    cancelled = await act(gateway, boss, created["id"], "cancel")
+    restarted = await act(gateway, boss, created["id"], "start")
+
+    assert paused.status == 409
+    assert (await paused.json())["error"] == "invalid_transition"
+    assert cancelled.status == 200
+    assert (await cancelled.json())["status"] == "cancelled"
+    assert restarted.status == 409
+
+
+async def test_a_campaign_in_the_future_is_scheduled(
+    gateway: TestClient, boss: dict[str, str]
+) -> None:
+    created = await create(gateway, boss, scheduled_at="2099-01-01T09:00:00+01:00")
+
+    started = await act(gateway, boss, created["id"], "start")
+    paused = await act(gateway, boss, created["id"], "pause")
+    resumed = await act(gateway, boss, created["id"], "resume")
+
+    assert (await started.json())["status"] == "scheduled"
+    assert (await paused.json())["status"] == "paused"
+    assert (await resumed.json())["status"] == "scheduled"
+
+
+# --- dispatch -------------------------------------------------------------------------------
+
+
+async def test_every_recipient_gets_one_message_even_with_several_identities(
+    gateway: TestClient, boss: dict[str, str], stub: TwilioApiStub
+) -> None:
+    people = [
+        (f"Person {n}", [("phone", phone(n)), ("email", f"p{n}@example.com")]) for n in range(20)
+    ]
+    people.append(("Two Phones", [("phone", phone(100)), ("phone", phone(101))]))
+    await contacts(gateway, people, tags=["spring"], attributes={"plan": "Gold"})
+    created = await create(gateway, boss)
+
+    await act(gateway, boss, created["id"], "start")
+    done = await finished(gateway, boss, created["id"])
+
+    got = received(stub)
+    assert sum(got.values()) == 21
+    assert set(got.values()) == {1}
+    assert got[phone(100)] + got[phone(101)] == 1
+    assert stub.messages[0]["Body"] == "Hi Person, your Gold plan."
+    assert done["counts"]["targeted"] == 21
+    assert done["counts"]["sent"] == 21
+    assert done["counts"]["queued"] == 0
+
+
+async def test_opted_out_and_capped_contacts_are_skipped_at_send_time(
+    gateway: TestClient, boss: dict[str, str], stub: TwilioApiStub
+) -> None:
+    ids = await contacts(
+        gateway, [(f"P{n}", [("phone", phone(n))]) for n in range(4)], tags=["spring"]
+    )
+    first = await create(gateway, boss, filter={"tags_any": ["spring"]}, name="First")
+    second = await create(
+        gateway,
+        boss,
+        name="Second",
+        frequency_cap={"max": 1, "days": 7},
+        scheduled_at="2099-01-01T00:00:00Z",
+    )
+    await act(gateway, boss, second["id"], "start")  # scheduled: the audience is not sent yet
+    await act(gateway, boss, first["id"], "start")
+    await finished(gateway, boss, first["id"])
+    # Between scheduling and sending, one contact says STOP.
+    db = gateway.server.app[DATABASE]
+    fresh = await contacts(gateway, [("New", [("phone", phone(50))])], tags=["spring"])
+    await db.run(messaging.set_opt_out, "phone", phone(50), "test", store_now())
+
+    async with db.transaction() as session:
+        await session.run_sync(_reschedule_now, second["id"])
+    done = await finished(gateway, boss, second["id"])
+
+    assert sum(received(stub).values()) == 4  # the first campaign only
+    assert done["counts"]["skipped"] == {"frequency_cap": 4, "opted_out": 1}
+    assert len(ids) + len(fresh) == done["counts"]["targeted"]
+
+
+def store_now() -> Any:
+    from timeline.models import utcnow
+
+    return utcnow()
+
+
+def _reschedule_now(session: Any, campaign_id: int) -> None:
+    from timeline.models import Campaign, utcnow
+
+    found = session.get(Campaign, campaign_id)
+    found.scheduled_at = utcnow()
+
+
+async def test_pause_stops_sending_and_resume_sends_the_rest_once(
+    gateway: TestClient, boss: dict[str, str], stub: TwilioApiStub
+) -> None:
+    await contacts(gateway, [(f"P{n}", [("phone", phone(n))]) for n in range(30)], tags=["spring"])
+    created = await create(gateway, boss, pacing={"per_second": 20})
+    await act(gateway, boss, created["id"], "start")
+    async with asyncio.timeout(10):
+        while not stub.messages:  # noqa: ASYNC110 - the dispatcher's progress, polled
+            await asyncio.sleep(0.01)
+
+    paused = await act(gateway, boss, created["id"], "pause")
+    assert (await paused.json())["status"] == "paused"
+    await _outbox_drained(gateway)
+    after_pause = len(stub.messages)
+    await asyncio.sleep(0.5)
+
+    assert len(stub.messages) == after_pause < 30
+    await act(gateway, boss, created["id"], "resume")
+    await finished(gateway, boss, created["id"])
+    assert sorted(received(stub)) == sorted(phone(n) for n in range(30))
+    assert set(received(stub).values()) == {1}
+
+
+async def _outbox_drained(client: TestClient) -> None:
+    from timeline.models import OutboxMessage
+
+    async with asyncio.timeout(10):
+        while True:
+            async with client.server.app[DATABASE].reading() as session:
+                waiting = (
+                    await session.execute(
+                        select(OutboxMessage.id).where(
+                            OutboxMessage.status.in_(["queued", "sending"])
+                        )
+                    )
+                ).first()
+            if waiting is None:
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_a_reply_is_linked_to_the_campaign_and_stop_counts_as_opted_out(
+    gateway: TestClient, boss: dict[str, str], stub: TwilioApiStub
+) -> None:
+    customer = "+4915123456789"
+    other = "+4915123456780"
+    await contacts(
+        gateway,
+        [("Replier", [("phone", customer)]), ("Stopper", [("phone", other)])],
+        tags=["spring"],
+    )
+    created = await create(gateway, boss)
+    await act(gateway, boss, created["id"], "start")
+    await finished(gateway, boss, created["id"])
+
+    answer = await post_signed(
+        gateway, "/webhooks/twilio/sms", form("text.json", From=customer, Body="Yes please")
+    )
+    stop = await post_signed(
+        gateway,
+        "/webhooks/twilio/sms",
+        form("text.json", From=other, Body="STOP", MessageSid="SM" + "1" * 32),
+    )
+    assert answer.status == stop.status == 200
+
+    counts = await _counted(gateway, boss, created["id"], "replied", "opted_out")
+    async with gateway.server.app[DATABASE].reading() as session:
+        rows = (
+            (await session.execute(select(CampaignRecipient).order_by(CampaignRecipient.id)))
+            .scalars()
+            .all()
+        )
+    assert rows[0].reply_event_id is not None
+    assert rows[1].reply_event_id is None
+    assert counts["replied"] == 1
+    assert counts["opted_out"] == 1
+
+
+async def _counted(
+    client: TestClient, boss: dict[str, str], campaign_id: int, *names: str
+) -> dict[str, Any]:
+    """The campaign's counts once each of `names` is at least 1."""
+    async with asyncio.timeout(10):
+        while True:
+            counts = (await campaign(client, boss, campaign_id))["counts"]
+            if all(counts[name] for name in names):
+                return dict(counts)
+            await asyncio.sleep(0.05)
