@@ -24,7 +24,7 @@ const COUNTS = [
   ["sent", "Sent"],
   ["delivered", "Delivered"],
   ["failed", "Failed"],
-  ["opted_out", "Opted out"],
+  ["opted_out", "Replied STOP"],
   ["replied", "Replied"],
 ];
 
@@ -97,6 +97,7 @@ async function countAudience() {
 
 function showCount(count, sample, message) {
   $("audience-count").textContent = count;
+  $("audience-noun").textContent = count === "1" ? "contact" : "contacts";
   $("audience-status").textContent = message;
   const list = $("audience-sample");
   clear(list);
@@ -238,7 +239,7 @@ async function preview(event) {
     draft.clean = result.errors.length === 0;
     $("start-draft").disabled = !draft.clean;
     status.textContent = draft.clean
-      ? `Draft saved: ${result.count} recipients. Check the samples, then start.`
+      ? `Draft saved: ${result.count} recipient${result.count === 1 ? "" : "s"}. Check the samples, then start.`
       : "The message does not render for some contacts; fix it and preview again.";
     refreshList();
   } catch (error) {
@@ -314,7 +315,7 @@ async function startDraft() {
   try {
     const started = await api(`/api/v1/campaigns/${campaign.id}/start`, { method: "POST" });
     draft = null;
-    $("form-status").textContent = `“${started.name}” is ${started.status}.`;
+    $("form-status").textContent = `“${started.name}” is ${started.status}: its progress is beside the list.`;
     showCampaign(started);
     refreshList();
   } catch (error) {
