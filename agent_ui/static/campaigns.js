@@ -136,8 +136,8 @@ function showSegment() {
 
 function describe(filter) {
   const parts = Object.entries(filter).map(([key, value]) => {
-    const shown = Array.isArray(value) ? value.join(", ") : typeof value === "object" ? JSON.stringify(value) : String(value);
-    return `${key.replaceAll("_", " ")} ${shown}`;
+    const text = Array.isArray(value) ? value.join(", ") : typeof value === "object" ? JSON.stringify(value) : String(value);
+    return `${key.replaceAll("_", " ")} ${text}`;
   });
   return parts.join(" · ") || "every contact";
 }
@@ -243,7 +243,7 @@ async function preview(event) {
       : "The message does not render for some contacts; fix it and preview again.";
     refreshList();
   } catch (error) {
-    status.textContent = "Not saved.";
+    status.textContent = "Not previewed.";
     showProblem(error);
     $("preview-panel").hidden = true;
   }
@@ -380,7 +380,7 @@ function skippedTotal(counts) {
 }
 
 // Done is every recipient the dispatcher is through with: handed to the provider, failed,
-// or skipped (opted out, quiet hours, frequency cap, …).
+// or skipped (no address, opted out, no consent, frequency cap, …). Quiet hours only defer.
 function showProgress(counts) {
   const total = counts.targeted;
   const done = Math.min(total, counts.sent + counts.failed + skippedTotal(counts));
