@@ -13,24 +13,33 @@ ticket yet. SQLite has a single writer, which serialises all of this by itself.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
+    JSON,
+    ColumnElement,
     CursorResult,
+    Result,
+    Select,
     Table,
+    and_,
+    any_,
     bindparam,
     delete,
     exists,
     func,
+    insert,
+    or_,
     select,
     text,
+    union_all,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
@@ -38,7 +47,6 @@ from routing import presence, stats
 from routing.capacity import Capacity
 from routing.choice import NEVER, Candidate, choose_agent, urgency
 from routing.config import RoutingConfig
-from timeline import store
 from timeline.models import (
     OPEN_STATUSES,
     Agent,
@@ -167,32 +175,82 @@ def route(
 ) -> Routed:
     """Place waiting tickets, the most urgent first: an offer, or an assignment in queues that
     do not ask. A ticket nobody can take now waits; an agent coming free takes it later.
-    `excluded` just handed these tickets back and is not given them again at once."""
+    `excluded` just handed these tickets back and is not given them again at once.
+
+    The candidates are read without locks and chosen among in memory; only the chosen agents
+    are locked (in id order) and their load counted again under that lock, which is what keeps
+    them within capacity. A choice that another ingest batch got to first (two batches run
+    side by side on PostgreSQL) is routed again by the sweeper at once (a `reroute` timer),
+    so no ticket is left waiting beside an agent with room."""
     routed = Routed(queues={r.queue for r in requests})
-    requests = _placeable(session, config, requests, now)
-    if not requests:
+    waiting = _placeable(session, config, requests, now)
+    if not waiting.requests:
         return routed
-    skilled = _skilled(config, requests)
-    candidates = {c.agent_id: c for c in _lock_candidates(session, None, skilled)}
-    if not candidates:
+    candidates = {c.agent_id: c for c in _candidates(session, config, waiting.requests)}
+    plan = _plan(config, waiting, candidates, now, excluded)
+    if not plan:
         return routed
-    declined = _declined(session, [r.ticket_id for r in requests])
-    sticky = _sticky(session, config, requests, now)
+    plan, raced = _confirm(session, plan, candidates, now)
+    schedule(session, [(TimerKind.REROUTE, r.ticket_id, now) for r in raced])
+    return routed.merge(_carry_out(session, config, plan, now))
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    """Tickets that may be placed now, with who declined each (per queue) and their contacts'
+    sticky agents."""
+
+    requests: list[RouteRequest]
+    declined: Mapping[tuple[int, str], set[int]]
+    sticky: Mapping[int, int]
+
+
+def _plan(
+    config: RoutingConfig,
+    waiting: _Waiting,
+    candidates: Mapping[int, Candidate],
+    now: datetime,
+    excluded: int | None,
+) -> dict[RouteRequest, int]:
+    """`{ticket: agent}` in order of urgency, each choice counting towards the next."""
+    fitting = dict(candidates)
     plan: dict[RouteRequest, int] = {}
-    for request in sorted(requests, key=lambda r: -_urgency(config, r, now)):
-        queue = config.queue(request.queue)
+    for request in sorted(waiting.requests, key=lambda r: -_urgency(config, r, now)):
         agent_id = choose_agent(
-            queue,
+            config.queue(request.queue),
             request.channel,
-            list(candidates.values()),
-            excluded=declined.get((request.ticket_id, request.queue), set())
+            list(fitting.values()),
+            excluded=waiting.declined.get((request.ticket_id, request.queue), set())
             | ({excluded} if excluded is not None else set()),
-            sticky=request.preferred or sticky.get(request.ticket_id),
+            sticky=request.preferred or waiting.sticky.get(request.ticket_id),
         )
         if agent_id is not None:
             plan[request] = agent_id
-            candidates[agent_id] = candidates[agent_id].plus_one(request.channel, now)
-    return routed.merge(_carry_out(session, config, plan, now))
+            fitting[agent_id] = fitting[agent_id].plus_one(request.channel, now)
+    return plan
+
+
+def _confirm(
+    session: Session,
+    plan: Mapping[RouteRequest, int],
+    candidates: Mapping[int, Candidate],
+    now: datetime,
+) -> tuple[dict[RouteRequest, int], list[RouteRequest]]:
+    """Lock the chosen agents and count their load again: the part of the plan that still
+    fits, and the requests whose agent left or filled up since it was read."""
+    locked = _lock_available(session, set(plan.values()))
+    loads = _loads(session, locked)
+    fresh = {a: replace(candidates[a], load=loads[a]) for a in locked}
+    kept: dict[RouteRequest, int] = {}
+    raced: list[RouteRequest] = []
+    for request, agent_id in plan.items():
+        agent = fresh.get(agent_id)
+        if agent is None or not agent.has_room(request.channel):
+            raced.append(request)
+            continue
+        kept[request] = agent_id
+        fresh[agent_id] = agent.plus_one(request.channel, now)
+    return kept, raced
 
 
 def _urgency(config: RoutingConfig, request: RouteRequest, now: datetime) -> float:
@@ -202,25 +260,59 @@ def _urgency(config: RoutingConfig, request: RouteRequest, now: datetime) -> flo
 
 def _placeable(
     session: Session, config: RoutingConfig, requests: Sequence[RouteRequest], now: datetime
-) -> list[RouteRequest]:
-    """Those still waiting (locked, in id order), without a pending offer, in an open queue."""
-    ids = sorted({r.ticket_id for r in requests})
-    if not ids:
-        return []
-    free = set(
-        session.execute(
-            select(Ticket.id)
-            .where(
-                Ticket.id.in_(ids),
-                Ticket.assignee_id.is_(None),
-                Ticket.status.in_(OPEN_STATUSES),
-                ~_pending_offer(),
-            )
-            .order_by(Ticket.id)
-            .with_for_update()
-        ).scalars()
+) -> _Waiting:
+    """Those still waiting (locked, in id order), without a pending offer, in an open queue;
+    in the same statement who declined them and the contact's last agent (sticky window)."""
+    requests = [r for r in requests if config.queue(r.queue).is_open(now)]
+    windows = {r.ticket_id: config.queue(r.queue).sticky_seconds for r in requests}
+    if not windows:
+        return _Waiting([], {}, {})
+    earlier = aliased(Offer)
+    query = (
+        select(Ticket.id, earlier.agent_id, earlier.queue, *_last_agent(max(windows.values()), now))
+        .outerjoin(earlier, (earlier.ticket_id == Ticket.id) & earlier.status.in_(_DECLINED))
+        .where(
+            Ticket.id.in_(sorted(windows)),
+            Ticket.assignee_id.is_(None),
+            Ticket.status.in_(OPEN_STATUSES),
+            ~_pending_offer(),
+        )
+        .order_by(Ticket.id)
+        .with_for_update(of=Ticket)
     )
-    return [r for r in requests if r.ticket_id in free and config.queue(r.queue).is_open(now)]
+    free: set[int] = set()
+    declined: dict[tuple[int, str], set[int]] = defaultdict(set)
+    sticky: dict[int, int] = {}
+    for ticket_id, agent_id, queue, *last in session.execute(query):
+        free.add(ticket_id)
+        if agent_id is not None:
+            declined[(ticket_id, queue)].add(agent_id)
+        window = timedelta(seconds=windows[ticket_id])
+        if window and last and last[0] is not None and last[1] >= now - window:
+            sticky[ticket_id] = last[0]
+    return _Waiting([r for r in requests if r.ticket_id in free], declined, sticky)
+
+
+def _last_agent(window_seconds: int, now: datetime) -> list[Any]:
+    """Who last took one of the ticket's contact's tickets within the window, and when (two
+    columns; none without a window)."""
+    if window_seconds <= 0:
+        return []
+    earlier = aliased(Ticket)
+    last = (
+        select(earlier.assignee_id)
+        .where(
+            earlier.contact_id == Ticket.contact_id,
+            earlier.assignee_id.is_not(None),
+            earlier.assigned_at >= now - timedelta(seconds=window_seconds),
+        )
+        .order_by(earlier.assigned_at.desc(), earlier.id.desc())
+        .limit(1)
+    )
+    return [
+        last.scalar_subquery(),
+        last.with_only_columns(earlier.assigned_at).scalar_subquery(),
+    ]
 
 
 def _pending_offer() -> Any:
@@ -256,7 +348,8 @@ def _make_offers(
         }
         for r, agent_id in plan.items()
     ]
-    ids = store.insert_rows(session, Offer, rows)
+    returning = insert(Offer).returning(Offer.id, sort_by_parameter_order=True)
+    ids = session.execute(returning, rows).scalars().all()
     made = [
         OfferMade(offer_id, r.ticket_id, agent_id, r.queue, r.channel, expiry[r])
         for offer_id, (r, agent_id) in zip(ids, plan.items(), strict=True)
@@ -328,130 +421,110 @@ def _took_tickets(session: Session, agent_ids: Collection[int], now: datetime) -
 # --- candidates -----------------------------------------------------------------------------
 
 
-def _skilled(config: RoutingConfig, requests: Sequence[RouteRequest]) -> set[str] | None:
-    """When every ticket's queue asks for skills, only agents with one of them can qualify:
-    the others need not be locked nor loaded (a large centre has thousands). None: anyone."""
-    needed: set[str] = set()
-    for request in requests:
-        skills = config.queue(request.queue).skills
-        if not skills:
-            return None
-        needed.update(skills)
-    return needed
-
-
-def _lock_candidates(
-    session: Session, agent_ids: Sequence[int] | None, skills: set[str] | None = None
+def _candidates(
+    session: Session, config: RoutingConfig, requests: Sequence[RouteRequest]
 ) -> list[Candidate]:
-    """The available agents (with one of `skills`, if given), their rows locked in id order,
-    with load and skills."""
-    query = select(
-        Agent.id, Agent.capacity, Agent.presence_since, Agent.last_assigned_at,
-        Agent.last_offered_at,
-    ).where(Agent.presence == Presence.AVAILABLE)  # fmt: skip
-    if agent_ids is not None:
-        query = query.where(Agent.id.in_(agent_ids))
-    if skills is not None:
-        query = query.where(
-            Agent.id.in_(select(AgentSkill.agent_id).where(AgentSkill.skill.in_(skills)))
+    """The available agents who qualify for one of the requests' queues, with their skills
+    and load, read without locks (`_confirm` locks the chosen ones)."""
+    query = _candidate_query(session).where(Agent.presence == Presence.AVAILABLE)
+    qualified = _qualified(session, config, requests)
+    if qualified is not None:
+        query = query.where(qualified)
+    return _read_candidates(session, query)
+
+
+def _qualified(
+    session: Session, config: RoutingConfig, requests: Sequence[RouteRequest]
+) -> ColumnElement[bool] | None:
+    """Agents with every skill (at its level) of at least one of the queues, so that a large
+    centre's thousands of others are never read; None when a queue asks for no skills."""
+    queues = {r.queue: config.queue(r.queue) for r in requests}
+    if any(not q.skills for q in queues.values()):
+        return None
+    postgres = session.get_bind().dialect.name == "postgresql"
+    return or_(
+        *(
+            and_(*(_has_skill(postgres, s, n) for s, n in sorted(queue.skills.items())))
+            for queue in queues.values()
         )
-    rows = list(session.execute(query.order_by(Agent.id).with_for_update()))
-    if not rows:
-        return []
-    ids = [row[0] for row in rows]
-    loads = _loads(session, ids)
-    levels = _skills(session, ids)
+    )
+
+
+def _has_skill(postgres: bool, skill: str, level: int) -> ColumnElement[bool]:
+    """PostgreSQL reads `= ANY(ARRAY(…))` as an index lookup of the few ids; for `IN (…)` its
+    planner scans every agent (10 times slower with 10,000 agents)."""
+    ids = select(AgentSkill.agent_id).where(AgentSkill.skill == skill, AgentSkill.level >= level)
+    if postgres:
+        return Agent.id == any_(func.array(ids.scalar_subquery()))
+    return Agent.id.in_(ids)
+
+
+def _candidate_query(session: Session) -> Select[Any]:
+    """One row per agent: what the strategies sort by, its skills, and the channels of its
+    open tickets and of its pending offers (both take up capacity), in one statement."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    as_list = func.json_agg if postgres else func.json_group_array
+    as_object = func.json_object_agg if postgres else func.json_group_object
+    skills = select(as_object(AgentSkill.skill, AgentSkill.level, type_=JSON)).where(
+        AgentSkill.agent_id == Agent.id
+    )
+    held = select(as_list(Ticket.channel, type_=JSON)).where(
+        Ticket.assignee_id == Agent.id, Ticket.status.in_(OPEN_STATUSES)
+    )
+    offered = select(as_list(Offer.channel, type_=JSON)).where(
+        Offer.agent_id == Agent.id, Offer.status == OfferStatus.PENDING
+    )
+    return select(
+        Agent.id, Agent.capacity, Agent.presence_since, Agent.last_assigned_at,
+        Agent.last_offered_at, skills.scalar_subquery(), held.scalar_subquery(),
+        offered.scalar_subquery(),
+    ).order_by(Agent.id)  # fmt: skip
+
+
+def _read_candidates(session: Session, query: Select[Any]) -> list[Candidate]:
     return [
         Candidate(
             agent_id,
             Capacity.from_json(capacity),
-            loads[agent_id],
-            levels[agent_id],
+            dict(Counter([*(held or ()), *(offered or ())])),
+            skills or {},
             idle_since=max(since, assigned) if assigned else since,
-            last_offered_at=offered or NEVER,
+            last_offered_at=last_offered or NEVER,
         )
-        for agent_id, capacity, since, assigned, offered in rows
+        for agent_id, capacity, since, assigned, last_offered, skills, held, offered in (
+            session.execute(query)
+        )
     ]
+
+
+def _lock_available(session: Session, agent_ids: Collection[int]) -> list[int]:
+    """Lock these agents' rows in id order (the order every routing step takes agents in);
+    the ones still available."""
+    query = (
+        select(Agent.id)
+        .where(Agent.id.in_(sorted(agent_ids)), Agent.presence == Presence.AVAILABLE)
+        .order_by(Agent.id)
+        .with_for_update()
+    )
+    return list(session.execute(query).scalars())
 
 
 def _loads(session: Session, ids: Sequence[int]) -> dict[int, dict[str, int]]:
     """Open tickets and pending offers per agent and channel: both take up capacity."""
-    per_channel: dict[int, dict[str, int]] = defaultdict(dict)
-    held = session.execute(
-        select(Ticket.assignee_id, Ticket.channel, func.count())
-        .where(Ticket.assignee_id.in_(ids), Ticket.status.in_(OPEN_STATUSES))
-        .group_by(Ticket.assignee_id, Ticket.channel)
+    per_channel: dict[int, dict[str, int]] = {agent_id: {} for agent_id in ids}
+    if not ids:
+        return per_channel
+    held = select(Ticket.assignee_id, Ticket.channel).where(
+        Ticket.assignee_id.in_(ids), Ticket.status.in_(OPEN_STATUSES)
     )
-    offered = session.execute(
-        select(Offer.agent_id, Offer.channel, func.count())
-        .where(Offer.agent_id.in_(ids), Offer.status == OfferStatus.PENDING)
-        .group_by(Offer.agent_id, Offer.channel)
+    offered = select(Offer.agent_id, Offer.channel).where(
+        Offer.agent_id.in_(ids), Offer.status == OfferStatus.PENDING
     )
-    for agent_id, channel, n in [*held, *offered]:
-        if agent_id is not None:
-            load = per_channel[agent_id]
-            load[channel] = load.get(channel, 0) + n
+    rows: Result[Any] = session.execute(union_all(held, offered))
+    for agent_id, channel in cast(Sequence[tuple[int, str]], rows.all()):
+        load = per_channel[agent_id]
+        load[channel] = load.get(channel, 0) + 1
     return per_channel
-
-
-def _skills(session: Session, ids: Sequence[int]) -> dict[int, dict[str, int]]:
-    found: dict[int, dict[str, int]] = defaultdict(dict)
-    rows = session.execute(
-        select(AgentSkill.agent_id, AgentSkill.skill, AgentSkill.level).where(
-            AgentSkill.agent_id.in_(ids)
-        )
-    )
-    for agent_id, skill, level in rows:
-        found[agent_id][skill] = level
-    return found
-
-
-def _declined(session: Session, ticket_ids: Sequence[int]) -> dict[tuple[int, str], set[int]]:
-    """Agents who rejected or let lapse an offer of each ticket, per (ticket, queue): they are
-    not asked again while the ticket stays in that queue."""
-    found: dict[tuple[int, str], set[int]] = defaultdict(set)
-    rows = session.execute(
-        select(Offer.ticket_id, Offer.queue, Offer.agent_id).where(
-            Offer.ticket_id.in_(ticket_ids), Offer.status.in_(_DECLINED)
-        )
-    )
-    for ticket_id, queue, agent_id in rows:
-        found[(ticket_id, queue)].add(agent_id)
-    return found
-
-
-def _sticky(
-    session: Session, config: RoutingConfig, requests: Sequence[RouteRequest], now: datetime
-) -> dict[int, int]:
-    """The contact's last agent, for queues with a sticky window: who took one of the
-    contact's other tickets within that window."""
-    windows = {
-        r.ticket_id: (r.contact_id, config.queue(r.queue).sticky_seconds)
-        for r in requests
-        if r.contact_id is not None and config.queue(r.queue).sticky_seconds > 0
-    }
-    if not windows:
-        return {}
-    longest = max(seconds for _, seconds in windows.values())
-    rows = session.execute(
-        select(Ticket.contact_id, Ticket.assignee_id, Ticket.assigned_at)
-        .where(
-            Ticket.contact_id.in_({c for c, _ in windows.values()}),
-            Ticket.assignee_id.is_not(None),
-            Ticket.assigned_at >= now - timedelta(seconds=longest),
-        )
-        .order_by(Ticket.assigned_at)
-    )
-    last: dict[int, tuple[int, datetime]] = {}
-    for contact_id, agent_id, at in rows:
-        if contact_id is not None and agent_id is not None and at is not None:
-            last[contact_id] = (agent_id, at)
-    sticky: dict[int, int] = {}
-    for ticket_id, (contact_id, seconds) in windows.items():
-        found = last.get(contact_id)  # type: ignore[arg-type]
-        if found and found[1] >= now - timedelta(seconds=seconds):
-            sticky[ticket_id] = found[0]
-    return sticky
 
 
 # --- an agent comes free --------------------------------------------------------------------
@@ -459,10 +532,9 @@ def _sticky(
 
 def fill_agent(session: Session, config: RoutingConfig, agent_id: int, now: datetime) -> Routed:
     """Give an available agent with room the most urgent waiting tickets it may take."""
-    found = _lock_candidates(session, [agent_id])
-    if not found:
+    if not _lock_available(session, [agent_id]):
         return Routed()
-    (agent,) = found
+    (agent,) = _read_candidates(session, _candidate_query(session).where(Agent.id == agent_id))
     unfit = [q.name for q in config.queues.values() if not agent.qualifies(q) or not q.is_open(now)]
     declined = exists().where(
         Offer.ticket_id == Ticket.id,
@@ -697,9 +769,8 @@ def withdraw_ticket_offers(session: Session, ticket_ids: Sequence[int], now: dat
 
 def schedule(session: Session, timers: Sequence[tuple[TimerKind, int, datetime]]) -> None:
     if timers:
-        store.insert_rows(
-            session,
-            RoutingTimer,
+        session.execute(
+            insert(RoutingTimer),
             [{"kind": kind, "subject_id": subject, "due_at": due} for kind, subject, due in timers],
         )
 
@@ -743,6 +814,8 @@ def fire(session: Session, config: RoutingConfig, timer: RoutingTimer, now: date
         return expire(session, config, timer.subject_id, now)
     if timer.kind == TimerKind.OVERFLOW:
         return overflow(session, config, timer.subject_id, now)
+    if timer.kind == TimerKind.REROUTE:
+        return reroute(session, config, [timer.subject_id], now)
     if timer.kind == TimerKind.AFTER_CALL_WORK:
         agent = session.get(Agent, timer.subject_id)
         if agent is not None and agent.presence == Presence.AFTER_CALL_WORK:

@@ -455,6 +455,8 @@ class RoutingRule(Base):
 
 class AgentSkill(Base):
     __tablename__ = "agent_skills"
+    # Routing reads only the agents with a queue's skills: a large centre has thousands.
+    __table_args__ = (Index(None, "skill", "level"),)
 
     agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), primary_key=True)
     skill: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -517,6 +519,7 @@ class TimerKind(enum.StrEnum):
     OFFER_EXPIRY = "offer_expiry"  # subject: an offer
     AFTER_CALL_WORK = "after_call_work"  # subject: an agent
     OVERFLOW = "overflow"  # subject: a ticket
+    REROUTE = "reroute"  # subject: a ticket whose chosen agent another batch filled first
 
 
 class RoutingTimer(Base):
