@@ -154,33 +154,32 @@ class CampaignDispatcher:
 
     async def _advance(self, campaign_id: int) -> float:
         materialising = await self.db.run(self._materialise, campaign_id, utcnow())
-        room = await self._room(campaign_id)
-        if room is None:
-            return self.policy.poll_interval  # not ours, or no longer running
-        allowed, wait = room
+        campaign = await self.db.read(_campaign, campaign_id)
+        if campaign is None:
+            return self.policy.poll_interval
+        allowed, bucket = await self._room(campaign)
         if allowed <= 0:
-            return wait
+            # A full backlog drains in moments; an empty bucket says when it has a token.
+            return bucket.wait() if bucket is not None and bucket.available() < 1 else 0.05
         plan = await self.db.run(self._dispatch, campaign_id, allowed, utcnow())
+        if bucket is not None:
+            bucket.take(plan.queued)
         if plan.queued:
             self.outbox.wake()
         if plan.more or materialising:
             return 0.0
         return await self._until_due(campaign_id)
 
-    async def _room(self, campaign_id: int) -> tuple[int, float] | None:
-        """How many recipients may go now (tokens, backlog) and else when to look again."""
-        campaign = await self.db.read(_campaign, campaign_id)
-        if campaign is None:
-            return None
+    async def _room(self, campaign: Campaign) -> tuple[int, RateLimit | None]:
+        """How many recipients may go now: the batch, less the outbox backlog, within the
+        sender's tokens when the campaign is paced (its bucket is returned, to take from)."""
         backlog = await self.db.read(campaigns.waiting_in_outbox, campaign.channel)
         allowed = min(self.policy.batch, self.policy.backlog - backlog)
-        wait = 0.05
         rate = pacing.parse_pacing(campaign.pacing)
-        if rate is not None:
-            bucket = self._bucket(campaign, rate)
-            allowed = min(allowed, bucket.available())
-            wait = max(wait, bucket.wait())
-        return allowed, wait
+        if rate is None:
+            return allowed, None
+        bucket = self._bucket(campaign, rate)
+        return min(allowed, bucket.available()), bucket
 
     def _bucket(self, campaign: Campaign, rate: float) -> RateLimit:
         """One bucket per sender (number, mailbox, bot): campaigns from one sender share it."""

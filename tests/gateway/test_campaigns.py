@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from gateway.app import create_app
 from gateway.campaigns import CAMPAIGN_POLICY, CampaignPolicy
@@ -20,7 +23,7 @@ from tests.helpers import Agents, bearer
 from tests.stubs.twilio_api import TwilioApiStub
 from tests.twilio_sms import form, post_signed, sms_settings
 from timeline import messaging, store
-from timeline.models import CampaignRecipient, Role
+from timeline.models import Campaign, CampaignRecipient, OutboxMessage, Role, utcnow
 
 FAST = CampaignPolicy(poll_interval=0.05)
 SMS_TEMPLATE = {"body": "Hi {{ first_name | default('there') }}, your {{ attributes.plan }} plan."}
@@ -280,7 +283,7 @@ async def test_opted_out_and_capped_contacts_are_skipped_at_send_time(
     # Between scheduling and sending, one contact says STOP.
     db = gateway.server.app[DATABASE]
     fresh = await contacts(gateway, [("New", [("phone", phone(50))])], tags=["spring"])
-    await db.run(messaging.set_opt_out, "phone", phone(50), "test", store_now())
+    await db.run(messaging.set_opt_out, "phone", phone(50), "test", utcnow())
 
     async with db.transaction() as session:
         await session.run_sync(_reschedule_now, second["id"])
@@ -291,16 +294,9 @@ async def test_opted_out_and_capped_contacts_are_skipped_at_send_time(
     assert len(ids) + len(fresh) == done["counts"]["targeted"]
 
 
-def store_now() -> Any:
-    from timeline.models import utcnow
-
-    return utcnow()
-
-
-def _reschedule_now(session: Any, campaign_id: int) -> None:
-    from timeline.models import Campaign, utcnow
-
+def _reschedule_now(session: Session, campaign_id: int) -> None:
     found = session.get(Campaign, campaign_id)
+    assert found is not None
     found.scheduled_at = utcnow()
 
 
@@ -308,7 +304,7 @@ async def test_pause_stops_sending_and_resume_sends_the_rest_once(
     gateway: TestClient, boss: dict[str, str], stub: TwilioApiStub
 ) -> None:
     await contacts(gateway, [(f"P{n}", [("phone", phone(n))]) for n in range(30)], tags=["spring"])
-    created = await create(gateway, boss, pacing={"per_second": 20})
+    created = await create(gateway, boss, pacing={"per_second": 10})
     await act(gateway, boss, created["id"], "start")
     async with asyncio.timeout(10):
         while not stub.messages:  # noqa: ASYNC110 - the dispatcher's progress, polled
@@ -322,14 +318,12 @@ async def test_pause_stops_sending_and_resume_sends_the_rest_once(
 
     assert len(stub.messages) == after_pause < 30
     await act(gateway, boss, created["id"], "resume")
-    await finished(gateway, boss, created["id"])
+    await finished(gateway, boss, created["id"], within=60)
     assert sorted(received(stub)) == sorted(phone(n) for n in range(30))
     assert set(received(stub).values()) == {1}
 
 
 async def _outbox_drained(client: TestClient) -> None:
-    from timeline.models import OutboxMessage
-
     async with asyncio.timeout(10):
         while True:
             async with client.server.app[DATABASE].reading() as session:
@@ -392,3 +386,38 @@ async def _counted(
             if all(counts[name] for name in names):
                 return dict(counts)
             await asyncio.sleep(0.05)
+
+
+async def test_quiet_hours_hold_berlin_while_los_angeles_is_sent_at_the_same_instant(
+    gateway: TestClient, boss: dict[str, str], stub: TwilioApiStub
+) -> None:
+    berlin_phone, los_angeles_phone = "+4930555716001", "+12135550123"
+    await contacts(
+        gateway,
+        [("Berliner", [("phone", berlin_phone)]), ("Angeleno", [("phone", los_angeles_phone)])],
+        tags=["spring"],
+    )
+    # Quiet hours around Berlin's present minute; Los Angeles is nine hours behind.
+    berlin_now = datetime.now(ZoneInfo("Europe/Berlin")).replace(second=0, microsecond=0)
+    start, end = berlin_now - timedelta(hours=1), berlin_now + timedelta(hours=1)
+    quiet = {"start": start.strftime("%H:%M"), "end": end.strftime("%H:%M")}
+    created = await create(gateway, boss, quiet_hours=quiet)
+
+    await act(gateway, boss, created["id"], "start")
+    async with asyncio.timeout(10):
+        while not stub.messages:  # noqa: ASYNC110 - the dispatcher's progress, polled
+            await asyncio.sleep(0.02)
+
+    rows = await _recipients(gateway)
+    assert [m["To"] for m in stub.messages] == [los_angeles_phone]
+    assert rows[0].status == "pending"
+    assert rows[0].not_before == end.astimezone(UTC)
+    counts = await _counted(gateway, boss, created["id"], "sent")
+    assert counts["queued"] == 1
+    assert counts["sent"] == 1
+
+
+async def _recipients(client: TestClient) -> list[CampaignRecipient]:
+    async with client.server.app[DATABASE].reading() as session:
+        found = await session.execute(select(CampaignRecipient).order_by(CampaignRecipient.id))
+        return list(found.scalars())
