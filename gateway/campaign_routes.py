@@ -160,7 +160,7 @@ def campaign_json(campaign: Campaign, counts: JSON) -> JSON:
     }
 
 
-def _with_counts(session: Session, campaign_id: int) -> JSON | None:
+def with_counts(session: Session, campaign_id: int) -> JSON | None:
     campaign = session.get(Campaign, campaign_id)
     if campaign is None:
         return None
@@ -179,10 +179,10 @@ async def create_campaign(request: web.Request) -> web.Response:
     await _supervisor(request)
     data = await read_json_object(request)
     try:
-        fields = _campaign_fields(data)
+        fields = campaign_fields(data)
     except InvalidTemplate as error:
         return template_error(error)
-    body = await _database(request).run(_create, fields, data.get("segment_id"))
+    body = await _database(request).run(create_unit, fields, data.get("segment_id"))
     return web.json_response(body, status=201)
 
 
@@ -202,8 +202,8 @@ _CAMPAIGN_KEYS = frozenset(
 )
 
 
-def _campaign_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """The checked fields of a new campaign (the audience is resolved in `_create`)."""
+def campaign_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The checked fields of a new campaign (the audience is resolved in `create_unit`)."""
     unknown = set(data) - _CAMPAIGN_KEYS
     if unknown:
         raise bad_request("invalid_payload", f"Unknown fields: {', '.join(sorted(unknown))}.")
@@ -253,7 +253,7 @@ def _moment(raw: object) -> datetime | None:
     return moment
 
 
-def _create(session: Session, fields: dict[str, Any], segment_id: int | None) -> JSON:
+def create_unit(session: Session, fields: dict[str, Any], segment_id: int | None) -> JSON:
     if segment_id is not None:
         segment = session.get(Segment, segment_id)
         if segment is None:
@@ -282,7 +282,7 @@ def _listing(session: Session, limit: int, before: int | None) -> list[JSON]:
 @routes.get("/api/v1/campaigns/{id}")
 async def get_campaign(request: web.Request) -> web.Response:
     await _supervisor(request)
-    body = await _database(request).read(_with_counts, path_id(request))
+    body = await _database(request).read(with_counts, path_id(request))
     if body is None:
         raise not_found("campaign")
     return web.json_response(body)
@@ -347,7 +347,7 @@ async def _act(request: web.Request, action: str) -> web.Response:
         )
     if action in ("start", "resume"):
         request.app[DISPATCHER_KEY].wake()
-    return web.json_response(await db.read(_with_counts, campaign_id))
+    return web.json_response(await db.read(with_counts, campaign_id))
 
 
 @routes.post("/api/v1/campaigns/{id}/start")

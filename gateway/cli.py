@@ -1,4 +1,5 @@
-"""`switchboard serve | migrate | agent add | ingest-email` (DESIGN.md, "Stable contract")."""
+"""`switchboard serve | migrate | agent add | ingest-email | campaign …` (DESIGN.md, "Stable
+contract")."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from aiohttp import web
 from sqlalchemy.engine import make_url
 
 from channels import InvalidPayload
+from gateway import campaign_cli
 from gateway.agents import NewAgent, create_agent
 from gateway.app import AccessLogger, create_app
 from gateway.bus import open_bus
@@ -49,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "agent" and args.agent_command == "add":
         return asyncio.run(_agent_add(settings, args))
+    if args.command == "campaign" and args.campaign_command:
+        return asyncio.run(campaign_cli.run(settings.database_url, args))
     if args.command == "ingest-email":
         return asyncio.run(_ingest_email(settings, sys.stdin.buffer.read()))
     parser.print_help()
@@ -70,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
         help="take one raw RFC 5322 message from stdin (MTA piping); exit 65: unreadable "
         "(journaled as rejected), 75: try again later",
     )
+
+    campaign_cli.add_parser(commands)
 
     agent = commands.add_parser("agent", help="manage agents")
     agent_commands = agent.add_subparsers(dest="agent_command")
