@@ -33,7 +33,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-from bench._load import LOOPBACK, ServerProcess, free_port, http_ok, wait_ready
+from bench._load import LOOPBACK, ServerProcess, cpu_seconds, free_port, http_ok, wait_ready
 from channels.email.imap import FETCH_BATCH
 from tests.dovecot import Dovecot
 
@@ -157,6 +157,7 @@ async def _gateway_intake(dovecot: Dovecot, workdir: Path, n: int, within: float
         client = await dovecot.connect()
         try:
             await client.select(STAGING)
+            cpu_before = _cpu(gateway.proc.pid)
             started = time.perf_counter()
             # In slices: aioimaplib parses a response recursively, line by line, and a few
             # thousand EXPUNGE lines in one answer exceed Python's recursion limit.
@@ -169,10 +170,24 @@ async def _gateway_intake(dovecot: Dovecot, workdir: Path, n: int, within: float
             await asyncio.sleep(0.1)
             stored = await asyncio.to_thread(_stored, database)
         seconds = time.perf_counter() - started
+        cpu_after = _cpu(gateway.proc.pid)
         await asyncio.sleep(1.0)  # the last batch's flags, after its commit
     finally:
         gateway.stop(signal.SIGTERM, timeout=30)
-    return {"messages": stored, "seconds": seconds, **_check(database, n)}
+    cpu = {part: round(cpu_after[part] - cpu_before[part], 2) for part in cpu_after}
+    return {"messages": stored, "seconds": seconds, "cpu_seconds": cpu, **_check(database, n)}
+
+
+def _cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of the gateway's own process and of its children (the parsers)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return {
+        "gateway": cpu_seconds(pid) or 0.0,
+        "children": sum(cpu_seconds(int(child)) or 0.0 for child in children),
+    }
 
 
 def _check(database: Path, n: int) -> dict[str, Any]:
@@ -204,6 +219,10 @@ def _table(report: dict[str, Any]) -> str:
         ("bare aioimaplib FETCH messages/s", f"{bare['per_s']:.1f}"),
         ("ratio gateway/bare (target ≥ 0.3)", f"{report['ratio_gateway_over_bare']:.3f}"),
         ("gateway seconds / bare seconds", f"{gateway['seconds']:.2f} / {bare['seconds']:.2f}"),
+        (
+            "gateway CPU seconds: own process / parser processes",
+            f"{gateway['cpu_seconds']['gateway']:.2f} / {gateway['cpu_seconds']['children']:.2f}",
+        ),
         (
             "check (one event per message)",
             f"{'PASS' if gateway['ok'] else 'FAIL'}: {gateway['events']} events, "

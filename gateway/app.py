@@ -41,6 +41,7 @@ from gateway.calls import CallDesk, signal_json
 from gateway.campaigns import dispatching
 from gateway.dispatch import Dispatcher
 from gateway.email_intake import EmailIntake, attachment_store
+from gateway.email_parsers import EmailParsers
 from gateway.errors import error_middleware
 from gateway.ingest import IngestError, Ingestor
 from gateway.keys import (
@@ -224,8 +225,12 @@ async def _email(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     attachments = attachment_store(settings)
     app[ATTACHMENTS] = attachments
+    # Mailboxes read their batches in parser processes; without mailboxes none are started.
+    parsers = EmailParsers(attachments) if settings.mailboxes else None
+    if parsers is not None:
+        await parsers.start()
     intake = EmailIntake(
-        app[INGESTOR], app[DATABASE], attachments, acknowledge=app[REPLIES].acknowledge
+        app[INGESTOR], app[DATABASE], attachments, app[REPLIES].acknowledge, parsers
     )
     app[EMAIL] = intake
     workers = [
@@ -236,6 +241,8 @@ async def _email(app: web.Application) -> AsyncIterator[None]:
     for worker in workers:
         worker.cancel()
     await asyncio.gather(*workers, return_exceptions=True)
+    if parsers is not None:
+        await parsers.stop()
 
 
 async def _close_sockets(app: web.Application) -> None:

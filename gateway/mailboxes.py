@@ -1,10 +1,11 @@
 """IMAP intake workers: one task per configured mailbox, for as long as the gateway runs.
 
 Each pass takes the messages above the mailbox's last UID, in UID order and in batches:
-parse and store attachments one by one, then hand the batch to the ingest path in that order
-(group commit writes it together). Only after the timeline commit is a message flagged, moved
-or deleted, and only after that is the position advanced. A crash in between repeats the
-batch: the ingest path dedupes on Message-ID, so nothing is lost and nothing doubles.
+one FETCH per batch, read in the parser processes (`gateway.email_parsers`), then handed to
+the ingest path in that order (group commit writes it together). Only after the timeline
+commit is a message flagged, moved or deleted, and only after that is the position advanced.
+A crash in between repeats the batch: the ingest path dedupes on Message-ID, so nothing is
+lost and nothing doubles.
 
 A message that cannot be read is journaled as rejected and passed over like a good one: one
 bad message never stalls a mailbox. A broken connection or an unreachable database ends the
@@ -20,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from channels import InvalidPayload
-from channels.email.imap import FETCH_BATCH, ImapError, ImapMailbox, Mailbox, Selected
-from gateway.email_intake import EmailIntake, PreparedEmail
+from channels.email.imap import FETCH_BATCH, Fetched, ImapError, ImapMailbox, Mailbox, Selected
+from gateway.email_intake import EmailIntake
 from gateway.ingest import IngestError, IngestResult
 from timeline import mailboxes
 from timeline.db import Database
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
+# Batches fetched and read while the oldest one is being committed.
+BATCHES_AHEAD = 2
 
 
 class MailboxWorker:
@@ -88,48 +91,52 @@ class MailboxWorker:
         return last
 
     async def _take(self, imap: ImapMailbox, uidvalidity: int, uids: list[int], last: int) -> int:
-        """Batch by batch, in UID order: the next batch is fetched and parsed while the one
-        before is being committed (the database works in its own thread meanwhile)."""
-        previous: _Batch | None = None
+        """Batch by batch, in UID order: while one batch is committed, the next ones are
+        fetched and read (in the parser processes), so the database never waits for IMAP."""
+        pending: list[_Batch] = []
         try:
             for start in range(0, len(uids), FETCH_BATCH):
-                batch = await self._start(imap, uids[start : start + FETCH_BATCH])
-                if previous is not None:
-                    last = await self._complete(imap, uidvalidity, previous, last)
-                previous = batch
-            if previous is not None:
-                last = await self._complete(imap, uidvalidity, previous, last)
+                after = pending[-1] if pending else None
+                pending.append(await self._start(imap, uids[start : start + FETCH_BATCH], after))
+                if len(pending) > BATCHES_AHEAD:
+                    last = await self._complete(imap, uidvalidity, pending[0], last)
+                    pending.pop(0)
+            while pending:
+                last = await self._complete(imap, uidvalidity, pending[0], last)
+                pending.pop(0)
         except BaseException:
-            if previous is not None:  # already queued: let it end, answered or not
-                await asyncio.gather(*previous.delivering.values(), return_exceptions=True)
+            # Already under way: let them end, answered or not, before the session does.
+            await asyncio.gather(*(batch.settle() for batch in pending), return_exceptions=True)
             raise
         return last
 
-    async def _start(self, imap: ImapMailbox, uids: list[int]) -> _Batch:
-        """Fetch and parse a batch, and queue it for the ingest path in UID order."""
+    async def _start(self, imap: ImapMailbox, uids: list[int], after: _Batch | None) -> _Batch:
+        """Fetch a batch and start reading it; it queues for the ingest path behind `after`."""
         fetched = await imap.fetch(uids)
         # Gone meanwhile (another client deleted them): nothing left to take.
         batch = _Batch(uids, {f.uid for f in fetched}, set(uids) - {f.uid for f in fetched})
-        prepared: list[tuple[int, PreparedEmail]] = []
-        for message in fetched:
-            try:
-                prepared.append(
-                    (message.uid, await self._intake.prepare(message.raw, self.mailbox))
-                )
-            except InvalidPayload as error:
+        batch.queued = asyncio.create_task(self._queue(batch, fetched, after))
+        return batch
+
+    async def _queue(self, batch: _Batch, fetched: list[Fetched], after: _Batch | None) -> None:
+        """Read the batch, then hand it to the ingest path once the batch before it is handed
+        over: the ingest path takes messages in the order they are handed to it."""
+        prepared = await self._intake.prepare_many([f.raw for f in fetched], self.mailbox)
+        if after is not None:
+            await after.queued
+        for message, found in zip(fetched, prepared, strict=True):
+            if isinstance(found, InvalidPayload):
                 log.warning(
-                    "mailbox %s: UID %d rejected: %s", self.mailbox.name, message.uid, error
+                    "mailbox %s: UID %d rejected: %s", self.mailbox.name, message.uid, found
                 )
                 batch.done.add(message.uid)
-        # Created in order, so they queue for the ingest path in UID order.
-        batch.delivering = {
-            uid: asyncio.create_task(self._intake.deliver(p)) for uid, p in prepared
-        }
-        return batch
+            else:
+                batch.delivering[message.uid] = asyncio.create_task(self._intake.deliver(found))
 
     async def _complete(self, imap: ImapMailbox, uidvalidity: int, batch: _Batch, last: int) -> int:
         """Once the batch is committed: flag/move/delete it, then advance the position."""
         failure: Exception | None = None
+        await batch.queued  # unread (the parsers broke): the session ends, the batch comes again
         for uid, task in batch.delivering.items():
             try:
                 await task
@@ -158,7 +165,13 @@ class _Batch:
     fetched: set[int]
     # On the timeline, journaled, or gone from the mailbox.
     done: set[int]
+    queued: asyncio.Task[None] = field(init=False)
     delivering: dict[int, asyncio.Task[IngestResult]] = field(default_factory=dict)
+
+    async def settle(self) -> None:
+        """Until what is under way for this batch has ended, however it ended."""
+        await asyncio.gather(self.queued, return_exceptions=True)
+        await asyncio.gather(*self.delivering.values(), return_exceptions=True)
 
 
 def _contiguous(batch: Sequence[int], done: set[int]) -> int | None:

@@ -1,0 +1,156 @@
+"""Reading e-mail off the event loop: parsing, sanitising and storing attachments in processes.
+
+Reading a message (MIME parsing, header decoding, `nh3` on the HTML, hashing and writing its
+attachments) is pure CPU; in the event-loop thread it would take turns with IMAP and the
+database for the one GIL. IMAP intake therefore reads its batches in a pool of processes
+(`EmailParsers`); the API and the CLI, one message at a time, read in place (`read`).
+
+This module is what a parser process imports, so it imports nothing of the gateway's: no
+database, no web framework, only the channel's parser and the attachment store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+from channels import InvalidPayload
+from channels.email import inbound
+from timeline.attachments import AttachmentStore
+from timeline.events import InboundEvent
+
+log = logging.getLogger(__name__)
+
+# Where the API serves a stored attachment (gateway/email_routes.py).
+ATTACHMENT_URL = "/api/v1/attachments/{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadEmail:
+    """A parsed message whose attachments are stored: what the ingest path needs of it."""
+
+    event: InboundEvent
+    bounce: inbound.Bounce | None = None
+    auto_generated: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """Why a message could not be read (an exception does not cross processes intact)."""
+
+    code: str
+    detail: str
+
+
+def read(
+    raw: bytes, attachments: AttachmentStore, *, recipient: str | None, queue: str | None
+) -> ReadEmail:
+    """Parse `raw` and store its attachments; `InvalidPayload` if it cannot be read."""
+    parsed = _parse(raw, recipient)
+    urls: list[str | None] = []
+    for part in parsed.attachments:  # a part over the size limit keeps its metadata, no URL
+        digest = attachments.put(part.data)
+        urls.append(ATTACHMENT_URL.format(digest=digest) if digest else None)
+    return ReadEmail(parsed.event(urls, queue=queue), parsed.bounce, parsed.auto_generated)
+
+
+def read_many(
+    raws: Sequence[bytes],
+    attachments: AttachmentStore,
+    recipient: str | None,
+    queue: str | None,
+) -> list[ReadEmail | Unreadable]:
+    """`read` each of `raws`, in a parser process: one unreadable message spoils no other."""
+    found: list[ReadEmail | Unreadable] = []
+    for raw in raws:
+        try:
+            found.append(read(raw, attachments, recipient=recipient, queue=queue))
+        except InvalidPayload as error:
+            found.append(Unreadable(error.code, error.detail))
+    return found
+
+
+def _parse(raw: bytes, recipient: str | None) -> inbound.ParsedEmail:
+    try:
+        return inbound.parse(raw, recipient=recipient)
+    except InvalidPayload:
+        raise
+    except Exception as error:  # a parser bug must not stall a mailbox: journal and go on
+        log.warning("unreadable e-mail (%s)", type(error).__name__, exc_info=True)
+        raise InvalidPayload(
+            "invalid_email", f"The message could not be read ({type(error).__name__})."
+        ) from error
+
+
+class EmailParsers:
+    """A pool of parser processes that `read_many` spreads each batch over, order kept.
+
+    Started fresh ("spawn"), not forked: the gateway has threads running (database writers)
+    whose locks a forked child could inherit held. Started once with the gateway and warmed
+    up, so the first mail does not wait for interpreters to start.
+    """
+
+    def __init__(self, attachments: AttachmentStore, processes: int | None = None) -> None:
+        self._attachments = attachments
+        self.processes = processes or default_processes()
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._pool = self._new_pool()
+        await self._warm_up(self._pool)
+
+    async def stop(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+    async def read_many(
+        self, raws: Sequence[bytes], *, recipient: str | None, queue: str | None
+    ) -> list[ReadEmail | Unreadable]:
+        """`read` each of `raws`, in `raws`' order, sharing the work out over the processes."""
+        if self._pool is None:
+            raise RuntimeError("the e-mail parsers are not started")
+        pool, loop = self._pool, asyncio.get_running_loop()
+        size = -(-len(raws) // self.processes)
+        chunks = [raws[start : start + size] for start in range(0, len(raws), size)]
+        try:
+            parts = await asyncio.gather(
+                *(
+                    loop.run_in_executor(
+                        pool, read_many, chunk, self._attachments, recipient, queue
+                    )
+                    for chunk in chunks
+                )
+            )
+        except BrokenProcessPool:
+            # A parser process died (killed, out of memory): a new pool for the next attempt.
+            if self._pool is pool:
+                self._pool = self._new_pool()
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        return [found for part in parts for found in part]
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(self.processes, mp_context=context)
+
+    async def _warm_up(self, pool: ProcessPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        empty: list[bytes] = []
+        await asyncio.gather(
+            *(
+                loop.run_in_executor(pool, read_many, empty, self._attachments, None, None)
+                for _ in range(self.processes)
+            )
+        )
+
+
+def default_processes() -> int:
+    """One parser process per CPU: the gateway's own process mostly waits on I/O meanwhile."""
+    return os.cpu_count() or 1
