@@ -30,6 +30,17 @@ from gateway.bus import SUPERVISORS_TOPIC, Bus, agent_topic
 from gateway.dispatch import ConfigCache, assigned_pops, offer_messages
 from gateway.group_commit import GroupCommit, IngestError
 from gateway.pops import PopRequest, StoredPop, publish_pops, store_pops
+from gateway.ringing import (
+    CHANNEL,
+    RING_REASON,
+    Rung,
+    customer,
+    is_blocked,
+    named_ids,
+    pop_call,
+    reference,
+    ring_first,
+)
 from gateway.serialize import JSON
 from gateway.settings import Settings
 from routing import presence
@@ -44,10 +55,10 @@ from routing.assignment import (
 )
 from routing.config import RoutingConfig
 from routing.contacts import identity_of, resolve_contacts
-from routing.identity import IdentityKey, normalise_phone
+from routing.identity import IdentityKey
 from timeline import store
 from timeline.db import Database
-from timeline.events import Address, CallPhase, CallSignal, Direction, EventKind, HangupCause
+from timeline.events import CallPhase, CallSignal, Direction, EventKind, HangupCause
 from timeline.models import (
     FINAL_CALL_STATES,
     Agent,
@@ -63,7 +74,6 @@ from timeline.models import (
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "voice"
 # An inbound call that ends unanswered for these reasons is a missed call (Zammad's rule).
 MISSED_CAUSES = (
     HangupCause.CANCEL,
@@ -98,6 +108,8 @@ class _CallJob:
     payload: bytes
     content_type: str | None
     done: asyncio.Future[CallOutcome]
+    reading_ahead: asyncio.Task[Rung | None] | None = None
+    rung: Rung | None = None  # its pops went out before the commit (`gateway.ringing`)
     journal_id: int | None = None
 
     @property
@@ -122,6 +134,7 @@ class CallDesk:
         self._settings = settings
         self._config = config or ConfigCache(db)
         self._batches = GroupCommit("calls", self._process)
+        self._ringing: set[CallKey] = set()  # rings read ahead, not yet written
 
     async def start(self) -> None:
         await self._batches.start()
@@ -132,23 +145,58 @@ class CallDesk:
     async def receive(
         self, signal: CallSignal, *, payload: bytes, content_type: str | None
     ) -> CallOutcome:
-        """Journal the raw payload, apply the signal, answer once both are committed."""
+        """Pop a new call's ring at once, journal the raw payload, apply the signal; answer
+        once both are committed."""
         job = _CallJob(signal, payload, content_type, asyncio.get_running_loop().create_future())
+        # Read ahead beside the queue, so the signal keeps its place among the call's others.
+        job.reading_ahead = asyncio.create_task(self._ring_first(signal))
         self._batches.submit(job)
         # Shielded: a PBX that hangs up must not cancel the batch its signal is part of.
         return await asyncio.shield(job.done)
 
+    async def _ring_first(self, signal: CallSignal) -> Rung | None:
+        """The ring's pops, published before the signal waits for the writer; None leaves the
+        ringing to the writer (not a new inbound ring, one of its call already in flight)."""
+        key = (signal.provider, signal.call_id)
+        if signal.phase is not CallPhase.RINGING or key in self._ringing:
+            return None
+        self._ringing.add(key)
+        try:
+            rung = await self._db.read(ring_first, self._settings, signal)
+        except Exception:
+            log.exception("a ring could not be read ahead; the writer rings it")
+            self._ringing.discard(key)
+            return None
+        if rung is None:
+            self._ringing.discard(key)
+            return None
+        try:
+            await publish_pops(self._bus, rung.pops)
+        except Exception:  # stored all the same under these ids, and replayed
+            log.exception("publishing the pops of a ring failed")
+        return rung
+
     async def _process(self, batch: list[_CallJob]) -> None:
-        journal_ids = await self._db.run(
-            store.journal, [(CHANNEL, job.payload, job.content_type) for job in batch]
-        )
+        for job in batch:
+            if job.reading_ahead is not None:
+                job.rung = await job.reading_ahead
+        try:
+            journal_ids = await self._db.run(
+                store.journal, [(CHANNEL, job.payload, job.content_type) for job in batch]
+            )
+        except Exception:
+            for job in batch:
+                await self._unring(job)
+            raise
         for job, journal_id in zip(batch, journal_ids, strict=True):
             job.journal_id = journal_id
         outcomes = await self._apply(batch)
+        for job in batch:
+            self._ringing.discard(job.key)
         for job, outcome in outcomes.items():
             job.answer(outcome)
         try:
-            await self._publish(list(outcomes.values()))
+            await self._publish(outcomes)
         except Exception:  # committed all the same: the pops are stored and replayed
             log.exception("publishing the pops of %d call signals failed", len(outcomes))
 
@@ -173,6 +221,10 @@ class CallDesk:
         await self._mark_failed(jobs[0], error)
         return {}
 
+    async def _publish_withdrawals(self, withdrawn: list[tuple[int, int]]) -> None:
+        for agent_id, pop_id in withdrawn:
+            await self._bus.publish(agent_topic(agent_id), {"type": "pop_withdrawn", "id": pop_id})
+
     async def _mark_failed(self, job: _CallJob, error: Exception) -> None:
         log.error("call signal of journal entry %s failed", job.journal_id, exc_info=error)
         if job.journal_id is not None:
@@ -182,14 +234,27 @@ class CallDesk:
                 JournalStatus.FAILED,
                 reason=f"{type(error).__name__}: {error}",
             )
+        await self._unring(job)
         job.fail(IngestError(job.journal_id))
 
-    async def _publish(self, outcomes: list[CallOutcome]) -> None:
-        await publish_pops(self._bus, [pop for outcome in outcomes for pop in outcome.pops])
-        for outcome in outcomes:
-            for agent_id, pop_id in outcome.withdrawn:
-                message = {"type": "pop_withdrawn", "id": pop_id}
-                await self._bus.publish(agent_topic(agent_id), message)
+    async def _unring(self, job: _CallJob) -> None:
+        """A ring that went out but will not be stored is taken back."""
+        self._ringing.discard(job.key)
+        if job.rung is not None:
+            await self._publish_withdrawals([(p.agent_id, p.message["id"]) for p in job.rung.pops])
+
+    async def _publish(self, outcomes: dict[_CallJob, CallOutcome]) -> None:
+        await publish_pops(
+            self._bus,
+            [
+                pop
+                for job, outcome in outcomes.items()
+                for pop in outcome.pops
+                if not (job.rung and pop.message["id"] in job.rung.pop_ids)  # out already
+            ],
+        )
+        for outcome in outcomes.values():
+            await self._publish_withdrawals(outcome.withdrawn)
             for agent_id, state in outcome.presence.items():
                 message = {"type": "presence", "state": state}
                 await self._bus.publish(agent_topic(agent_id), message)
@@ -291,6 +356,7 @@ class _Wave:
                 if call.state == CallState.MISSED:
                     missed.append(job)
         self._ring(ringing, named)
+        self._take_back_unstored_rings()
         self._withdraw(withdrawing)
         self._call_back(missed)
         self._presence()
@@ -303,14 +369,14 @@ class _Wave:
         if not jobs:
             return
         region = self.settings.default_region
-        identities = {job: identity_of(_customer(job.signal), region) for job in jobs}
+        identities = {job: identity_of(customer(job.signal), region) for job in jobs}
         blocked = {job for job in jobs if self._refuses(job.signal, identities[job])}
         customers = {
             job: identity
             for job, identity in identities.items()
             if identity is not None and job not in blocked
         }
-        senders = [(identity, _customer(job.signal).name) for job, identity in customers.items()]
+        senders = [(identity, customer(job.signal).name) for job, identity in customers.items()]
         contacts = resolve_contacts(self.session, senders).contacts if senders else {}
         contact_of = {job: contacts[customers[job]] if job in customers else None for job in jobs}
         rows = [_event_row(job, contact_of[job], job in blocked) for job in jobs]
@@ -319,6 +385,9 @@ class _Wave:
             _new_call(job.signal, event_id, contact_of[job], job in blocked, self.now)
             for job, event_id in zip(jobs, event_ids, strict=True)
         ]
+        for job, call in zip(jobs, opened, strict=True):
+            if job.rung is not None:
+                call.id = job.rung.call_id
         store.insert(self.session, opened)
         for job, call in zip(jobs, opened, strict=True):
             self.calls[job.key] = call
@@ -334,8 +403,8 @@ class _Wave:
         return (
             signal.phase is CallPhase.RINGING
             and signal.direction is Direction.INBOUND
-            and _is_blocked(
-                _customer(signal).raw, identity.value if identity else None, self.settings
+            and is_blocked(
+                customer(signal).raw, identity.value if identity else None, self.settings
             )
         )
 
@@ -347,8 +416,10 @@ class _Wave:
             call, signal = self.calls[job.key], job.signal
             if call.direction != Direction.INBOUND:
                 continue
-            if signal.agents:
-                wanted = _named_ids(named, signal.agents)
+            if job.rung is not None:  # whom it rang before the commit
+                wanted = [pop.agent_id for pop in job.rung.pops]
+            elif signal.agents:
+                wanted = named_ids(named, signal.agents)
             elif signal.ring_available and not call.pops:
                 if available is None:
                     available = available_agents(self.session)
@@ -363,9 +434,18 @@ class _Wave:
             call = self.calls[job.key]
             ticket = tickets.get(call.contact_id) if call.contact_id else None
             details = pop_call(call)
+            reserved = {p.agent_id: p.message["id"] for p in job.rung.pops} if job.rung else {}
             for agent_id in new:
                 requests.append(
-                    PopRequest(agent_id, "incoming_call", CHANNEL, call.contact_id, ticket, details)
+                    PopRequest(
+                        agent_id,
+                        RING_REASON,
+                        CHANNEL,
+                        call.contact_id,
+                        ticket,
+                        details,
+                        reserved.get(agent_id),
+                    )
                 )
                 owners.append(job)
         for job, pop in zip(owners, store_pops(self.session, requests), strict=True):
@@ -373,8 +453,21 @@ class _Wave:
             call.pops = {**call.pops, str(pop.agent_id): pop.message["id"]}
             self.outcomes[job].pops.append(pop)
 
+    def _take_back_unstored_rings(self) -> None:
+        """Pops that went out before the commit but that the call did not keep (a duplicate
+        ring, a call already over) are withdrawn."""
+        for job, outcome in self.outcomes.items():
+            if job.rung is None:
+                continue
+            kept = set(self.calls[job.key].pops.values())
+            outcome.withdrawn += [
+                (pop.agent_id, pop.message["id"])
+                for pop in job.rung.pops
+                if pop.message["id"] not in kept
+            ]
+
     def _answer(self, call: Call, signal: CallSignal, named: dict[str, list[Agent]]) -> None:
-        answerer = named.get(_reference(signal.answered_by or ""), [])
+        answerer = named.get(reference(signal.answered_by or ""), [])
         agent = answerer[0] if answerer else None
         call.state = CallState.ANSWERED
         call.answered_at = signal.occurred_at
@@ -473,23 +566,17 @@ class _Wave:
 
 def _references(jobs: Sequence[_CallJob]) -> set[str]:
     """Every agent the batch's signals name, to ring or as the one who answered."""
-    references = {_reference(name) for job in jobs for name in job.signal.agents}
-    references.update(_reference(j.signal.answered_by) for j in jobs if j.signal.answered_by)
+    references = {reference(name) for job in jobs for name in job.signal.agents}
+    references.update(reference(j.signal.answered_by) for j in jobs if j.signal.answered_by)
     return references
-
-
-def _reference(name: str) -> str:
-    return name.strip().lower()
-
-
-def _named_ids(named: dict[str, list[Agent]], references: Sequence[str]) -> list[int]:
-    return sorted({agent.id for name in references for agent in named.get(_reference(name), [])})
 
 
 def _event_row(job: _CallJob, contact_id: int | None, blocked: bool) -> store.Row:
     signal = job.signal
     inbound = signal.direction is Direction.INBOUND
+    reserved = {"id": job.rung.event_id} if job.rung else {}
     return {
+        **reserved,
         "channel": CHANNEL,
         "external_id": f"{signal.provider}:{signal.call_id}",
         "kind": EventKind.CALL,
@@ -534,21 +621,6 @@ def link_call_to_ticket(session: Session, call_id: int, ticket_id: int) -> None:
     event.ticket_id = ticket_id
 
 
-def _customer(signal: CallSignal) -> Address:
-    """The customer's side of the call: the caller inbound, the callee outbound."""
-    if signal.direction is Direction.INBOUND:
-        return signal.caller
-    return Address("phone", signal.callee)
-
-
-def _is_blocked(raw: str, e164: str | None, settings: Settings) -> bool:
-    for entry in settings.cti_blocked:
-        prefix = normalise_phone(entry, settings.default_region) or entry.replace(" ", "")
-        if (e164 and e164.startswith(prefix)) or raw.replace(" ", "").startswith(prefix):
-            return True
-    return False
-
-
 def _unanswered_state(direction: str, cause: HangupCause | None) -> CallState:
     if direction != Direction.INBOUND:
         return CallState.UNANSWERED
@@ -573,17 +645,6 @@ def signal_json(signal: CallSignal) -> bytes:
     fields = asdict(signal)
     fields["occurred_at"] = signal.occurred_at.isoformat()
     return json.dumps(fields).encode()
-
-
-def pop_call(call: Call) -> JSON:
-    """The `call` part of a screen-pop (DESIGN.md contract)."""
-    return {
-        "id": call.call_id,
-        "record_id": call.id,
-        "from": call.from_number,
-        "to": call.to_number,
-        "state": call.state,
-    }
 
 
 def call_json(call: Call) -> dict[str, Any]:

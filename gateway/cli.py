@@ -30,6 +30,7 @@ from timeline.models import Role
 # sysexits.h: what an MTA piping mail to us understands (bounce it, or retry it later).
 EX_DATAERR = 65
 EX_TEMPFAIL = 75
+GIL_SWITCH_SECONDS = 0.0005
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,6 +112,9 @@ def _serve(settings: Settings, host: str, port: int) -> int:
             f"Switchboard is listening on http://{host}:{port}/ (database: {database})", flush=True
         )
 
+    # The SQLite writer thread runs long stretches of Python; at the default 5 ms a request
+    # waiting for the GIL waits that long at every hand-off (each database call releases it).
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     web.run_app(
         create_app(settings), host=host, port=port, access_log_class=AccessLogger, print=announce
     )

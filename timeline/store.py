@@ -8,6 +8,7 @@ what lets one commit acknowledge many inbounds (group commit).
 from __future__ import annotations
 
 import functools
+import threading
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -69,6 +70,31 @@ def _pairs_in(
     return or_(*(and_(first == a, second.in_(bs)) for a, bs in grouped.items()))
 
 
+class _SqliteIds:
+    """The largest id this process has handed out per SQLite file and table.
+
+    An id may be taken ahead of its INSERT (a call's pop goes out before its commit, see
+    `reserve_ids`); the next transaction must not hand it out again although the table does
+    not show it yet. SQLite files are written by one gateway process, so a process-wide
+    counter is the whole truth; it is shared by the writer and reader threads, hence the lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._issued: dict[tuple[str | None, str], int] = {}
+
+    def take(self, session: Session, table: Table, n: int) -> range:
+        key = (session.get_bind().engine.url.database, table.name)
+        largest = session.execute(select(func.max(table.c.id))).scalar_one() or 0
+        with self._lock:
+            first = max(largest, self._issued.get(key, 0)) + 1
+            self._issued[key] = first + n - 1
+        return range(first, first + n)
+
+
+_sqlite_ids = _SqliteIds()
+
+
 def _next_ids(session: Session, table: Table, n: int) -> Sequence[int]:
     """Ids for `n` new rows, taken before the INSERT so a batch goes in as one statement.
 
@@ -78,11 +104,20 @@ def _next_ids(session: Session, table: Table, n: int) -> Sequence[int]:
     IMMEDIATE, see timeline.db); on PostgreSQL they come from the table's own sequence, as the
     column default would take them.
     """
+    if n == 0:
+        return []
     if session.get_bind().dialect.name == "sqlite":
-        largest = (session.execute(select(func.max(table.c.id)))).scalar_one() or 0
-        return range(largest + 1, largest + 1 + n)
+        return _sqlite_ids.take(session, table, n)
     result = session.execute(_NEXT_IDS, {"table": table.name, "n": n})
     return result.scalars().all()
+
+
+def reserve_ids(session: Session, model: type[Base], n: int) -> Sequence[int]:
+    """Ids for rows a later transaction inserts (`insert_rows`/`insert` keep a preset id):
+    what must be known before the commit, such as the pops of a ringing call."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return _next_ids(session, table, n)
 
 
 def insert_rows(session: Session, model: type[Base], rows: list[Row]) -> list[int]:
@@ -95,20 +130,22 @@ def insert_rows(session: Session, model: type[Base], rows: list[Row]) -> list[in
         return []
     table = model.__table__
     assert isinstance(table, Table)
-    ids = list(_next_ids(session, table, len(rows)))
-    for row, row_id in zip(rows, ids, strict=True):
-        row["id"] = row_id
+    fresh = iter(_next_ids(session, table, sum(1 for row in rows if "id" not in row)))
+    for row in rows:
+        row.setdefault("id", next(fresh, None))
     session.execute(table.insert(), rows)
-    return ids
+    return [row["id"] for row in rows]
 
 
 def insert(session: Session, objects: Sequence[Base]) -> None:
-    """Insert new ORM objects of one class in one statement, ids given beforehand."""
+    """Insert new ORM objects of one class in one statement, ids given beforehand (an id
+    already set, as `reserve_ids` gave it, is kept)."""
     if not objects:
         return
     table = type(objects[0]).__table__
     assert isinstance(table, Table)
-    for obj, obj_id in zip(objects, _next_ids(session, table, len(objects)), strict=True):
+    unnumbered = [obj for obj in objects if obj.id is None]  # type: ignore[attr-defined]
+    for obj, obj_id in zip(unnumbered, _next_ids(session, table, len(unnumbered)), strict=True):
         obj.id = obj_id  # type: ignore[attr-defined]
     session.add_all(objects)
     session.flush()

@@ -1,0 +1,177 @@
+"""The ring first: a ringing call's card goes out before the call is written.
+
+Ring-to-pop is what an agent feels; the call's transaction (journal, contact, timeline
+event, pops, callback tickets) is what the writer does for everything, and it may have a
+queue in front of it. So the ring of a new inbound call is read, not written: who is calling
+(the contact's card as it stands, or a new caller's number), whom to ring, and ids reserved
+for the call record, its timeline event and the pops (`timeline.store.reserve_ids`). The
+pops are published at once; the writer then stores the call under those ids and the pops it
+still rings, and takes back (`pop_withdrawn`) any it does not — a duplicate ring, a call
+already over, a caller the blocklist refuses. Should the process die in between, the PBX
+gets no answer and the card is not replayed: what was shown was never stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from gateway.pops import RECENT_EVENTS_ON_CARD, StoredPop, contact_cards, unknown_caller_card
+from gateway.serialize import JSON, iso, ticket_summary
+from gateway.settings import Settings
+from routing.assignment import agents_by_reference, available_agents
+from routing.contacts import identity_of
+from routing.identity import IdentityKey, normalise_phone
+from timeline import store
+from timeline.events import Address, CallPhase, CallSignal, Direction, EventKind
+from timeline.models import Agent, Call, CallState, ScreenPop, TimelineEvent
+
+CHANNEL = "voice"
+RING_REASON = "incoming_call"
+
+
+@dataclass(frozen=True, slots=True)
+class Rung:
+    """What went out before the commit: the ids the writer must store the call under."""
+
+    call_id: int
+    event_id: int
+    pops: list[StoredPop]
+
+    @property
+    def pop_ids(self) -> set[int]:
+        return {pop.message["id"] for pop in self.pops}
+
+
+def ring_first(session: Session, settings: Settings, signal: CallSignal) -> Rung | None:
+    """The pops of a new inbound call's ring, with the ids they promise; None when the ring
+    is not the first news of the call, rings nobody, or the caller is blocked."""
+    if signal.phase is not CallPhase.RINGING or signal.direction is not Direction.INBOUND:
+        return None
+    if _known(session, signal):
+        return None
+    identity = identity_of(customer(signal), settings.default_region)
+    if is_blocked(signal.caller.raw, identity.value if identity else None, settings):
+        return None
+    agents = _to_ring(session, signal)
+    if not agents:
+        return None
+    (call_id,) = store.reserve_ids(session, Call, 1)
+    (event_id,) = store.reserve_ids(session, TimelineEvent, 1)
+    card, ticket = _card(session, signal, identity, event_id)
+    message: JSON = {
+        "type": "screen_pop",
+        "reason": RING_REASON,
+        "channel": CHANNEL,
+        "contact": card,
+        "ticket": ticket,
+        "call": ringing_call(signal, call_id),
+    }
+    pop_ids = store.reserve_ids(session, ScreenPop, len(agents))
+    pops = [StoredPop(a, {**message, "id": p}) for a, p in zip(agents, pop_ids, strict=True)]
+    return Rung(call_id, event_id, pops)
+
+
+def _known(session: Session, signal: CallSignal) -> bool:
+    query = select(exists().where(Call.provider == signal.provider, Call.call_id == signal.call_id))
+    return bool(session.execute(query).scalar())
+
+
+def _to_ring(session: Session, signal: CallSignal) -> list[int]:
+    if signal.agents:
+        return named_ids(agents_by_reference(session, signal.agents), signal.agents)
+    return available_agents(session) if signal.ring_available else []
+
+
+def _card(
+    session: Session, signal: CallSignal, identity: IdentityKey | None, event_id: int
+) -> tuple[JSON, JSON | None]:
+    """The caller's card as the writer will have it: this call first in its history."""
+    if identity is None:
+        return unknown_caller_card(), None
+    this_call = _call_preview(signal, event_id)
+    found = store.contact_ids_by_identity(session, {(identity.kind, identity.value)})
+    contact_id = found.get((identity.kind, identity.value))
+    if contact_id is None:
+        name = (customer(signal).name or "").strip() or identity.value
+        return new_caller_card(identity, name[:200], this_call), None
+    card = contact_cards(session, {contact_id})[contact_id]
+    card["recent"] = [this_call, *card["recent"]][:RECENT_EVENTS_ON_CARD]
+    open_ticket = store.open_ticket_by_contact(session, {contact_id}).get(contact_id)
+    return card, ticket_summary(open_ticket) if open_ticket else None
+
+
+def new_caller_card(identity: IdentityKey, name: str, this_call: JSON) -> JSON:
+    """A caller not yet a contact: the writer makes it one with this number."""
+    return {
+        "id": None,
+        "name": name,
+        "identities": [{"kind": identity.kind, "value": identity.value}],
+        "tags": [],
+        "attributes": {},
+        "merged_into_id": None,
+        "created_at": None,
+        "open_tickets": [],
+        "recent": [this_call],
+    }
+
+
+def _call_preview(signal: CallSignal, event_id: int) -> JSON:
+    return {
+        "id": event_id,
+        "channel": CHANNEL,
+        "direction": signal.direction,
+        "kind": EventKind.CALL,
+        "body": "Incoming call",
+        "ticket_id": None,
+        "occurred_at": iso(signal.occurred_at),
+    }
+
+
+def ringing_call(signal: CallSignal, call_id: int) -> JSON:
+    """The `call` part of a ringing call's pop, as `pop_call` gives it once stored."""
+    return {
+        "id": signal.call_id,
+        "record_id": call_id,
+        "from": signal.caller.raw,
+        "to": signal.callee,
+        "state": CallState.RINGING,
+    }
+
+
+def pop_call(call: Call) -> JSON:
+    """The `call` part of a screen-pop (DESIGN.md contract)."""
+    return {
+        "id": call.call_id,
+        "record_id": call.id,
+        "from": call.from_number,
+        "to": call.to_number,
+        "state": call.state,
+    }
+
+
+def customer(signal: CallSignal) -> Address:
+    """The customer's side of the call: the caller inbound, the callee outbound."""
+    if signal.direction is Direction.INBOUND:
+        return signal.caller
+    return Address("phone", signal.callee)
+
+
+def is_blocked(raw: str, e164: str | None, settings: Settings) -> bool:
+    """Caller-ID blocking as Zammad does it: numbers or prefixes from the settings."""
+    for entry in settings.cti_blocked:
+        prefix = normalise_phone(entry, settings.default_region) or entry.replace(" ", "")
+        if (e164 and e164.startswith(prefix)) or raw.replace(" ", "").startswith(prefix):
+            return True
+    return False
+
+
+def reference(name: str) -> str:
+    return name.strip().lower()
+
+
+def named_ids(named: dict[str, list[Agent]], references: Sequence[str]) -> list[int]:
+    return sorted({agent.id for name in references for agent in named.get(reference(name), [])})

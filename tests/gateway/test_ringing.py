@@ -1,0 +1,153 @@
+"""The ring first (`gateway.ringing`): a new inbound call's card reaches the agents while the
+call still waits for the writer, under the ids the writer then stores; what it does not store
+is taken back. Both databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from sqlalchemy import select
+
+from gateway.calls import CallOutcome
+from gateway.group_commit import IngestError
+from gateway.keys import CALLS, DATABASE
+from tests.gateway.test_call_batches import signal
+from tests.gateway.test_cti import arrivals, console
+from tests.helpers import Agents, bearer, inbound, receive
+from timeline import store
+from timeline.events import CallPhase
+from timeline.models import Call, ScreenPop, TimelineEvent
+
+Process = Callable[[list[Any]], Awaitable[None]]
+
+
+class Gate:
+    """Holds the call desk's writer until opened, as a long queue in front of it would."""
+
+    def __init__(self, process: Process) -> None:
+        self._process = process
+        self.open = asyncio.Event()
+        self.batches: list[int] = []
+
+    async def __call__(self, batch: list[Any]) -> None:
+        await self.open.wait()
+        self.batches.append(len(batch))
+        await self._process(batch)
+
+
+@pytest.fixture
+async def gate(client: TestClient) -> AsyncIterator[Gate]:
+    batches = client.server.app[CALLS]._batches
+    held = Gate(batches._process)
+    batches._process = held
+    yield held
+    held.open.set()
+
+
+async def deliver(desk: Any, call_signal: Any) -> CallOutcome:
+    outcome: CallOutcome = await desk.receive(call_signal, payload=b"{}", content_type=None)
+    return outcome
+
+
+def ring(call_id: str, *agents: str, caller: str = "+493055571600") -> Any:
+    return signal(call_id, CallPhase.RINGING, caller=caller, agents=agents)
+
+
+async def test_the_card_arrives_before_the_writer_stores_the_call_and_under_its_ids(
+    client: TestClient, agents: Agents, gate: Gate
+) -> None:
+    anna = await agents.add("Anna", extension="201")
+    socket = await console(client, anna)
+    desk = client.server.app[CALLS]
+
+    answered = asyncio.create_task(deliver(desk, ring("c1", "201")))
+    pop = await receive(socket, "screen_pop")
+    assert not answered.done() and gate.batches == [], "the writer has not run yet"
+    async with client.server.app[DATABASE].reading() as session:
+        assert await session.run_sync(store.count, Call) == 0
+    gate.open.set()
+    outcome: CallOutcome = await answered
+
+    assert outcome.call is not None
+    assert pop["reason"] == "incoming_call" and pop["call"]["id"] == "c1"
+    assert pop["call"]["record_id"] == outcome.call["id"]
+    assert pop["contact"]["id"] is None, "a new caller: the writer makes the contact"
+    assert pop["contact"]["identities"] == [{"kind": "phone", "value": "+493055571600"}]
+    assert pop["contact"]["recent"][0]["id"] == outcome.call["event_id"]
+    assert [p.message["id"] for p in outcome.pops] == [pop["id"]]
+    async with client.server.app[DATABASE].reading() as session:
+        stored = (await session.execute(select(ScreenPop.id, ScreenPop.agent_id))).all()
+    assert stored == [(pop["id"], anna["id"])]
+    assert await arrivals(socket) == [], "published once, not again after the commit"
+
+
+async def test_ids_reserved_for_a_ring_are_not_taken_by_writes_in_between(
+    client: TestClient, agents: Agents, gate: Gate
+) -> None:
+    anna = await agents.add("Anna", extension="201")
+    socket = await console(client, anna)
+    desk = client.server.app[CALLS]
+    database = client.server.app[DATABASE]
+
+    first = asyncio.create_task(deliver(desk, ring("c1", "201")))
+    early = await receive(socket, "screen_pop")
+    # Meanwhile the ingest path writes an event of its own (an SMS) and takes ids.
+    response = await client.post("/api/v1/inbound", json=inbound("between"), headers=bearer(anna))
+    assert response.status == 202
+    sms_event = (await response.json())["event_id"]
+    gate.open.set()
+    outcome = await first
+
+    assert outcome.call is not None
+    assert early["contact"]["recent"][0]["id"] == outcome.call["event_id"] != sms_event
+    async with database.reading() as session:
+        events = (await session.execute(select(TimelineEvent.id))).scalars().all()
+    assert sorted(events) == sorted([sms_event, outcome.call["event_id"]])
+
+
+async def test_a_ring_twice_in_flight_keeps_one_pop_and_takes_the_other_back(
+    client: TestClient, agents: Agents, gate: Gate
+) -> None:
+    anna = await agents.add("Anna", extension="201")
+    socket = await console(client, anna)
+    desk = client.server.app[CALLS]
+    duplicate = ring("c1", "201")
+
+    first = asyncio.create_task(deliver(desk, duplicate))
+    pop = await receive(socket, "screen_pop")
+    again = asyncio.create_task(deliver(desk, duplicate))
+    await asyncio.sleep(0.2)
+    gate.open.set()
+    await asyncio.gather(first, again)
+
+    assert await arrivals(socket) == [], "the second ring waited for the writer"
+    async with client.server.app[DATABASE].reading() as session:
+        stored = (await session.execute(select(ScreenPop.id))).scalars().all()
+        calls = await session.run_sync(store.count, Call)
+    assert stored == [pop["id"]] and calls == 1
+
+
+async def test_a_ring_the_writer_cannot_store_is_withdrawn(
+    client: TestClient, agents: Agents, gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    anna = await agents.add("Anna", extension="201")
+    socket = await console(client, anna)
+    desk = client.server.app[CALLS]
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr("gateway.calls.apply_signals", broken)
+    failing = asyncio.create_task(deliver(desk, ring("c1", "201")))
+    pop = await receive(socket, "screen_pop")
+    gate.open.set()
+    with pytest.raises(IngestError):
+        await failing
+
+    withdrawn = await receive(socket, "pop_withdrawn")
+    assert withdrawn["id"] == pop["id"]
