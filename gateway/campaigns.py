@@ -142,7 +142,8 @@ class CampaignDispatcher:
     async def round(self) -> float:
         """One pass over the running campaigns; how long to sleep before the next."""
         now = utcnow()
-        await self.db.run(campaigns.start_due, now)
+        if await self.db.read(campaigns.due_to_start, now):
+            await self.db.run(campaigns.start_due, now)
         pause = self.policy.poll_interval
         for campaign_id in await self.db.read(campaigns.running):
             pause = min(pause, await self._advance(campaign_id))
@@ -153,14 +154,18 @@ class CampaignDispatcher:
         return pause
 
     async def _advance(self, campaign_id: int) -> float:
-        materialising = await self.db.run(self._materialise, campaign_id, utcnow())
         campaign = await self.db.read(_campaign, campaign_id)
         if campaign is None:
             return self.policy.poll_interval
+        materialising = campaign.materialised_at is None and await self.db.run(
+            self._materialise, campaign_id, utcnow()
+        )
         allowed, bucket = await self._room(campaign)
-        if allowed <= 0:
-            # A full backlog drains in moments; an empty bucket says when it has a token.
-            return bucket.wait() if bucket is not None and bucket.available() < 1 else 0.05
+        if bucket is not None and allowed <= 0:
+            return max(bucket.wait(), 0.05)
+        if bucket is None and allowed < self.policy.batch // 2:
+            # The backlog drains in moments; refilled by half batches, not a few rows at a time.
+            return 0.05
         plan = await self.db.run(self._dispatch, campaign_id, allowed, utcnow())
         if bucket is not None:
             bucket.take(plan.queued)
@@ -268,6 +273,7 @@ class _Batch:
         self.cap = FrequencyCap.parse(campaign.frequency_cap) if campaign.frequency_cap else None
         self.wants_opt_in = campaign.filter.get("consent") == "opted_in"
         self.queued: list[Queued] = []
+        self._outgoing: list[tuple[int, NewOutbound]] = []
         self.skipped: list[tuple[int, str]] = []
         self.deferred: list[tuple[int, datetime]] = []
         self._members: dict[int, Member] = {}
@@ -330,26 +336,33 @@ class _Batch:
         except InvalidPayload:
             self.skipped.append((recipient.id, UNDELIVERABLE))
             return
-        enqueued = outbox.enqueue(
-            self.session,
-            NewOutbound(
-                channel=self.campaign.channel,
-                idempotency_key=recipient.idempotency_key,
-                recipient=address,
-                sender=draft.sender,
-                payload=draft.payload,
-                external_id=draft.external_id,
-                ticket_id=None,
-                contact_id=member.contact_id,
-                text=draft.text,
-                subject=draft.subject,
-                html=draft.html,
-            ),
-            self.now,
+        self._outgoing.append(
+            (
+                recipient.id,
+                NewOutbound(
+                    channel=self.campaign.channel,
+                    idempotency_key=recipient.idempotency_key,
+                    recipient=address,
+                    sender=draft.sender,
+                    payload=draft.payload,
+                    external_id=draft.external_id,
+                    ticket_id=None,
+                    contact_id=member.contact_id,
+                    text=draft.text,
+                    subject=draft.subject,
+                    html=draft.html,
+                ),
+            )
         )
-        self.queued.append(Queued(recipient.id, address, enqueued.message.id))
 
     def record(self) -> None:
+        """The outbox rows and the recipients' marks, in this one transaction."""
+        news = [new for _, new in self._outgoing]
+        outbox_ids = outbox.enqueue_many(self.session, news, self.now)
+        self.queued = [
+            Queued(rid, new.recipient, oid)
+            for (rid, new), oid in zip(self._outgoing, outbox_ids, strict=True)
+        ]
         campaigns.mark_queued(self.session, self.queued, self.now)
         campaigns.mark_skipped(self.session, self.skipped)
         campaigns.defer(self.session, self.deferred)
@@ -357,7 +370,8 @@ class _Batch:
 
 def _follow(session: Session, campaign: Campaign, window: timedelta) -> None:
     """Link the inbounds since the campaign's watermark to its recipients (see module doc)."""
-    events = campaigns.reply_candidates(session, campaign, limit=1000)
+    events, upto = campaigns.reply_candidates(session, campaign, limit=1000)
+    campaign.replies_seen_event_id = upto
     if not events:
         return
     recipients = campaigns.awaiting_reply(session, campaign.id, {e[1] for e in events})
@@ -372,7 +386,6 @@ def _follow(session: Session, campaign: Campaign, window: timedelta) -> None:
         elif recipient.replied_at is None:
             recipient.replied_at = occurred_at
             recipient.reply_event_id = event_id
-    campaign.replies_seen_event_id = events[-1][0]
 
 
 DISPATCHER_KEY = web.AppKey("campaigns", CampaignDispatcher)

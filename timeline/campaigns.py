@@ -124,6 +124,18 @@ def transition(
     return campaign, True
 
 
+def due_to_start(session: Session, now: datetime) -> bool:
+    """Whether a scheduled campaign's time has come (read first: starting one is a write)."""
+    return (
+        session.execute(
+            select(Campaign.id)
+            .where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.scheduled_at <= now)
+            .limit(1)
+        ).first()
+        is not None
+    )
+
+
 def start_due(session: Session, now: datetime) -> None:
     """Scheduled campaigns whose time has come start running."""
     session.execute(
@@ -324,28 +336,29 @@ def defer(session: Session, deferred: Sequence[tuple[int, datetime]]) -> None:
 
 def reply_candidates(
     session: Session, campaign: Campaign, limit: int
-) -> list[tuple[int, int, str, datetime]]:
+) -> tuple[list[tuple[int, int, str, datetime]], int]:
     """The next inbound events on the campaign's channel after its watermark, as
-    `(event id, contact id, body, occurred at)`, oldest first."""
-    return [
-        (event_id, contact_id, body, occurred_at)
-        for event_id, contact_id, body, occurred_at in session.execute(
-            select(
-                TimelineEvent.id,
-                TimelineEvent.contact_id,
-                TimelineEvent.body,
-                TimelineEvent.occurred_at,
-            )
-            .where(
-                TimelineEvent.id > campaign.replies_seen_event_id,
-                TimelineEvent.channel == campaign.channel,
-                TimelineEvent.direction == "in",
-            )
-            .order_by(TimelineEvent.id)
-            .limit(limit)
+    `(event id, contact id, body, occurred at)` oldest first, and the new watermark: the
+    events looked at (outbound ones included) need not be looked at again."""
+    newest = session.execute(select(func.max(TimelineEvent.id))).scalar_one() or 0
+    rows = session.execute(
+        select(
+            TimelineEvent.id,
+            TimelineEvent.contact_id,
+            TimelineEvent.body,
+            TimelineEvent.occurred_at,
         )
-        if contact_id is not None
-    ]
+        .where(
+            TimelineEvent.id > campaign.replies_seen_event_id,
+            TimelineEvent.id <= newest,
+            TimelineEvent.channel == campaign.channel,
+            TimelineEvent.direction == "in",
+        )
+        .order_by(TimelineEvent.id)
+        .limit(limit)
+    ).all()
+    upto = rows[-1][0] if len(rows) == limit else newest
+    return [(i, c, b, at) for i, c, b, at in rows if c is not None], upto
 
 
 def awaiting_reply(
