@@ -421,3 +421,59 @@ async def _recipients(client: TestClient) -> list[CampaignRecipient]:
     async with client.server.app[DATABASE].reading() as session:
         found = await session.execute(select(CampaignRecipient).order_by(CampaignRecipient.id))
         return list(found.scalars())
+
+
+async def test_a_campaign_from_a_saved_segment_copies_its_filter(
+    gateway: TestClient, boss: dict[str, str]
+) -> None:
+    saved = await gateway.post(
+        "/api/v1/segments", json={"name": "VIPs", "filter": {"vip": True}}, headers=boss
+    )
+    segment = await saved.json()
+    body = {"name": "For VIPs", "channel": "telegram", "template": {"body": "Hello"}}
+
+    created = await gateway.post(
+        "/api/v1/campaigns", json={**body, "segment_id": segment["id"]}, headers=boss
+    )
+    unknown = await gateway.post(
+        "/api/v1/campaigns", json={**body, "segment_id": segment["id"] + 1}, headers=boss
+    )
+    both = await gateway.post(
+        "/api/v1/campaigns",
+        json={**body, "segment_id": segment["id"], "filter": {}},
+        headers=boss,
+    )
+
+    assert created.status == 201
+    campaign_body = await created.json()
+    assert campaign_body["segment_id"] == segment["id"]
+    assert campaign_body["filter"] == {"vip": True}
+    assert campaign_body["status"] == "draft"
+    assert campaign_body["counts"]["targeted"] == 0
+    assert unknown.status == 422
+    assert both.status == 400
+    listed = await (await gateway.get("/api/v1/campaigns", headers=boss)).json()
+    assert [c["id"] for c in listed["campaigns"]] == [campaign_body["id"]]
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"channel": "fax"}, "invalid_payload"),
+        ({"pacing": {"per_second": 0}}, "invalid_pacing"),
+        ({"quiet_hours": {"start": "21:00"}}, "invalid_pacing"),
+        ({"frequency_cap": {"max": 0, "days": 1}}, "invalid_pacing"),
+        ({"scheduled_at": "tomorrow"}, "invalid_payload"),
+        ({"template": {"body": "x", "subject": "y"}}, "template_error"),
+        ({"colour": "red"}, "invalid_payload"),
+    ],
+)
+async def test_a_bad_campaign_is_400_with_a_reason(
+    gateway: TestClient, boss: dict[str, str], change: dict[str, Any], error: str
+) -> None:
+    body = {"name": "Bad", "channel": "sms", "filter": {}, "template": {"body": "x"}, **change}
+
+    response = await gateway.post("/api/v1/campaigns", json=body, headers=boss)
+
+    assert response.status == 400
+    assert (await response.json())["error"] == error
