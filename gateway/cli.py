@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -115,10 +116,18 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     # The SQLite writer thread runs long stretches of Python; at the default 5 ms a request
     # waiting for the GIL waits that long at every hand-off (each database call releases it).
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
-    web.run_app(
-        create_app(settings), host=host, port=port, access_log_class=AccessLogger, print=announce
-    )
+    app = create_app(settings)
+    app.on_startup.append(_freeze_startup_objects)
+    web.run_app(app, host=host, port=port, access_log_class=AccessLogger, print=announce)
     return 0
+
+
+async def _freeze_startup_objects(_app: web.Application) -> None:
+    """Once everything has started: what startup made (modules, mappers, the app and its
+    services) lives as long as the process, so the garbage collector stops walking it. Each
+    full collection then looks only at what came after (in bench.email the walks had taken
+    a third of the gateway's CPU)."""
+    gc.freeze()
 
 
 async def _migrate(settings: Settings) -> None:
