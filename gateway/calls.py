@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -410,15 +410,15 @@ class _Wave:
 
     def _ring(self, jobs: list[_CallJob], named: dict[str, list[Agent]]) -> None:
         """Pop the card to the agents to ring who have not seen it yet (inbound calls only)."""
+        inbound = [job for job in jobs if self.calls[job.key].direction == Direction.INBOUND]
+        self._keep_rung([job for job in inbound if job.rung is not None])
         available: list[int] | None = None
         targets: dict[_CallJob, list[int]] = {}
-        for job in jobs:
+        for job in inbound:
             call, signal = self.calls[job.key], job.signal
-            if call.direction != Direction.INBOUND:
+            if job.rung is not None:
                 continue
-            if job.rung is not None:  # whom it rang before the commit
-                wanted = [pop.agent_id for pop in job.rung.pops]
-            elif signal.agents:
+            if signal.agents:
                 wanted = named_ids(named, signal.agents)
             elif signal.ring_available and not call.pops:
                 if available is None:
@@ -434,21 +434,34 @@ class _Wave:
             call = self.calls[job.key]
             ticket = tickets.get(call.contact_id) if call.contact_id else None
             details = pop_call(call)
-            reserved = {p.agent_id: p.message["id"] for p in job.rung.pops} if job.rung else {}
             for agent_id in new:
                 requests.append(
-                    PopRequest(
-                        agent_id,
-                        RING_REASON,
-                        CHANNEL,
-                        call.contact_id,
-                        ticket,
-                        details,
-                        reserved.get(agent_id),
-                    )
+                    PopRequest(agent_id, RING_REASON, CHANNEL, call.contact_id, ticket, details)
                 )
                 owners.append(job)
-        for job, pop in zip(owners, store_pops(self.session, requests), strict=True):
+        self._rang(zip(owners, store_pops(self.session, requests), strict=True))
+
+    def _keep_rung(self, jobs: list[_CallJob]) -> None:
+        """Store the pops that went out before the commit, as they went out, for the agents
+        the call has not rung yet."""
+        kept = [
+            (job, pop)
+            for job in jobs
+            for pop in job.rung.pops  # type: ignore[union-attr]
+            if str(pop.agent_id) not in self.calls[job.key].pops
+        ]
+        store.add_pops(
+            self.session,
+            [
+                {"id": pop.message["id"], "agent_id": pop.agent_id,
+                 "payload": {k: v for k, v in pop.message.items() if k != "id"}}
+                for _, pop in kept
+            ],
+        )  # fmt: skip
+        self._rang(kept)
+
+    def _rang(self, pops: Iterable[tuple[_CallJob, StoredPop]]) -> None:
+        for job, pop in pops:
             call = self.calls[job.key]
             call.pops = {**call.pops, str(pop.agent_id): pop.message["id"]}
             self.outcomes[job].pops.append(pop)

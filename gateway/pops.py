@@ -36,7 +36,6 @@ class PopRequest:
     contact_id: int | None
     ticket: TicketLike | None
     call: JSON | None = None
-    pop_id: int | None = None  # reserved beforehand (`timeline.store.reserve_ids`)
 
 
 def contact_cards(session: Session, contact_ids: Collection[int]) -> dict[int, JSON]:
@@ -76,8 +75,7 @@ def unknown_caller_card() -> JSON:
 
 
 def store_pops(session: Session, requests: Sequence[PopRequest]) -> list[StoredPop]:
-    """Build and keep the pops of `requests`; the caller publishes them after its commit
-    (unless they went out before it, under the ids they ask for: see `gateway.ringing`)."""
+    """Build and keep the pops of `requests`; the caller publishes them after its commit."""
     if not requests:
         return []
     cards = contact_cards(session, {r.contact_id for r in requests if r.contact_id})
@@ -94,13 +92,10 @@ def store_pops(session: Session, requests: Sequence[PopRequest]) -> list[StoredP
     ]
     for payload in payloads:
         payload["contact"] = payload["contact"] or unknown_caller_card()
-    rows: list[store.Row] = [
-        {"agent_id": r.agent_id, "payload": p} for r, p in zip(requests, payloads, strict=True)
-    ]
-    for row, request in zip(rows, requests, strict=True):
-        if request.pop_id is not None:
-            row["id"] = request.pop_id
-    ids = store.add_pops(session, rows)
+    ids = store.add_pops(
+        session,
+        [{"agent_id": r.agent_id, "payload": p} for r, p in zip(requests, payloads, strict=True)],
+    )
     return [
         StoredPop(r.agent_id, {**p, "id": pop_id})
         for r, p, pop_id in zip(requests, payloads, ids, strict=True)
