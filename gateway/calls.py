@@ -43,7 +43,7 @@ from gateway.ringing import (
 )
 from gateway.serialize import JSON
 from gateway.settings import Settings
-from routing import presence
+from routing import presence, stats
 from routing.assignment import (
     RouteRequest,
     agents_by_reference,
@@ -56,6 +56,7 @@ from routing.assignment import (
 from routing.config import RoutingConfig
 from routing.contacts import identity_of, resolve_contacts
 from routing.identity import IdentityKey
+from routing.queues import QueueConfig
 from timeline import store
 from timeline.db import Database
 from timeline.events import CallPhase, CallSignal, Direction, EventKind, HangupCause
@@ -328,6 +329,7 @@ class _Wave:
         self.events: dict[int, TimelineEvent] = {}
         self.on_calls: set[int] = set()  # agents who answered: busy
         self.wrapping: dict[int, datetime] = {}  # agents whose call ended: after-call work until
+        self.bumps: list[stats.Bump] = []  # inbound calls in their queue's figures
 
     def apply(self) -> dict[_CallJob, CallOutcome]:
         self.calls = store.calls_by_key(self.session, [job.key for job in self.jobs])
@@ -360,6 +362,7 @@ class _Wave:
         self._withdraw(withdrawing)
         self._call_back(missed)
         self._presence()
+        stats.record(self.session, self.bumps)
         for job, outcome in self.outcomes.items():
             outcome.call = call_json(self.calls[job.key])
         return self.outcomes
@@ -391,6 +394,8 @@ class _Wave:
         store.insert(self.session, opened)
         for job, call in zip(jobs, opened, strict=True):
             self.calls[job.key] = call
+            if call.direction == Direction.INBOUND and call.state != CallState.BLOCKED:
+                self.bumps.append(stats.offered(self._queue(call), call.started_at))
             if job.signal.phase is not CallPhase.RINGING and job.journal_id is not None:
                 # Its ring never reached us (lost, or sent before we listened): the call is
                 # opened where it is now, so an answered call is not later taken for missed.
@@ -488,6 +493,8 @@ class _Wave:
         if agent is not None:
             self.on_calls.add(agent.id)
             self.wrapping.pop(agent.id, None)
+        if call.direction == Direction.INBOUND:
+            self.bumps.append(stats.answered(self._queue(call), call.started_at, call.answered_at))
         self._describe(call, f"Call answered by {agent.name}" if agent else "Call answered")
 
     def _end(self, call: Call, signal: CallSignal) -> None:
@@ -500,14 +507,19 @@ class _Wave:
                 call.answered_at, signal.occurred_at
             )
             self._describe(call, f"Call ended after {_clock(call.duration_seconds)}")
+            if call.direction == Direction.INBOUND:
+                self.bumps.append(
+                    stats.handled(self._queue(call), call.answered_at, signal.occurred_at)
+                )
             if call.answered_by_id is not None:
-                wrap_up = self.config.queue(call.queue or "default").after_call_work_seconds
+                wrap_up = self._queue(call).after_call_work_seconds
                 self.wrapping[call.answered_by_id] = self.now + timedelta(seconds=wrap_up)
                 self.on_calls.discard(call.answered_by_id)
             return
         call.state = _unanswered_state(call.direction, signal.cause)
         if call.state == CallState.MISSED:
             self._describe(call, f"Missed call ({signal.cause or 'no answer'})")
+            self.bumps.append(stats.abandoned(self._queue(call), signal.occurred_at))
         else:
             self._describe(call, f"Call not answered ({signal.cause or 'no answer'})")
 
@@ -572,6 +584,9 @@ class _Wave:
             created_at=self.now,
             updated_at=self.now,
         )
+
+    def _queue(self, call: Call) -> QueueConfig:
+        return self.config.queue(call.queue or "default")
 
     def _describe(self, call: Call, text: str) -> None:
         self.events[call.event_id].body = text

@@ -4,6 +4,7 @@ call goes through its life in the order its signals came, and one bad signal fai
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from gateway.agents import set_presence
 from gateway.calls import CallOutcome
 from gateway.group_commit import IngestError
 from gateway.keys import CALLS, DATABASE
+from gateway.routing_api import queue_figures
 from tests.helpers import Agents
 from timeline import store
 from timeline.events import Address, CallPhase, CallSignal, Direction, HangupCause
@@ -25,6 +27,7 @@ from timeline.models import (
     ScreenPop,
     Ticket,
     TimelineEvent,
+    utcnow,
 )
 
 
@@ -175,3 +178,42 @@ async def test_one_signal_that_cannot_be_applied_fails_alone(
         assert await session.run_sync(store.count, Call) == 6
     assert sorted(entry.status for entry in journal) == ["accepted"] * 6 + ["failed"]
     assert next(e.reason for e in journal if e.status == "failed").startswith("RuntimeError")
+
+
+async def test_inbound_calls_count_in_their_queue_figures(
+    client: TestClient, agents: Agents
+) -> None:
+    """One call answered after 12 s and held 60 s, one missed: its callback ticket is offered
+    to the queue as well, and waits (nobody is available)."""
+    await agents.add("Anna", extension="201")
+    start = utcnow() - timedelta(minutes=5)
+
+    def at(seconds: int) -> dict[str, Any]:
+        return {"queue": "hotline", "occurred_at": start + timedelta(seconds=seconds)}
+
+    desk = client.server.app[CALLS]
+    for call_signal in [
+        signal("c1", CallPhase.RINGING, **at(0)),
+        signal("c1", CallPhase.ANSWERED, answered_by="201", **at(12)),
+        signal("c1", CallPhase.ENDED, cause=HangupCause.NORMAL_CLEARING, **at(72)),
+        signal("c2", CallPhase.RINGING, caller="+493055571601", **at(0)),
+        signal(
+            "c2", CallPhase.ENDED, caller="+493055571601", cause=HangupCause.NO_ANSWER, **at(30)
+        ),
+    ]:
+        await desk.receive(call_signal, payload=b"{}", content_type="application/json")
+
+    (hotline,) = await client.server.app[DATABASE].read(queue_figures, ["hotline"])
+    assert hotline["now"]["waiting"] == 1
+    assert hotline["today"] == {
+        "day": hotline["today"]["day"],
+        "offered": 3,
+        "answered": 1,
+        "answered_in_sla": 1,
+        "abandoned": 1,
+        "handled": 1,
+        "service_level": 0.5,
+        "asa_seconds": 12.0,
+        "aht_seconds": 60.0,
+        "abandonment_rate": 0.3333,
+    }
