@@ -164,7 +164,7 @@ async def _until_completed(
         if time.monotonic() - shown > 10:
             shown = time.monotonic()
             print(f"  {campaign['counts']['sent']} sent", flush=True)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)  # as the campaign page polls
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:

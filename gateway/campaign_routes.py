@@ -13,7 +13,7 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from gateway.api import DEFAULT_PAGE, MAX_PAGE, authenticate, path_id, query_int, read_json_object
-from gateway.campaigns import DISPATCHER_KEY
+from gateway.campaigns import DISPATCHER_KEY, RunningCounts
 from gateway.errors import ApiError, bad_request, not_found
 from gateway.keys import DATABASE
 from gateway.serialize import JSON, iso
@@ -31,7 +31,7 @@ from routing.templates import (
 )
 from timeline import campaigns
 from timeline.db import Database
-from timeline.models import Campaign, Role, Segment
+from timeline.models import Campaign, CampaignStatus, Role, Segment
 
 routes = web.RouteTableDef()
 SUPERVISING = (Role.SUPERVISOR, Role.ADMIN)
@@ -160,10 +160,14 @@ def campaign_json(campaign: Campaign, counts: JSON) -> JSON:
     }
 
 
-def with_counts(session: Session, campaign_id: int) -> JSON | None:
+def with_counts(
+    session: Session, campaign_id: int, cache: RunningCounts | None = None
+) -> JSON | None:
     campaign = session.get(Campaign, campaign_id)
     if campaign is None:
         return None
+    if cache is not None and campaign.status == CampaignStatus.RUNNING:
+        return campaign_json(campaign, cache.get(session, campaign.id))
     return campaign_json(campaign, campaigns.counts(session, campaign.id))
 
 
@@ -282,7 +286,8 @@ def _listing(session: Session, limit: int, before: int | None) -> list[JSON]:
 @routes.get("/api/v1/campaigns/{id}")
 async def get_campaign(request: web.Request) -> web.Response:
     await _supervisor(request)
-    body = await _database(request).read(with_counts, path_id(request))
+    counts = request.app[DISPATCHER_KEY].running_counts
+    body = await _database(request).read(with_counts, path_id(request), counts)
     if body is None:
         raise not_found("campaign")
     return web.json_response(body)
