@@ -18,7 +18,7 @@ from gateway.keys import DATABASE, INGESTOR, SETTINGS, TOKENS
 from gateway.serialize import agent_json, contact_json, event_json, ticket_json
 from routing.capacity import Capacity
 from routing.identity import normalise, parse_raw
-from timeline import store
+from timeline import campaigns, store
 from timeline.models import (
     Agent,
     Contact,
@@ -219,10 +219,18 @@ async def contact_timeline(request: web.Request) -> web.Response:
         events = await session.run_sync(
             store.recent_events, contact.id, limit=limit + 1, before_id=before
         )
-    more = len(events) > limit
-    events = events[:limit]
+        more = len(events) > limit
+        events = events[:limit]
+        linked = await session.run_sync(campaigns.links, [e.id for e in events])
     return web.json_response(
-        {"events": [event_json(e) for e in events], "next_before": events[-1].id if more else None}
+        {
+            # A campaign's message, or a reply to one, names the campaign.
+            "events": [
+                {**event_json(e), **({"campaign_id": linked[e.id]} if e.id in linked else {})}
+                for e in events
+            ],
+            "next_before": events[-1].id if more else None,
+        }
     )
 
 

@@ -51,9 +51,38 @@ _FAILED = {OutboxStatus.FAILED, OutboxStatus.DEAD, OutboxStatus.UNDELIVERED}
 _WAITING = {OutboxStatus.QUEUED, OutboxStatus.SENDING}
 
 
+_KEY_PREFIX = "campaign:"
+
+
 def recipient_key(campaign_id: int, contact_id: int) -> str:
     """The idempotency key of one contact's message of one campaign (also the outbox's)."""
-    return f"campaign:{campaign_id}:contact:{contact_id}"
+    return f"{_KEY_PREFIX}{campaign_id}:contact:{contact_id}"
+
+
+def links(session: Session, event_ids: Collection[int]) -> dict[int, int]:
+    """The campaign of each of these timeline events that is a campaign's message or a reply
+    to one: `{event id: campaign id}`."""
+    if not event_ids:
+        return {}
+    found = {
+        event_id: campaign_id
+        for event_id, campaign_id in session.execute(
+            select(CampaignRecipient.reply_event_id, CampaignRecipient.campaign_id).where(
+                CampaignRecipient.reply_event_id.in_(event_ids)
+            )
+        )
+        if event_id is not None
+    }
+    sent = session.execute(
+        select(OutboxMessage.event_id, OutboxMessage.idempotency_key).where(
+            OutboxMessage.event_id.in_(event_ids),
+            OutboxMessage.idempotency_key.startswith(_KEY_PREFIX),
+        )
+    )
+    for event_id, key in sent:
+        if event_id is not None:
+            found[event_id] = int(key.split(":")[1])
+    return found
 
 
 # --- segments -------------------------------------------------------------------------------

@@ -645,6 +645,8 @@ class CampaignRecipient(Base):
         UniqueConstraint("campaign_id", "contact_id"),
         Index(None, "campaign_id", "status", "not_before", "id"),
         Index(None, "contact_id", "queued_at"),
+        # The timeline shows which campaign a reply answered (`timeline.campaigns.links`).
+        Index(None, "reply_event_id"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)

@@ -374,6 +374,10 @@ async def test_a_reply_is_linked_to_the_campaign_and_stop_counts_as_opted_out(
     assert rows[1].reply_event_id is None
     assert counts["replied"] == 1
     assert counts["opted_out"] == 1
+    timeline = await gateway.get(f"/api/v1/contacts/{rows[0].contact_id}/timeline", headers=boss)
+    answered, sent = (await timeline.json())["events"]
+    assert (answered["direction"], answered["body"]) == ("in", "Yes please")
+    assert answered["campaign_id"] == sent["campaign_id"] == created["id"]
 
 
 async def _counted(

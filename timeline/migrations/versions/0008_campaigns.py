@@ -106,6 +106,9 @@ def upgrade() -> None:
         "campaign_recipients",
         ["contact_id", "queued_at"],
     )
+    op.create_index(
+        op.f("ix_campaign_recipients_reply_event_id"), "campaign_recipients", ["reply_event_id"]
+    )
 
 
 def downgrade() -> None:
