@@ -378,6 +378,12 @@ async def test_a_reply_is_linked_to_the_campaign_and_stop_counts_as_opted_out(
     answered, sent = (await timeline.json())["events"]
     assert (answered["direction"], answered["body"]) == ("in", "Yes please")
     assert answered["campaign_id"] == sent["campaign_id"] == created["id"]
+    assert answered["ticket_id"] is not None, "an answer opens a ticket"
+    other_timeline = await gateway.get(
+        f"/api/v1/contacts/{rows[1].contact_id}/timeline", headers=boss
+    )
+    stopped, _ = (await other_timeline.json())["events"]
+    assert (stopped["body"], stopped["ticket_id"]) == ("STOP", None)
 
 
 async def _counted(
