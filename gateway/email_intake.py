@@ -104,6 +104,24 @@ class EmailIntake:
         result = await self._ingestor.ingest(
             read.event, payload=prepared.raw, content_type=CONTENT_TYPE
         )
+        await self._after_commit(read, result)
+        return result
+
+    async def deliver_many(
+        self, prepared: Sequence[PreparedEmail]
+    ) -> list[IngestResult | BaseException]:
+        """`deliver` each, in order: every one's result, or why it failed."""
+        queued = [
+            self._ingestor.submit(p.read.event, payload=p.raw, content_type=CONTENT_TYPE)
+            for p in prepared
+        ]
+        results = await asyncio.gather(*queued, return_exceptions=True)
+        for one, result in zip(prepared, results, strict=True):
+            if isinstance(result, IngestResult):
+                await self._after_commit(one.read, result)
+        return results
+
+    async def _after_commit(self, read: ReadEmail, result: IngestResult) -> None:
         if read.bounce is not None:  # again on a retry: marking is idempotent
             await self._db.run(_mark_bounced, read.bounce)
         if self._acknowledge and result.ticket_id and not read.auto_generated:
@@ -111,7 +129,6 @@ class EmailIntake:
                 await self._acknowledge(result.event_id)
             except Exception:  # stored all the same; an acknowledgement is a courtesy
                 log.exception("acknowledging e-mail event %d failed", result.event_id)
-        return result
 
     async def _prepared_or_invalid(
         self, raw: bytes, mailbox: Mailbox

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from channels import InvalidPayload
 from channels.email.imap import FETCH_BATCH, Fetched, ImapError, ImapMailbox, Mailbox, Selected
-from gateway.email_intake import EmailIntake
+from gateway.email_intake import EmailIntake, PreparedEmail
 from gateway.ingest import IngestError, IngestResult
 from timeline import mailboxes
 from timeline.db import Database
@@ -124,6 +124,7 @@ class MailboxWorker:
         prepared = await self._intake.prepare_many([f.raw for f in fetched], self.mailbox)
         if after is not None:
             await after.queued
+        readable: list[PreparedEmail] = []
         for message, found in zip(fetched, prepared, strict=True):
             if isinstance(found, InvalidPayload):
                 log.warning(
@@ -131,24 +132,24 @@ class MailboxWorker:
                 )
                 batch.done.add(message.uid)
             else:
-                batch.delivering[message.uid] = asyncio.create_task(self._intake.deliver(found))
+                batch.delivering_uids.append(message.uid)
+                readable.append(found)
+        # Queued for the ingest path as soon as this task runs: batches in the order created.
+        batch.delivering = asyncio.create_task(self._intake.deliver_many(readable))
 
     async def _complete(self, imap: ImapMailbox, uidvalidity: int, batch: _Batch, last: int) -> int:
         """Once the batch is committed: flag/move/delete it, then advance the position."""
-        failure: Exception | None = None
+        failure: BaseException | None = None
         await batch.queued  # unread (the parsers broke): the session ends, the batch comes again
-        for uid, task in batch.delivering.items():
-            try:
-                await task
-            except IngestError as error:
-                if error.journal_id is None:  # not even journaled: take it again later
-                    failure = failure or error
-                    continue
-                # Journaled as failed, replayable from the journal: do not block on it.
-            except Exception as error:
-                failure = failure or error
-                continue
-            batch.done.add(uid)
+        results = await batch.delivering if batch.delivering else []
+        for uid, result in zip(batch.delivering_uids, results, strict=True):
+            # Journaled as failed, it can be replayed from the journal: do not block on it.
+            # Not even journaled: take it again later.
+            journaled = isinstance(result, IngestError) and result.journal_id is not None
+            if isinstance(result, BaseException) and not journaled:
+                failure = failure or result
+            else:
+                batch.done.add(uid)
         await imap.finish(sorted(batch.done & batch.fetched))
         taken = _contiguous(batch.uids, batch.done)
         if taken:
@@ -166,12 +167,14 @@ class _Batch:
     # On the timeline, journaled, or gone from the mailbox.
     done: set[int]
     queued: asyncio.Task[None] = field(init=False)
-    delivering: dict[int, asyncio.Task[IngestResult]] = field(default_factory=dict)
+    delivering: asyncio.Task[list[IngestResult | BaseException]] | None = None
+    delivering_uids: list[int] = field(default_factory=list)
 
     async def settle(self) -> None:
         """Until what is under way for this batch has ended, however it ended."""
         await asyncio.gather(self.queued, return_exceptions=True)
-        await asyncio.gather(*self.delivering.values(), return_exceptions=True)
+        if self.delivering is not None:
+            await asyncio.gather(self.delivering, return_exceptions=True)
 
 
 def _contiguous(batch: Sequence[int], done: set[int]) -> int | None:

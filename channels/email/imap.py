@@ -185,11 +185,13 @@ class ImapMailbox:
                 await self._command("UID MOVE", client.uid("move", uid_set, mailbox.move_to))
                 return
             await self._command("UID COPY", client.uid("copy", uid_set, mailbox.move_to))
+        # .SILENT (RFC 3501 §6.4.6): no untagged FETCH with the new flags for every message.
         if mailbox.after is AfterIntake.FLAG:
-            flags = f"+FLAGS ({mailbox.flag})"
+            flags = f"+FLAGS.SILENT ({mailbox.flag})"
             await self._command("UID STORE", client.uid("store", uid_set, flags))
             return
-        await self._command("UID STORE", client.uid("store", uid_set, "+FLAGS (\\Deleted)"))
+        deleted = "+FLAGS.SILENT (\\Deleted)"
+        await self._command("UID STORE", client.uid("store", uid_set, deleted))
         if client.has_capability("UIDPLUS"):
             await self._command("UID EXPUNGE", client.uid("expunge", uid_set))
         else:
