@@ -90,6 +90,7 @@ class _Plan:
 
     queued: int
     more: bool  # due recipients are left (stopped by tokens or the backlog)
+    ours: bool = True  # False: another process holds the campaign's lease
 
 
 class CampaignDispatcher:
@@ -171,6 +172,8 @@ class CampaignDispatcher:
             # The backlog drains in moments; refilled by half batches, not a few rows at a time.
             return 0.05
         plan = await self.db.run(self._dispatch, campaign_id, allowed, utcnow())
+        if not plan.ours:
+            return self.policy.poll_interval
         if bucket is not None:
             bucket.take(plan.queued)
         if plan.queued:
@@ -229,7 +232,7 @@ class CampaignDispatcher:
             session, campaign_id, self.owner, timedelta(seconds=self.policy.lease), now
         )
         if campaign is None:
-            return _Plan(0, False)
+            return _Plan(0, False, ours=False)
         due = campaigns.due_recipients(session, campaign.id, now, limit)
         if not due:
             if campaigns.finish_if_done(session, campaign, now):
