@@ -79,16 +79,8 @@ class _OneClassPerName(HeaderRegistry):
 
 _POLICY = _RememberingPolicy(header_factory=_OneClassPerName())
 _parser = BytesParser(policy=_POLICY)
-# Headers the modern policy parses into structure (RFC 5322 §3.4, §3.6; RFC 2045): addresses
-# with display names and groups, and the MIME fields. Any other header, and Message-ID and
-# Date whose values we search or parse ourselves, is text to the policy: for a plain ASCII
-# value without encoded words (RFC 2047) its parse would only unfold it, so `_header` does
-# that itself; for most messages those are the values seen once, which no cache spares.
-_STRUCTURED = frozenset(
-    {"from", "sender", "reply-to", "to", "cc", "bcc", "mime-version"}
-    | {"resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc"}
-    | {"content-type", "content-disposition", "content-transfer-encoding"}
-)
+# The MIME fields (RFC 2045, 2183), whose parameters `_header` would lose reading them plainly.
+_MIME_FIELDS = frozenset({"content-type", "content-disposition", "content-transfer-encoding"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,11 +184,18 @@ def parse(raw: bytes, *, recipient: str | None = None) -> ParsedEmail:
 
 
 def _header(message: Message, name: str) -> str:
-    """A header decoded (RFC 2047) to one line; bad encodings become replacement characters."""
+    """A header decoded (RFC 2047) to one line; bad encodings become replacement characters.
+
+    A plain ASCII value without encoded words is only unfolded: the modern policy's parse
+    (the costliest step of reading a message, and most values are seen once) would change
+    nothing else that we read. Addresses go to `getaddresses`, which reads the same syntax
+    (RFC 5322 §3.4), ids are searched, dates parsed. One difference: an old-style
+    `addr (Name)` keeps its comment, which `getaddresses` takes as the display name.
+    """
     raw = _raw_header(message, name)
     if raw is None:
         return ""
-    if raw.isascii() and "=?" not in raw and name.lower() not in _STRUCTURED:
+    if raw.isascii() and "=?" not in raw and name.lower() not in _MIME_FIELDS:
         return " ".join(raw.split())
     try:
         value = message.get(name)

@@ -220,6 +220,36 @@ def test_undecodable_header_bytes_become_replacement_characters() -> None:
     assert parse(raw).subject == "Gr\ufffd\ufffde \ufffd"
 
 
+@pytest.mark.parametrize(
+    ("headers", "sender", "subject"),
+    [
+        # Plain ASCII is only unfolded; encoded words (RFC 2047) go through the policy.
+        (
+            'From: "Doe, John" <john@example.org>\nSubject: Order  42\n  arrived',
+            ("john@example.org", "Doe, John"),
+            "Order 42 arrived",
+        ),
+        (
+            "From: =?utf-8?q?J=C3=B6rg?= <j@example.org>\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=",
+            ("j@example.org", "Jörg"),
+            "Grüße",
+        ),
+        # The old style of naming the sender in a comment (RFC 822 `addr (Name)`).
+        (
+            "From: anna@example.org (Anna Lindqvist)\nSubject: hi",
+            ("anna@example.org", "Anna Lindqvist"),
+            "hi",
+        ),
+    ],
+)
+def test_sender_and_subject_read_plain_or_encoded(
+    headers: str, sender: tuple[str, str], subject: str
+) -> None:
+    mail = parse(f"{headers}\nMessage-ID: <h@example.org>\n\nhello\n".encode())
+    assert (mail.sender.raw, mail.sender.name) == sender
+    assert mail.subject == subject
+
+
 def test_the_recipient_is_the_mailbox_it_arrived_in_when_known() -> None:
     mail = parse(_fixture("long_headers"), recipient="support@switchboard.example")
     assert mail.recipient == "support@switchboard.example"
