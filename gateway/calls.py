@@ -211,6 +211,9 @@ class CallDesk:
                 return await self._db.run(apply_signals, self._settings, config, jobs)
             except IntegrityError as race:  # try again: the retry finds the winner's rows
                 error = race
+                for job in jobs:  # and rings anew, should a reserved id be what collided
+                    await self._unring(job)
+                    job.rung = None
             except Exception as failure:
                 error = failure
                 break
@@ -239,7 +242,7 @@ class CallDesk:
         job.fail(IngestError(job.journal_id))
 
     async def _unring(self, job: _CallJob) -> None:
-        """A ring that went out but will not be stored is taken back."""
+        """A ring that went out but will not be stored (as it went out) is taken back."""
         self._ringing.discard(job.key)
         if job.rung is not None:
             await self._publish_withdrawals([(p.agent_id, p.message["id"]) for p in job.rung.pops])

@@ -21,7 +21,7 @@ from tests.gateway.test_cti import arrivals, console
 from tests.helpers import Agents, bearer, inbound, receive
 from timeline import store
 from timeline.events import CallPhase
-from timeline.models import Call, ScreenPop, TimelineEvent
+from timeline.models import Call, ScreenPop, TimelineEvent, utcnow
 
 Process = Callable[[list[Any]], Awaitable[None]]
 
@@ -151,3 +151,45 @@ async def test_a_ring_the_writer_cannot_store_is_withdrawn(
 
     withdrawn = await receive(socket, "pop_withdrawn")
     assert withdrawn["id"] == pop["id"]
+
+
+async def test_a_reserved_id_taken_meanwhile_rings_again_under_new_ids(
+    client: TestClient, agents: Agents, gate: Gate
+) -> None:
+    """As when `switchboard ingest-email`, another process on the SQLite file, takes it."""
+    anna = await agents.add("Anna", extension="201")
+    socket = await console(client, anna)
+    database = client.server.app[DATABASE]
+
+    ringing = asyncio.create_task(deliver(client.server.app[CALLS], ring("c1", "201")))
+    early = await receive(socket, "screen_pop")
+    reserved_event = early["contact"]["recent"][0]["id"]
+    await database.run(store.add_events, [elsewhere_event(reserved_event)])
+    gate.open.set()
+    outcome = await ringing
+
+    withdrawn = await receive(socket, "pop_withdrawn")
+    again = await receive(socket, "screen_pop")
+    assert withdrawn["id"] == early["id"] != again["id"]
+    assert outcome.call is not None and outcome.call["event_id"] != reserved_event
+    assert again["call"]["record_id"] == outcome.call["id"]
+    async with database.reading() as session:
+        stored = (await session.execute(select(ScreenPop.id))).scalars().all()
+    assert stored == [again["id"]]
+
+
+def elsewhere_event(event_id: int) -> store.Row:
+    return {
+        "id": event_id,
+        "channel": "email",
+        "external_id": "<piped@example.com>",
+        "kind": "message",
+        "direction": "in",
+        "contact_id": None,
+        "ticket_id": None,
+        "sender": "someone@example.com",
+        "recipient": "support@example.com",
+        "body": "piped in by the MTA",
+        "occurred_at": utcnow(),
+        "journal_id": None,
+    }
