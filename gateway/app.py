@@ -180,6 +180,7 @@ async def _outbox(app: web.Application) -> AsyncIterator[None]:
         settings.default_region,
         settings.email_auto_ack,
     )
+    app[DISPATCHER].replies = app[REPLIES]  # closed queues' automatic replies
     await worker.start()
     yield
     await worker.stop()

@@ -1,5 +1,6 @@
 """Routing outside the ingest path: offers accepted and rejected, presence, tickets moved,
-and the timers (offer expiry, after-call work, overflow) that a sweeper fires exactly once.
+and the timers (offer expiry, after-call work, overflow, a queue's opening, a closed queue's
+automatic reply) that a sweeper fires exactly once.
 
 Every routing step runs as one unit of work (`routing.assignment`); what it decided — pops of
 direct assignments, offers, queues whose figures changed — is stored or built inside that
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Concatenate, ParamSpec
+from typing import Concatenate, ParamSpec, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -28,7 +29,7 @@ from routing import assignment
 from routing.assignment import OfferMade, Routed
 from routing.config import RoutingConfig, apply_file, load_config
 from timeline.db import Database
-from timeline.models import Presence, Ticket, utcnow
+from timeline.models import Presence, RoutingTimer, Ticket, TimerKind, utcnow
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -41,6 +42,14 @@ SWEEP_SECONDS = 0.25
 # the one that made it may have died between its commit and its publish. A console's socket
 # drops the repeats, so the agent sees each offer once.
 REANNOUNCE_AFTER = timedelta(seconds=1)
+
+
+class AutoReplies(Protocol):
+    """The reply service (gateway/replies.py), as far as closed queues need it."""
+
+    def enqueue_after_hours(self, session: Session, ticket_id: int, text: str) -> bool: ...
+
+    def wake(self) -> None: ...
 
 
 class ConfigCache:
@@ -135,6 +144,8 @@ class Dispatcher:
         self.config = ConfigCache(db)
         self._timers: list[asyncio.Task[None]] = []
         self._reannounced: set[int] = set()
+        # Set once the outbox runs (gateway/app.py); until then after-hours replies wait.
+        self.replies: AutoReplies | None = None
 
     async def start(self) -> None:
         if self._routing_file is not None:
@@ -260,17 +271,41 @@ class Dispatcher:
         """Fire the timers that are due, in one transaction; how many fired."""
         config = await self.config.get()
 
-        def unit(session: Session) -> tuple[int, Announcement]:
+        def unit(session: Session) -> tuple[int, Announcement, bool]:
             now = utcnow()
             if not assignment.any_due(session, now):
-                return 0, Announcement()
+                return 0, Announcement(), False
             assignment.exclusive(session)
             timers = assignment.claim_due(session, now)
+            replies = [t for t in timers if t.kind == TimerKind.AFTER_HOURS_REPLY]
             routed = Routed()
             for timer in timers:
-                routed.merge(assignment.fire(session, config, timer, now))
-            return len(timers), announcement(session, routed)
+                if timer not in replies:
+                    routed.merge(assignment.fire(session, config, timer, now))
+            replied = self._reply_after_hours(session, config, replies, now)
+            return len(timers), announcement(session, routed), replied
 
-        fired, news = await self._db.run(unit)
+        fired, news, replied = await self._db.run(unit)
+        if replied and self.replies is not None:
+            self.replies.wake()
         await self.publish(news)
         return fired
+
+    def _reply_after_hours(
+        self, session: Session, config: RoutingConfig, timers: list[RoutingTimer], now: datetime
+    ) -> bool:
+        """Queue each ticket's after-hours reply, in the sweep's transaction: the claimed timer
+        and the outbox row commit together. Before the outbox runs, the timers are set again."""
+        if self.replies is None:
+            later = now + timedelta(seconds=1)
+            kind = TimerKind.AFTER_HOURS_REPLY
+            assignment.schedule(session, [(kind, t.subject_id, later) for t in timers])
+            return False
+        replied = False
+        for timer in timers:
+            query = select(Ticket.queue).where(Ticket.id == timer.subject_id)
+            queue = session.execute(query).scalar_one_or_none()
+            if queue is not None:
+                text = config.queue(queue).auto_reply_text
+                replied |= self.replies.enqueue_after_hours(session, timer.subject_id, text)
+        return replied

@@ -31,6 +31,7 @@ from timeline.models import Identity, Ticket, TimelineEvent, utcnow
 from timeline.outbox import Enqueued, NewOutbound
 
 AUTO_ACK_KEY = "auto-ack:"
+AFTER_HOURS_KEY = "after-hours:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,40 @@ class Replies:
         if enqueued is not None and not enqueued.duplicate:
             self.worker.wake()
         return enqueued
+
+    def enqueue_after_hours(self, session: Session, ticket_id: int, text: str) -> bool:
+        """A closed queue's automatic answer to a ticket that entered it (`auto_reply`), in the
+        caller's transaction; whether one was queued. At most once per ticket (its idempotency
+        key), marked as machine-written; nothing when the channel cannot send, the customer
+        opted out or bounces, or there is no address. Machine-made mail never opens or reopens
+        a ticket, so it never enters a queue and is never answered."""
+        key = f"{AFTER_HOURS_KEY}{ticket_id}"
+        ticket = session.get(Ticket, ticket_id)
+        if ticket is None or outbox.by_key(session, key) is not None:
+            return False
+        sender = self.senders.get(ticket.channel)
+        if sender is None:
+            return False
+        thread = outbox.thread_events(session, ticket.id, ticket.channel)
+        kind = self.identity_kinds.get(ticket.channel, ticket.channel)
+        try:
+            recipient, contact_id = self._recipient(session, ticket, thread, kind, None)
+            _require_consent(session, kind, recipient, thread, self.region)
+        except ApiError:
+            return False
+        if kind == "email" and _is_bouncing(session, recipient):
+            return False
+        body = text.replace("{ticket}", str(ticket.number))
+        reply = Reply(recipient=recipient, text=body, auto=True)
+        try:
+            _enqueue(session, sender, ticket, thread, reply, key, contact_id)
+        except InvalidPayload:
+            return False
+        return True
+
+    def wake(self) -> None:
+        """Something was queued in another unit of work: the local sender looks at once."""
+        self.worker.wake()
 
     def _enqueue_reply(self, session: Session, request: ReplyRequest) -> Enqueued:
         key = f"ticket:{request.ticket_id}:{request.idempotency_key or uuid.uuid4().hex}"

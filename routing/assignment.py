@@ -33,9 +33,11 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
+    true,
     union_all,
     update,
 )
@@ -47,6 +49,7 @@ from routing import presence, stats
 from routing.capacity import Capacity
 from routing.choice import NEVER, Candidate, choose_agent, urgency
 from routing.config import RoutingConfig
+from routing.queues import AfterHours, QueueConfig
 from timeline.models import (
     OPEN_STATUSES,
     Agent,
@@ -67,6 +70,8 @@ _SHARED_LOCK = text("SELECT pg_advisory_xact_lock_shared(:key)")
 
 # How many of the oldest waiting tickets an agent who comes free looks through.
 _FILL_WINDOW = 50
+# How many waiting tickets a queue that opens places in one transaction.
+_OPENING_BATCH = 200
 _DECLINED = (OfferStatus.REJECTED, OfferStatus.EXPIRED)
 
 
@@ -151,7 +156,22 @@ def enqueue(
     )
     stats.record(session, [stats.offered(config.queue(r.queue), now) for r in requests])
     _schedule_overflow(session, config, [(r.ticket_id, r.queue) for r in requests], now)
+    _after_hours(session, config, requests, now)
     return [_waiting(r, now) for r in requests]
+
+
+def _after_hours(
+    session: Session, config: RoutingConfig, requests: Sequence[RouteRequest], now: datetime
+) -> None:
+    """A closed queue that answers by itself (`auto_reply`): a timer due now, which the
+    gateway's sweeper turns into the reply through the outbox, in its own transaction."""
+    replying = [
+        r.ticket_id
+        for r in requests
+        if config.queue(r.queue).after_hours is AfterHours.AUTO_REPLY
+        and not config.queue(r.queue).is_open(now)
+    ]
+    schedule(session, [(TimerKind.AFTER_HOURS_REPLY, ticket_id, now) for ticket_id in replying])
 
 
 def _waiting(request: RouteRequest, now: datetime) -> RouteRequest:
@@ -263,7 +283,9 @@ def _placeable(
 ) -> _Waiting:
     """Those still waiting (locked, in id order), without a pending offer, in an open queue;
     in the same statement who declined them and the contact's last agent (sticky window)."""
-    requests = [r for r in requests if config.queue(r.queue).is_open(now)]
+    closed = {r.queue for r in requests if not config.queue(r.queue).is_open(now)}
+    _await_opening(session, config, closed, now)
+    requests = [r for r in requests if r.queue not in closed]
     windows = {r.ticket_id: config.queue(r.queue).sticky_seconds for r in requests}
     if not windows:
         return _Waiting([], {}, {})
@@ -291,6 +313,56 @@ def _placeable(
         if window and last and last[0] is not None and last[1] >= now - window:
             sticky[ticket_id] = last[0]
     return _Waiting([r for r in requests if r.ticket_id in free], declined, sticky)
+
+
+def _await_opening(
+    session: Session, config: RoutingConfig, queues: Collection[str], now: datetime
+) -> None:
+    """Tickets wait in these closed queues: a timer for each queue's next opening, unless one
+    as early is set already (two processes may both set one; a second firing finds nothing
+    left to do)."""
+    ids = {config.ids[name]: name for name in queues if name in config.ids}
+    if not ids:
+        return
+    query = (
+        select(RoutingTimer.subject_id, func.min(RoutingTimer.due_at))
+        .where(RoutingTimer.kind == TimerKind.QUEUE_OPENS, RoutingTimer.subject_id.in_(ids))
+        .group_by(RoutingTimer.subject_id)
+    )
+    set_for = {queue_id: due for queue_id, due in session.execute(query)}
+    timers = []
+    for queue_id, name in ids.items():
+        opening = config.queue(name).next_opening(now)
+        if opening is not None and (queue_id not in set_for or set_for[queue_id] > opening):
+            timers.append((TimerKind.QUEUE_OPENS, queue_id, opening))
+    schedule(session, timers)
+
+
+def opened(session: Session, config: RoutingConfig, queue_id: int, now: datetime) -> Routed:
+    """A queue's hours began: the tickets that waited in it are placed, the longest waiting
+    first. While all of a batch find agents, the next batch follows at the next sweep."""
+    name = config.queue_named_by(queue_id)
+    if name is None:
+        return Routed()
+    query = (
+        select(Ticket.id, Ticket.channel, Ticket.queue, Ticket.contact_id, Ticket.priority,
+               Ticket.waiting_since)
+        .where(
+            Ticket.queue == name,
+            Ticket.waiting_since.is_not(None),
+            Ticket.assignee_id.is_(None),
+            Ticket.status.in_(OPEN_STATUSES),
+            ~_pending_offer(),
+        )
+        .order_by(Ticket.waiting_since, Ticket.id)
+        .limit(_OPENING_BATCH + 1)
+    )  # fmt: skip
+    waiting = [RouteRequest(*row[:5], waiting_since=row[5]) for row in session.execute(query)]
+    batch = waiting[:_OPENING_BATCH]
+    routed = route(session, config, batch, now)
+    if len(waiting) > len(batch) and len(routed.offers) + len(routed.assigned) == len(batch):
+        schedule(session, [(TimerKind.QUEUE_OPENS, queue_id, now)])
+    return routed
 
 
 def _last_agent(window_seconds: int, now: datetime) -> list[Any]:
@@ -348,18 +420,45 @@ def _make_offers(
         }
         for r, agent_id in plan.items()
     ]
-    returning = insert(Offer).returning(Offer.id, sort_by_parameter_order=True)
-    ids = session.execute(returning, rows).scalars().all()
-    made = [
+    agents = sorted(set(plan.values()))
+    if session.get_bind().dialect.name == "postgresql":
+        ids = _reserve_in_one_statement(session, rows, agents, now)
+    else:
+        returning = insert(Offer).returning(Offer.id, sort_by_parameter_order=True)
+        ids = list(session.execute(returning, rows).scalars())
+        due = [expiry[r] for r in plan]
+        schedule(session, [(TimerKind.OFFER_EXPIRY, i, at) for i, at in zip(ids, due, strict=True)])
+        session.execute(update(Agent).where(Agent.id.in_(agents)).values(last_offered_at=now))
+    return [
         OfferMade(offer_id, r.ticket_id, agent_id, r.queue, r.channel, expiry[r])
         for offer_id, (r, agent_id) in zip(ids, plan.items(), strict=True)
     ]
-    schedule(session, [(TimerKind.OFFER_EXPIRY, o.id, o.expires_at) for o in made])
-    session.execute(
-        update(_agents()).where(_agents().c.id == bindparam("agent")).values(last_offered_at=now),
-        [{"agent": agent_id} for agent_id in sorted(set(plan.values()))],
+
+
+def _reserve_in_one_statement(
+    session: Session, rows: Sequence[Mapping[str, Any]], agents: Sequence[int], now: datetime
+) -> list[int]:
+    """PostgreSQL: the offers, their expiry timers and the agents' time of their last offer
+    in one statement (data-modifying WITH), rather than three round trips on the hot path;
+    the offers' ids in the order of `rows`."""
+    made = (
+        insert(Offer)
+        .values(list(rows))
+        .returning(Offer.id, Offer.ticket_id, Offer.expires_at)
+        .cte("made")
     )
-    return made
+    timers = (
+        insert(RoutingTimer)
+        .from_select(
+            ["kind", "subject_id", "due_at"],
+            select(literal(TimerKind.OFFER_EXPIRY.value), made.c.id, made.c.expires_at),
+        )
+        .cte("timers")
+    )
+    touched = update(Agent).where(Agent.id.in_(agents)).values(last_offered_at=now).cte("touched")
+    query = select(made.c.ticket_id, made.c.id).add_cte(timers, touched)
+    ids = {ticket_id: offer_id for ticket_id, offer_id in session.execute(query)}
+    return [ids[row["ticket_id"]] for row in rows]
 
 
 def _assign(
@@ -424,30 +523,26 @@ def _took_tickets(session: Session, agent_ids: Collection[int], now: datetime) -
 def _candidates(
     session: Session, config: RoutingConfig, requests: Sequence[RouteRequest]
 ) -> list[Candidate]:
-    """The available agents who qualify for one of the requests' queues, with their skills
-    and load, read without locks (`_confirm` locks the chosen ones)."""
-    query = _candidate_query(session).where(Agent.presence == Presence.AVAILABLE)
-    qualified = _qualified(session, config, requests)
-    if qualified is not None:
-        query = query.where(qualified)
-    return _read_candidates(session, query)
-
-
-def _qualified(
-    session: Session, config: RoutingConfig, requests: Sequence[RouteRequest]
-) -> ColumnElement[bool] | None:
-    """Agents with every skill (at its level) of at least one of the queues, so that a large
-    centre's thousands of others are never read; None when a queue asks for no skills."""
-    queues = {r.queue: config.queue(r.queue) for r in requests}
-    if any(not q.skills for q in queues.values()):
-        return None
+    """The available agents who qualify for one of the requests' queues, with their load,
+    read without locks (`_confirm` locks the chosen ones). The same statement says which of
+    the queues each qualifies for; its skills are then taken as what those queues ask (each
+    at the highest level asked), which is all that choosing among them looks at."""
+    queues = list({r.queue: config.queue(r.queue) for r in requests}.values())
     postgres = session.get_bind().dialect.name == "postgresql"
-    return or_(
-        *(
-            and_(*(_has_skill(postgres, s, n) for s, n in sorted(queue.skills.items())))
-            for queue in queues.values()
-        )
-    )
+    fits = [_qualifies(postgres, queue) for queue in queues]
+    query = _candidate_query(session, *fits).where(Agent.presence == Presence.AVAILABLE, or_(*fits))
+    return [
+        _candidate(row, _asked([q for q, fit in zip(queues, row[7:], strict=True) if fit]))
+        for row in session.execute(query)
+    ]
+
+
+def _qualifies(postgres: bool, queue: QueueConfig) -> ColumnElement[bool]:
+    """Whether an agent has every skill of the queue at its level. Only such agents are read:
+    a large centre has thousands of others."""
+    if not queue.skills:
+        return true()
+    return and_(*(_has_skill(postgres, s, n) for s, n in sorted(queue.skills.items())))
 
 
 def _has_skill(postgres: bool, skill: str, level: int) -> ColumnElement[bool]:
@@ -459,15 +554,19 @@ def _has_skill(postgres: bool, skill: str, level: int) -> ColumnElement[bool]:
     return Agent.id.in_(ids)
 
 
-def _candidate_query(session: Session) -> Select[Any]:
-    """One row per agent: what the strategies sort by, its skills, and the channels of its
-    open tickets and of its pending offers (both take up capacity), in one statement."""
+def _asked(queues: Sequence[QueueConfig]) -> dict[str, int]:
+    skills: dict[str, int] = {}
+    for queue in queues:
+        for skill, level in queue.skills.items():
+            skills[skill] = max(level, skills.get(skill, 0))
+    return skills
+
+
+def _candidate_query(session: Session, *columns: ColumnElement[Any]) -> Select[Any]:
+    """One row per agent: what the strategies sort by and the channels of its open tickets
+    and of its pending offers (both take up capacity), then `columns`."""
     postgres = session.get_bind().dialect.name == "postgresql"
     as_list = func.json_agg if postgres else func.json_group_array
-    as_object = func.json_object_agg if postgres else func.json_group_object
-    skills = select(as_object(AgentSkill.skill, AgentSkill.level, type_=JSON)).where(
-        AgentSkill.agent_id == Agent.id
-    )
     held = select(as_list(Ticket.channel, type_=JSON)).where(
         Ticket.assignee_id == Agent.id, Ticket.status.in_(OPEN_STATUSES)
     )
@@ -476,25 +575,20 @@ def _candidate_query(session: Session) -> Select[Any]:
     )
     return select(
         Agent.id, Agent.capacity, Agent.presence_since, Agent.last_assigned_at,
-        Agent.last_offered_at, skills.scalar_subquery(), held.scalar_subquery(),
-        offered.scalar_subquery(),
+        Agent.last_offered_at, held.scalar_subquery(), offered.scalar_subquery(), *columns,
     ).order_by(Agent.id)  # fmt: skip
 
 
-def _read_candidates(session: Session, query: Select[Any]) -> list[Candidate]:
-    return [
-        Candidate(
-            agent_id,
-            Capacity.from_json(capacity),
-            dict(Counter([*(held or ()), *(offered or ())])),
-            skills or {},
-            idle_since=max(since, assigned) if assigned else since,
-            last_offered_at=last_offered or NEVER,
-        )
-        for agent_id, capacity, since, assigned, last_offered, skills, held, offered in (
-            session.execute(query)
-        )
-    ]
+def _candidate(row: Any, skills: Mapping[str, int]) -> Candidate:
+    agent_id, capacity, since, assigned, last_offered, held, offered = row[:7]
+    return Candidate(
+        agent_id,
+        Capacity.from_json(capacity),
+        dict(Counter([*(held or ()), *(offered or ())])),
+        skills,
+        idle_since=max(since, assigned) if assigned else since,
+        last_offered_at=last_offered or NEVER,
+    )
 
 
 def _lock_available(session: Session, agent_ids: Collection[int]) -> list[int]:
@@ -534,7 +628,9 @@ def fill_agent(session: Session, config: RoutingConfig, agent_id: int, now: date
     """Give an available agent with room the most urgent waiting tickets it may take."""
     if not _lock_available(session, [agent_id]):
         return Routed()
-    (agent,) = _read_candidates(session, _candidate_query(session).where(Agent.id == agent_id))
+    (row,) = session.execute(_candidate_query(session).where(Agent.id == agent_id))
+    levels = select(AgentSkill.skill, AgentSkill.level).where(AgentSkill.agent_id == agent_id)
+    agent = _candidate(row, {skill: level for skill, level in session.execute(levels)})
     unfit = [q.name for q in config.queues.values() if not agent.qualifies(q) or not q.is_open(now)]
     declined = exists().where(
         Offer.ticket_id == Ticket.id,
@@ -809,13 +905,16 @@ def claim_due(session: Session, now: datetime, limit: int = 100) -> list[Routing
 
 def fire(session: Session, config: RoutingConfig, timer: RoutingTimer, now: datetime) -> Routed:
     """Act on a claimed timer. Each action checks that it still applies (an offer accepted in
-    the meantime does not expire, an agent who chose another state stays in it)."""
+    the meantime does not expire, an agent who chose another state stays in it). After-hours
+    replies are the gateway's to send (gateway/dispatch.py)."""
     if timer.kind == TimerKind.OFFER_EXPIRY:
         return expire(session, config, timer.subject_id, now)
     if timer.kind == TimerKind.OVERFLOW:
         return overflow(session, config, timer.subject_id, now)
     if timer.kind == TimerKind.REROUTE:
         return reroute(session, config, [timer.subject_id], now)
+    if timer.kind == TimerKind.QUEUE_OPENS:
+        return opened(session, config, timer.subject_id, now)
     if timer.kind == TimerKind.AFTER_CALL_WORK:
         agent = session.get(Agent, timer.subject_id)
         if agent is not None and agent.presence == Presence.AFTER_CALL_WORK:
@@ -881,11 +980,5 @@ def available_agents(session: Session) -> list[int]:
 
 def _tickets() -> Table:
     table = Ticket.__table__
-    assert isinstance(table, Table)
-    return table
-
-
-def _agents() -> Table:
-    table = Agent.__table__
     assert isinstance(table, Table)
     return table

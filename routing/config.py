@@ -27,23 +27,25 @@ from timeline.models import RoutingQueue, RoutingRule
 class RoutingConfig:
     queues: Mapping[str, QueueConfig] = field(default_factory=dict)
     rules: Sequence[Rule] = ()
+    ids: Mapping[str, int] = field(default_factory=dict)  # stored queues' row ids, by name
 
     def queue(self, name: str) -> QueueConfig:
         return self.queues.get(name) or implicit_queue(name)
 
+    def queue_named_by(self, queue_id: int) -> str | None:
+        return next((name for name, i in self.ids.items() if i == queue_id), None)
+
 
 def load_config(session: Session) -> RoutingConfig:
-    queues = {
-        q.name: QueueConfig.parse({**q.config, "name": q.name})
-        for q in session.execute(select(RoutingQueue)).scalars()
-    }
+    rows = list(session.execute(select(RoutingQueue)).scalars())
+    queues = {q.name: QueueConfig.parse({**q.config, "name": q.name}) for q in rows}
     rules = [
         Rule(r.name, r.queue, r.conditions)
         for r in session.execute(
             select(RoutingRule).order_by(RoutingRule.position, RoutingRule.id)
         ).scalars()
     ]
-    return RoutingConfig(queues, rules)
+    return RoutingConfig(queues, rules, {q.name: q.id for q in rows})
 
 
 def save_queue(session: Session, queue: QueueConfig, now: datetime) -> RoutingQueue:

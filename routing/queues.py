@@ -9,12 +9,18 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DEFAULT_QUEUE = "default"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DEFAULT_AUTO_REPLY = (
+    "Thank you for your message. We are closed now; we will answer as soon as we open again "
+    "(ticket #{ticket})."
+)
+# How far ahead the next opening is looked for: a year of holidays is the most there can be.
+_OPENING_HORIZON_DAYS = 370
 
 
 class Strategy(enum.StrEnum):
@@ -24,11 +30,15 @@ class Strategy(enum.StrEnum):
 
 
 class AfterHours(enum.StrEnum):
-    """What a closed queue does with a new contact; in every case the ticket is kept."""
+    """What a closed queue does with a contact that enters it. In every case the ticket waits
+    and is offered when the queue opens, the longest waiting first."""
 
-    QUEUE = "queue"  # wait until the queue opens
+    QUEUE = "queue"  # just wait
+    # A call: the PBX plays its closed message or takes the voicemail, and the missed call
+    # leaves a callback ticket (gateway/calls.py) that waits here.
     VOICEMAIL = "voicemail"
     CALLBACK = "callback"
+    # Answer once per ticket with `auto_reply_text`, through the outbox.
     AUTO_REPLY = "auto_reply"
 
 
@@ -51,6 +61,7 @@ class QueueConfig:
     hours: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # empty: 24/7
     holidays: tuple[str, ...] = ()  # ISO dates, in the queue's time zone
     after_hours: AfterHours = AfterHours.QUEUE
+    auto_reply_text: str = DEFAULT_AUTO_REPLY  # `{ticket}` is the ticket number
     strategy: Strategy = Strategy.LEAST_OCCUPIED
     sticky_seconds: int = 0
     fallback_queue: str | None = None
@@ -82,6 +93,19 @@ class QueueConfig:
             time.fromisoformat(start) <= clock < _end(end)
             for start, end in self.hours.get(WEEKDAYS[local.weekday()], ())
         )
+
+    def next_opening(self, now: datetime) -> datetime | None:
+        """When a queue closed at `now` opens next (UTC); None if it never does. Openings are
+        the starts of the weekly spans, or midnight after a holiday for a queue open all week."""
+        local = now.astimezone(self.zone)
+        for offset in range(_OPENING_HORIZON_DAYS):
+            day = local.date() + timedelta(days=offset)
+            spans = self.hours.get(WEEKDAYS[day.weekday()], ()) if self.hours else (("00:00", ""),)
+            for start, _ in sorted(spans):
+                opening = datetime.combine(day, time.fromisoformat(start), self.zone)
+                if opening > now and self.is_open(opening):
+                    return opening.astimezone(UTC)
+        return None
 
     def takes(self, channel: str) -> bool:
         return not self.channels or channel in self.channels
@@ -121,6 +145,7 @@ class QueueConfig:
                 hours=_hours(data.get("hours", {})),
                 holidays=tuple(_dates(data.get("holidays", []))),
                 after_hours=AfterHours(data.get("after_hours", AfterHours.QUEUE)),
+                auto_reply_text=_text(data.get("auto_reply_text", DEFAULT_AUTO_REPLY)),
                 strategy=Strategy(data.get("strategy", Strategy.LEAST_OCCUPIED)),
                 sticky_seconds=_int(data.get("sticky_seconds", 0), "sticky_seconds", 0),
                 fallback_queue=data.get("fallback_queue") or None,
@@ -172,6 +197,12 @@ def _hours(raw: object) -> dict[str, tuple[tuple[str, str], ...]]:
             parsed.append((start, end))
         hours[day] = tuple(parsed)
     return hours
+
+
+def _text(raw: object) -> str:
+    if not isinstance(raw, str) or not raw.strip() or len(raw) > 2000:
+        raise InvalidQueue("'auto_reply_text' must be a text of 1 to 2000 characters.")
+    return raw
 
 
 def _dates(raw: object) -> list[str]:

@@ -520,6 +520,8 @@ class TimerKind(enum.StrEnum):
     AFTER_CALL_WORK = "after_call_work"  # subject: an agent
     OVERFLOW = "overflow"  # subject: a ticket
     REROUTE = "reroute"  # subject: a ticket whose chosen agent another batch filled first
+    QUEUE_OPENS = "queue_opens"  # subject: a queue (its tickets waited while it was closed)
+    AFTER_HOURS_REPLY = "after_hours_reply"  # subject: a ticket that entered a closed queue
 
 
 class RoutingTimer(Base):

@@ -1,20 +1,23 @@
 """Routing through the real app: queues and rules by API and settings file, offers over
 `/ws/agent` (accept, reject, timeout), CTI presence, supervisors moving tickets and watching
-the queues on `/ws/supervisor`."""
+the queues on `/ws/supervisor`, a closed queue's automatic reply."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.app import create_app
 from gateway.dispatch import Dispatcher
 from gateway.keys import BUS, DATABASE
 from gateway.settings import Settings
 from tests.helpers import Agents, bearer, go_available, inbound, nothing_more, receive
+from tests.smtp_peer import SmtpPeer, account_for
 from timeline.models import Role
 
 CTI_TOKEN = "cti-routing-4d1e"
@@ -342,3 +345,50 @@ def test_the_routing_file_may_be_json(tmp_path: Path) -> None:
     queues, rules = read_file(path)
 
     assert [q.name for q in queues] == ["sales"] and rules == []
+
+
+def _closed_all_around_today() -> list[str]:
+    today = datetime.now(UTC).date()
+    return [(today + timedelta(days=d)).isoformat() for d in (-1, 0, 1)]
+
+
+async def test_a_closed_queue_answers_each_new_ticket_once_and_never_a_robot(
+    settings: Settings, smtp_peer: SmtpPeer, aiohttp_client: Any
+) -> None:
+    mailing = Settings(**{**settings.__dict__, "smtp": account_for(smtp_peer)})
+    client = await aiohttp_client(create_app(mailing))
+    supervisor = await Agents(client.server.app).add("Sam", role=Role.SUPERVISOR)
+    queue = {
+        "name": "support",
+        "channels": ["email"],
+        "holidays": _closed_all_around_today(),
+        "after_hours": "auto_reply",
+        "auto_reply_text": "We are closed. Ticket #{ticket}.",
+    }
+    assert (await api(client, supervisor, "POST", "/api/v1/queues", queue))[0] == 201
+    rule = {"name": "mail", "queue": "support", "when": {"channel": "email"}}
+    assert (await api(client, supervisor, "POST", "/api/v1/routing-rules", rule))[0] == 201
+
+    mail = {"channel": "email", "to": "support@example.com", "subject": "Printer"}
+    first = await send(client, supervisor, "m1@example.de", sender="carla@example.de", **mail)
+    await send(client, supervisor, "m2@example.de", sender="carla@example.de", **mail)
+    robot = await client.post(
+        "/api/v1/inbound/email", data=OUT_OF_OFFICE, headers=bearer(supervisor)
+    )
+    assert robot.status == 202
+    dave = await send(client, supervisor, "m3@example.de", sender="dave@example.de", **mail)
+
+    sent = await smtp_peer.wait_for(2)
+    assert [(m["To"], m["Auto-Submitted"], m.get_content().strip()) for m in sent] == [
+        ("carla@example.de", "auto-replied", f"We are closed. Ticket #{first['ticket_number']}."),
+        ("dave@example.de", "auto-replied", f"We are closed. Ticket #{dave['ticket_number']}."),
+    ], "one reply per ticket, in order; none to the out-of-office robot"
+    status, held = await api(client, supervisor, "GET", f"/api/v1/tickets/{first['ticket_id']}")
+    assert status == 200 and held["assignee_id"] is None, "the ticket waits for the opening"
+
+
+OUT_OF_OFFICE = (
+    b"From: Robot <robot@example.org>\r\nTo: support@example.com\r\n"
+    b"Subject: Out of office\r\nMessage-ID: <ooo-1@example.org>\r\n"
+    b"Auto-Submitted: auto-replied\r\nContent-Type: text/plain\r\n\r\nI am away.\r\n"
+)

@@ -126,6 +126,8 @@ class Console:
         while True:
             gateway = self.gateways[self.home]
             if not gateway.alive:
+                # Both dead (someone else killed ours too) must fail the test, not spin here.
+                assert self.gateways[0].alive, "the surviving gateway died"
                 self.home, self.disconnected = 0, True
                 continue
             with contextlib.suppress(aiohttp.ClientError, ConnectionError):

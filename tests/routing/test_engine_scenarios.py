@@ -17,7 +17,7 @@ from gateway.routing_api import change_ticket
 from routing import assignment, stats
 from routing.assignment import Routed, RouteRequest
 from routing.capacity import Capacity
-from routing.config import RoutingConfig
+from routing.config import load_config, save_queue
 from routing.queues import QueueConfig
 from timeline import store
 from timeline.models import (
@@ -29,7 +29,9 @@ from timeline.models import (
     Presence,
     PresenceSpell,
     QueueDay,
+    RoutingTimer,
     Ticket,
+    TimerKind,
 )
 
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
@@ -40,11 +42,13 @@ class Desk:
 
     def __init__(self, engine: Engine, *queues: dict[str, Any]) -> None:
         self.engine = engine
-        configs = [QueueConfig.parse(q) for q in queues]
-        self.config = RoutingConfig({q.name: q for q in configs})
         self.now = T0
         with self.unit() as session:
+            for queue in queues:
+                save_queue(session, QueueConfig.parse(queue), self.now)
             (self.contact,) = store.insert_rows(session, Contact, [{"name": "Customer"}])
+        with self.unit() as session:
+            self.config = load_config(session)
 
     def unit(self) -> Any:
         session = Session(self.engine, expire_on_commit=False)
@@ -104,6 +108,11 @@ class Desk:
         if freed is not None:
             with self.unit() as session:
                 assignment.fill_agent(session, self.config, freed, self.now)
+
+    def timers(self, kind: TimerKind) -> list[datetime]:
+        with self.unit() as session:
+            query = select(RoutingTimer.due_at).where(RoutingTimer.kind == kind)
+            return [due.replace(tzinfo=UTC) for due in session.execute(query).scalars()]
 
     def ticket(self, ticket_id: int) -> Ticket:
         with self.unit() as session:
@@ -359,3 +368,59 @@ def test_one_pending_offer_per_ticket_is_the_databases_rule(engine: Engine) -> N
             [{"ticket_id": ticket_id, "agent_id": bernd, "queue": "sales", "channel": "sms",
               "status": "pending", "created_at": desk.now, "expires_at": desk.now}],
         )  # fmt: skip
+
+
+OFFICE = {
+    "name": "office",
+    "offer_timeout_seconds": 30,
+    "hours": {day: [["09:00", "17:00"]] for day in ("mon", "tue", "wed", "thu", "fri")},
+    "after_hours": "callback",
+}
+
+
+def test_tickets_that_waited_in_a_closed_queue_are_offered_when_it_opens(engine: Engine) -> None:
+    desk = Desk(engine, OFFICE)
+    anna = desk.agent("anna", capacity="1")
+    desk.presence(anna, Presence.AVAILABLE)
+    desk.now = datetime(2026, 11, 24, 20, 0, tzinfo=UTC)  # Tuesday evening: closed
+    first, routed = desk.inbound("office")
+    desk.later(300)
+    second, again = desk.inbound("office")
+    assert not routed.offers and not again.offers, "closed: the tickets wait"
+    assert desk.timers(TimerKind.QUEUE_OPENS) == [T0], "one timer, at nine on Wednesday"
+
+    assert not desk.later((T0 - desk.now).total_seconds() - 1).offers, "a second early"
+    routed = desk.later(1)
+
+    assert [(o.ticket_id, o.agent_id) for o in routed.offers] == [(first, anna)]
+    assert desk.ticket(second).waiting_since is not None, "anna has room for one"
+    assert desk.timers(TimerKind.QUEUE_OPENS) == []
+
+
+def test_a_queue_that_opens_with_nobody_available_leaves_its_tickets_to_the_agents(
+    engine: Engine,
+) -> None:
+    desk = Desk(engine, OFFICE)
+    desk.now = datetime(2026, 11, 24, 20, 0, tzinfo=UTC)
+    ticket_id, _ = desk.inbound("office")
+    desk.later((T0 - desk.now).total_seconds())
+    anna = desk.agent("anna")
+
+    routed = desk.presence(anna, Presence.AVAILABLE)
+
+    assert [o.ticket_id for o in routed.offers] == [ticket_id]
+
+
+def test_a_closed_queue_with_an_automatic_reply_sets_one_reply_per_ticket(engine: Engine) -> None:
+    desk = Desk(engine, {**OFFICE, "after_hours": "auto_reply"})
+    desk.now = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)  # Saturday
+    first, _ = desk.inbound("office")
+    second, _ = desk.inbound("office")
+    desk.now = T0
+    desk.inbound("office")  # open: no reply
+
+    with desk.unit() as session:
+        query = select(RoutingTimer.subject_id).where(
+            RoutingTimer.kind == TimerKind.AFTER_HOURS_REPLY
+        )
+        assert sorted(session.execute(query).scalars()) == [first, second]

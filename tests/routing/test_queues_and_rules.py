@@ -64,6 +64,43 @@ def test_a_queue_without_hours_is_always_open() -> None:
     assert QueueConfig.parse({"name": "always"}).is_open(utc("2026-12-25T03:00:00"))
 
 
+CLOSED_ON_HOLIDAYS = QueueConfig.parse(
+    {"name": "24-7", "timezone": "Europe/Berlin", "holidays": ["2026-12-25", "2026-12-26"]}
+)
+NEVER_OPEN = QueueConfig.parse({"name": "never", "hours": {"mon": []}})
+
+
+@pytest.mark.parametrize(
+    ("queue", "moment", "opening"),
+    [
+        # Wed 25 Nov 2026, 08:59 Berlin (UTC+1): nine o'clock local the same morning.
+        pytest.param(BERLIN_OFFICE, "2026-11-25T07:59:00", "2026-11-25T08:00:00", id="morning"),
+        # Friday 17:00 local: Monday nine o'clock.
+        pytest.param(BERLIN_OFFICE, "2026-11-27T16:00:00", "2026-11-30T08:00:00", id="weekend"),
+        # Thu 24 Dec after closing: Fri 25 is a holiday, the weekend follows: Mon 28.
+        pytest.param(BERLIN_OFFICE, "2026-12-24T17:00:00", "2026-12-28T08:00:00", id="holiday"),
+        # Sat 28 Mar 2026: Berlin changes to summer time (UTC+2) on Sunday; Monday nine o'clock
+        # is 07:00 UTC.
+        pytest.param(BERLIN_OFFICE, "2026-03-28T10:00:00", "2026-03-30T07:00:00", id="dst"),
+        # New York's lunch break: the afternoon span, 13:00 local = 18:00 UTC.
+        pytest.param(NEW_YORK_LATE, "2026-11-30T17:30:00", "2026-11-30T18:00:00", id="lunch"),
+        # Open all week but on holidays: midnight local after the last one.
+        pytest.param(
+            CLOSED_ON_HOLIDAYS, "2026-12-25T12:00:00", "2026-12-26T23:00:00", id="24-7-holidays"
+        ),
+    ],
+)
+def test_a_closed_queue_knows_when_it_opens_next(
+    queue: QueueConfig, moment: str, opening: str
+) -> None:
+    assert not queue.is_open(utc(moment))
+    assert queue.next_opening(utc(moment)) == utc(opening)
+
+
+def test_a_queue_without_opening_hours_on_any_day_never_opens() -> None:
+    assert NEVER_OPEN.next_opening(utc("2026-11-30T10:00:00")) is None
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -75,6 +112,7 @@ def test_a_queue_without_hours_is_always_open() -> None:
         ({"name": "q", "fallback_queue": "q"}, "itself"),
         ({"name": "q", "offer_timeout_seconds": -1}, "at least 0"),
         ({"name": "q", "colour": "red"}, "Unknown queue fields"),
+        ({"name": "q", "after_hours": "auto_reply", "auto_reply_text": " "}, "auto_reply_text"),
     ],
 )
 def test_unusable_queue_configurations_are_refused(data: dict, message: str) -> None:
