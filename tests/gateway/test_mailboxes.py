@@ -7,6 +7,7 @@ Dovecot with APPEND, as a delivering MTA would, and watch the timeline and the m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ssl
 from collections.abc import Awaitable, Callable
@@ -196,9 +197,7 @@ async def test_a_new_uidvalidity_reads_the_mailbox_again_without_duplicates(
     before = await _uidvalidity(client)
 
     # The mailbox is recreated (a restore, a migration): same mail, new UIDs, new UIDVALIDITY.
-    await dovecot.command("DELETE", "Support")
-    await dovecot.command("CREATE", "Support")
-    await dovecot.append([*old, mail(message_id="new@example.org")], folder="Support")
+    await recreate(dovecot, "Support", [*old, mail(message_id="new@example.org")])
     await have_events(client, 3)
 
     async def restarted() -> bool:
@@ -211,6 +210,27 @@ async def test_a_new_uidvalidity_reads_the_mailbox_again_without_duplicates(
         "old-1@example.org",
         "old-2@example.org",
     ]
+
+
+async def recreate(dovecot: Dovecot, folder: str, messages: list[bytes]) -> None:
+    """Delete `folder` and create it anew with `messages`.
+
+    While the gateway's session still has the old folder selected, Dovecot may refuse an
+    APPEND right after the CREATE ("Mailbox was deleted under us"): then all over again.
+    """
+    await dovecot.command("DELETE", folder)
+    for _ in range(5):
+        await dovecot.command("CREATE", folder)
+        try:
+            await dovecot.append(messages, folder=folder)
+            return
+        except AssertionError as error:
+            if "deleted under us" not in str(error):
+                raise
+        await asyncio.sleep(0.2)
+        with contextlib.suppress(AssertionError):  # unless it is gone already
+            await dovecot.command("DELETE", folder)
+    raise AssertionError(f"Dovecot kept refusing mail for the new {folder}")
 
 
 async def _uidvalidity(client: TestClient) -> int | None:
