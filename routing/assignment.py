@@ -13,18 +13,23 @@ ticket yet. SQLite has a single writer, which serialises all of this by itself.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import cache, lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     ColumnElement,
+    CompoundSelect,
     CursorResult,
+    DateTime,
     Result,
     Select,
+    String,
     Table,
     and_,
     any_,
@@ -41,6 +46,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -289,23 +295,15 @@ def _placeable(
     windows = {r.ticket_id: config.queue(r.queue).sticky_seconds for r in requests}
     if not windows:
         return _Waiting([], {}, {})
-    earlier = aliased(Offer)
-    query = (
-        select(Ticket.id, earlier.agent_id, earlier.queue, *_last_agent(max(windows.values()), now))
-        .outerjoin(earlier, (earlier.ticket_id == Ticket.id) & earlier.status.in_(_DECLINED))
-        .where(
-            Ticket.id.in_(sorted(windows)),
-            Ticket.assignee_id.is_(None),
-            Ticket.status.in_(OPEN_STATUSES),
-            ~_pending_offer(),
-        )
-        .order_by(Ticket.id)
-        .with_for_update(of=Ticket)
-    )
+    longest = max(windows.values())
+    query = _placeable_query(sticky=longest > 0)
+    params: dict[str, Any] = {"ids": sorted(windows)}
+    if longest:
+        params["since"] = now - timedelta(seconds=longest)
     free: set[int] = set()
     declined: dict[tuple[int, str], set[int]] = defaultdict(set)
     sticky: dict[int, int] = {}
-    for ticket_id, agent_id, queue, *last in session.execute(query):
+    for ticket_id, agent_id, queue, *last in session.execute(query, params):
         free.add(ticket_id)
         if agent_id is not None:
             declined[(ticket_id, queue)].add(agent_id)
@@ -365,18 +363,34 @@ def opened(session: Session, config: RoutingConfig, queue_id: int, now: datetime
     return routed
 
 
-def _last_agent(window_seconds: int, now: datetime) -> list[Any]:
-    """Who last took one of the ticket's contact's tickets within the window, and when (two
-    columns; none without a window)."""
-    if window_seconds <= 0:
-        return []
+@cache
+def _placeable_query(sticky: bool) -> Select[Any]:
+    """`_placeable`'s statement, built once (the hot path): `ids`, and `since` when a queue
+    has a sticky window, are bound at each execution."""
+    earlier = aliased(Offer)
+    return (
+        select(Ticket.id, earlier.agent_id, earlier.queue, *(_last_agent() if sticky else ()))
+        .outerjoin(earlier, (earlier.ticket_id == Ticket.id) & earlier.status.in_(_DECLINED))
+        .where(
+            Ticket.id.in_(bindparam("ids", expanding=True)),
+            Ticket.assignee_id.is_(None),
+            Ticket.status.in_(OPEN_STATUSES),
+            ~_pending_offer(),
+        )
+        .order_by(Ticket.id)
+        .with_for_update(of=Ticket)
+    )
+
+
+def _last_agent() -> list[Any]:
+    """Who last took one of the ticket's contact's tickets since `since`, and when."""
     earlier = aliased(Ticket)
     last = (
         select(earlier.assignee_id)
         .where(
             earlier.contact_id == Ticket.contact_id,
             earlier.assignee_id.is_not(None),
-            earlier.assigned_at >= now - timedelta(seconds=window_seconds),
+            earlier.assigned_at >= bindparam("since"),
         )
         .order_by(earlier.assigned_at.desc(), earlier.id.desc())
         .limit(1)
@@ -420,10 +434,10 @@ def _make_offers(
         }
         for r, agent_id in plan.items()
     ]
-    agents = sorted(set(plan.values()))
     if session.get_bind().dialect.name == "postgresql":
-        ids = _reserve_in_one_statement(session, rows, agents, now)
+        ids = _reserve_in_one_statement(session, rows, now)
     else:
+        agents = sorted(set(plan.values()))
         returning = insert(Offer).returning(Offer.id, sort_by_parameter_order=True)
         ids = list(session.execute(returning, rows).scalars())
         due = [expiry[r] for r in plan]
@@ -436,29 +450,52 @@ def _make_offers(
 
 
 def _reserve_in_one_statement(
-    session: Session, rows: Sequence[Mapping[str, Any]], agents: Sequence[int], now: datetime
+    session: Session, rows: Sequence[Mapping[str, Any]], now: datetime
 ) -> list[int]:
     """PostgreSQL: the offers, their expiry timers and the agents' time of their last offer
-    in one statement (data-modifying WITH), rather than three round trips on the hot path;
-    the offers' ids in the order of `rows`."""
+    in one statement, rather than three round trips on the hot path; the offers' ids in the
+    order of `rows`."""
+    values = {
+        name: [row[name] for row in rows]
+        for name in ("ticket_id", "agent_id", "queue", "channel", "expires_at")
+    }
+    found = session.execute(_reserving(), {**values, "status": OfferStatus.PENDING, "now": now})
+    ids = {ticket_id: offer_id for ticket_id, offer_id in found}
+    return [ids[row["ticket_id"]] for row in rows]
+
+
+@cache
+def _reserving() -> Select[Any]:
+    """The statement of `_reserve_in_one_statement`, built once: the rows arrive as arrays
+    (`unnest`), so that its compiled form is cached (a multi-row VALUES never is)."""
+    columns: dict[str, ARRAY[Any]] = {
+        "ticket_id": ARRAY(BigInteger),
+        "agent_id": ARRAY(BigInteger),
+        "queue": ARRAY(String),
+        "channel": ARRAY(String),
+        "expires_at": ARRAY(DateTime(timezone=True)),
+    }
+    arrays = [bindparam(name, type_=kind) for name, kind in columns.items()]
+    planned = func.unnest(*arrays).table_valued(*columns).render_derived()
     made = (
         insert(Offer)
-        .values(list(rows))
-        .returning(Offer.id, Offer.ticket_id, Offer.expires_at)
+        .from_select(
+            [*columns, "status", "created_at"],
+            select(*planned.c, bindparam("status", type_=String), bindparam("now")),
+        )
+        .returning(Offer.id, Offer.ticket_id, Offer.agent_id, Offer.expires_at)
         .cte("made")
     )
-    timers = (
-        insert(RoutingTimer)
-        .from_select(
-            ["kind", "subject_id", "due_at"],
-            select(literal(TimerKind.OFFER_EXPIRY.value), made.c.id, made.c.expires_at),
-        )
-        .cte("timers")
+    kind = literal(TimerKind.OFFER_EXPIRY.value, String)
+    timers = insert(RoutingTimer).from_select(
+        ["kind", "subject_id", "due_at"], select(kind, made.c.id, made.c.expires_at)
     )
-    touched = update(Agent).where(Agent.id.in_(agents)).values(last_offered_at=now).cte("touched")
-    query = select(made.c.ticket_id, made.c.id).add_cte(timers, touched)
-    ids = {ticket_id: offer_id for ticket_id, offer_id in session.execute(query)}
-    return [ids[row["ticket_id"]] for row in rows]
+    touched = (
+        update(Agent)
+        .where(Agent.id.in_(select(made.c.agent_id)))
+        .values(last_offered_at=bindparam("now"))
+    )
+    return select(made.c.ticket_id, made.c.id).add_cte(timers.cte("timers"), touched.cte("touched"))
 
 
 def _assign(
@@ -528,27 +565,43 @@ def _candidates(
     the queues each qualifies for; its skills are then taken as what those queues ask (each
     at the highest level asked), which is all that choosing among them looks at."""
     queues = list({r.queue: config.queue(r.queue) for r in requests}.values())
+    asked = [sorted(q.skills.items()) for q in queues]
     postgres = session.get_bind().dialect.name == "postgresql"
-    fits = [_qualifies(postgres, queue) for queue in queues]
-    query = _candidate_query(session, *fits).where(Agent.presence == Presence.AVAILABLE, or_(*fits))
-    return [
-        _candidate(row, _asked([q for q, fit in zip(queues, row[7:], strict=True) if fit]))
-        for row in session.execute(query)
+    query = _candidates_query(postgres, tuple(len(skills) for skills in asked))
+    params = {
+        name: value
+        for i, skills in enumerate(asked)
+        for j, (skill, level) in enumerate(skills)
+        for name, value in ((f"skill_{i}_{j}", skill), (f"level_{i}_{j}", level))
+    }
+    skills: dict[tuple[bool, ...], dict[str, int]] = {}
+    candidates = []
+    for row in session.execute(query, params):
+        fits = tuple(row[7:])
+        if fits not in skills:
+            skills[fits] = _asked([q for q, fit in zip(queues, fits, strict=True) if fit])
+        candidates.append(_candidate(row, skills[fits]))
+    return candidates
+
+
+@lru_cache(maxsize=256)
+def _candidates_query(postgres: bool, shape: tuple[int, ...]) -> Select[Any]:
+    """`_candidates`' statement for queues asking this many skills each, built once: the
+    skills and levels are bound at each execution (`skill_<queue>_<n>`, `level_<queue>_<n>`)."""
+    fits = [
+        and_(true(), *(_has_skill(postgres, f"{i}_{j}") for j in range(count)))
+        for i, count in enumerate(shape)
     ]
+    return _candidate_query(postgres, *fits).where(Agent.presence == Presence.AVAILABLE, or_(*fits))
 
 
-def _qualifies(postgres: bool, queue: QueueConfig) -> ColumnElement[bool]:
-    """Whether an agent has every skill of the queue at its level. Only such agents are read:
-    a large centre has thousands of others."""
-    if not queue.skills:
-        return true()
-    return and_(*(_has_skill(postgres, s, n) for s, n in sorted(queue.skills.items())))
-
-
-def _has_skill(postgres: bool, skill: str, level: int) -> ColumnElement[bool]:
+def _has_skill(postgres: bool, key: str) -> ColumnElement[bool]:
     """PostgreSQL reads `= ANY(ARRAY(…))` as an index lookup of the few ids; for `IN (…)` its
     planner scans every agent (10 times slower with 10,000 agents)."""
-    ids = select(AgentSkill.agent_id).where(AgentSkill.skill == skill, AgentSkill.level >= level)
+    ids = select(AgentSkill.agent_id).where(
+        AgentSkill.skill == bindparam(f"skill_{key}"),
+        AgentSkill.level >= bindparam(f"level_{key}"),
+    )
     if postgres:
         return Agent.id == any_(func.array(ids.scalar_subquery()))
     return Agent.id.in_(ids)
@@ -562,10 +615,9 @@ def _asked(queues: Sequence[QueueConfig]) -> dict[str, int]:
     return skills
 
 
-def _candidate_query(session: Session, *columns: ColumnElement[Any]) -> Select[Any]:
+def _candidate_query(postgres: bool, *columns: ColumnElement[Any]) -> Select[Any]:
     """One row per agent: what the strategies sort by and the channels of its open tickets
     and of its pending offers (both take up capacity), then `columns`."""
-    postgres = session.get_bind().dialect.name == "postgresql"
     as_list = func.json_agg if postgres else func.json_group_array
     held = select(as_list(Ticket.channel, type_=JSON)).where(
         Ticket.assignee_id == Agent.id, Ticket.status.in_(OPEN_STATUSES)
@@ -581,26 +633,45 @@ def _candidate_query(session: Session, *columns: ColumnElement[Any]) -> Select[A
 
 def _candidate(row: Any, skills: Mapping[str, int]) -> Candidate:
     agent_id, capacity, since, assigned, last_offered, held, offered = row[:7]
+    load: dict[str, int] = {}
+    for channel in (*(held or ()), *(offered or ())):
+        load[channel] = load.get(channel, 0) + 1
     return Candidate(
         agent_id,
-        Capacity.from_json(capacity),
-        dict(Counter([*(held or ()), *(offered or ())])),
+        _capacity(capacity),
+        load,
         skills,
         idle_since=max(since, assigned) if assigned else since,
         last_offered_at=last_offered or NEVER,
     )
 
 
+def _capacity(data: Mapping[str, Any] | None) -> Capacity:
+    """`Capacity.from_json`, remembered: the agents of a centre share a few capacities, and
+    every decision reads a hundred candidates afresh."""
+    if not data:
+        return Capacity.from_json(data)
+    channels = data.get("channels") or {}
+    return _capacity_of(data.get("total"), tuple(sorted(channels.items())))
+
+
+@lru_cache(maxsize=256)
+def _capacity_of(total: int | None, channels: tuple[tuple[str, int], ...]) -> Capacity:
+    return Capacity.from_json({"total": total, "channels": dict(channels)})
+
+
 def _lock_available(session: Session, agent_ids: Collection[int]) -> list[int]:
     """Lock these agents' rows in id order (the order every routing step takes agents in);
     the ones still available."""
-    query = (
-        select(Agent.id)
-        .where(Agent.id.in_(sorted(agent_ids)), Agent.presence == Presence.AVAILABLE)
-        .order_by(Agent.id)
-        .with_for_update()
-    )
-    return list(session.execute(query).scalars())
+    return list(session.execute(_LOCK_AVAILABLE, {"ids": sorted(agent_ids)}).scalars())
+
+
+_LOCK_AVAILABLE = (
+    select(Agent.id)
+    .where(Agent.id.in_(bindparam("ids", expanding=True)), Agent.presence == Presence.AVAILABLE)
+    .order_by(Agent.id)
+    .with_for_update()
+)
 
 
 def _loads(session: Session, ids: Sequence[int]) -> dict[int, dict[str, int]]:
@@ -608,17 +679,23 @@ def _loads(session: Session, ids: Sequence[int]) -> dict[int, dict[str, int]]:
     per_channel: dict[int, dict[str, int]] = {agent_id: {} for agent_id in ids}
     if not ids:
         return per_channel
-    held = select(Ticket.assignee_id, Ticket.channel).where(
-        Ticket.assignee_id.in_(ids), Ticket.status.in_(OPEN_STATUSES)
-    )
-    offered = select(Offer.agent_id, Offer.channel).where(
-        Offer.agent_id.in_(ids), Offer.status == OfferStatus.PENDING
-    )
-    rows: Result[Any] = session.execute(union_all(held, offered))
+    rows: Result[Any] = session.execute(_LOADS, {"ids": list(ids)})
     for agent_id, channel in cast(Sequence[tuple[int, str]], rows.all()):
         load = per_channel[agent_id]
         load[channel] = load.get(channel, 0) + 1
     return per_channel
+
+
+_LOADS: CompoundSelect[Any] = union_all(
+    select(Ticket.assignee_id, Ticket.channel).where(
+        Ticket.assignee_id.in_(bindparam("ids", expanding=True)),
+        Ticket.status.in_(OPEN_STATUSES),
+    ),
+    select(Offer.agent_id, Offer.channel).where(
+        Offer.agent_id.in_(bindparam("ids", expanding=True)),
+        Offer.status == OfferStatus.PENDING,
+    ),
+)
 
 
 # --- an agent comes free --------------------------------------------------------------------
@@ -628,7 +705,8 @@ def fill_agent(session: Session, config: RoutingConfig, agent_id: int, now: date
     """Give an available agent with room the most urgent waiting tickets it may take."""
     if not _lock_available(session, [agent_id]):
         return Routed()
-    (row,) = session.execute(_candidate_query(session).where(Agent.id == agent_id))
+    postgres = session.get_bind().dialect.name == "postgresql"
+    (row,) = session.execute(_candidate_query(postgres).where(Agent.id == agent_id))
     levels = select(AgentSkill.skill, AgentSkill.level).where(AgentSkill.agent_id == agent_id)
     agent = _candidate(row, {skill: level for skill, level in session.execute(levels)})
     unfit = [q.name for q in config.queues.values() if not agent.qualifies(q) or not q.is_open(now)]
