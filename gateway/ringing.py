@@ -16,18 +16,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import exists, select
+from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.orm import Session
 
 from gateway.pops import RECENT_EVENTS_ON_CARD, StoredPop, contact_cards, unknown_caller_card
 from gateway.serialize import JSON, iso, ticket_summary
 from gateway.settings import Settings
-from routing.assignment import agents_by_reference, available_agents
 from routing.contacts import identity_of
 from routing.identity import IdentityKey, normalise_phone
 from timeline import store
 from timeline.events import Address, CallPhase, CallSignal, Direction, EventKind
-from timeline.models import Agent, Call, CallState, ScreenPop, TimelineEvent
+from timeline.models import (
+    Agent,
+    Call,
+    CallState,
+    Identity,
+    Presence,
+    ScreenPop,
+    TimelineEvent,
+)
 
 CHANNEL = "voice"
 RING_REASON = "incoming_call"
@@ -75,15 +82,39 @@ def ring_first(session: Session, settings: Settings, signal: CallSignal) -> Rung
     return Rung(call_id, event_id, pops)
 
 
+# Built once: a ring's reads are a handful of indexed lookups, and building a statement costs
+# more than running it.
+_KNOWN = select(
+    exists().where(Call.provider == bindparam("provider"), Call.call_id == bindparam("call_id"))
+)
+_NAMED = select(Agent.id).where(
+    func.lower(Agent.name).in_(bindparam("names", expanding=True))
+    | func.lower(Agent.extension).in_(bindparam("names", expanding=True))
+    | func.lower(Agent.email).in_(bindparam("names", expanding=True))
+)
+_AVAILABLE = select(Agent.id).where(Agent.presence == Presence.AVAILABLE)
+_CONTACT = select(Identity.contact_id).where(
+    Identity.kind == bindparam("kind"), Identity.value == bindparam("value")
+)
+
+
 def _known(session: Session, signal: CallSignal) -> bool:
-    query = select(exists().where(Call.provider == signal.provider, Call.call_id == signal.call_id))
-    return bool(session.execute(query).scalar())
+    found = session.connection().execute(
+        _KNOWN, {"provider": signal.provider, "call_id": signal.call_id}
+    )
+    return bool(found.scalar())
 
 
 def _to_ring(session: Session, signal: CallSignal) -> list[int]:
+    """The agents the PBX names (by name, extension or e-mail), else every available one."""
     if signal.agents:
-        return named_ids(agents_by_reference(session, signal.agents), signal.agents)
-    return available_agents(session) if signal.ring_available else []
+        names = sorted({reference(name) for name in signal.agents} - {""})
+        if not names:
+            return []
+        return sorted(session.connection().execute(_NAMED, {"names": names}).scalars())
+    if not signal.ring_available:
+        return []
+    return sorted(session.connection().execute(_AVAILABLE).scalars())
 
 
 def _card(
@@ -93,8 +124,8 @@ def _card(
     if identity is None:
         return unknown_caller_card(), None
     this_call = _call_preview(signal, event_id)
-    found = store.contact_ids_by_identity(session, {(identity.kind, identity.value)})
-    contact_id = found.get((identity.kind, identity.value))
+    found = session.connection().execute(_CONTACT, {"kind": identity.kind, "value": identity.value})
+    contact_id = found.scalar()
     if contact_id is None:
         name = (customer(signal).name or "").strip() or identity.value
         return new_caller_card(identity, name[:200], this_call), None

@@ -85,7 +85,7 @@ class _SqliteIds:
 
     def take(self, session: Session, table: Table, n: int) -> range:
         key = (session.get_bind().engine.url.database, table.name)
-        largest = session.execute(select(func.max(table.c.id))).scalar_one() or 0
+        largest: int = session.connection().execute(_largest_id(table)).scalar_one() or 0
         with self._lock:
             first = max(largest, self._issued.get(key, 0)) + 1
             self._issued[key] = first + n - 1
@@ -93,6 +93,11 @@ class _SqliteIds:
 
 
 _sqlite_ids = _SqliteIds()
+
+
+@functools.cache
+def _largest_id(table: Table) -> Select[Any]:
+    return select(func.max(table.c.id))
 
 
 def _next_ids(session: Session, table: Table, n: int) -> Sequence[int]:
