@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
 # Batches fetched and read while the oldest one is being committed.
-BATCHES_AHEAD = 2
+BATCHES_AHEAD = 4
 
 
 class MailboxWorker:

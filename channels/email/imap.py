@@ -1,9 +1,11 @@
-"""IMAP for e-mail intake with `aioimaplib`: one connection reading one folder of one mailbox.
+"""IMAP for e-mail intake with `aioimaplib`: one session reading one folder of one mailbox.
 
 What a mailbox is configured with (`Mailbox`, from SWITCHBOARD_MAILBOXES) and the IMAP steps
 intake needs: open (UIDVALIDITY), the UIDs after the last one read, fetch them, and after the
 timeline commit flag, move or delete them; in between wait for news with IDLE (RFC 2177) where
-the server offers it, else poll. No database here: gateway/mailboxes.py keeps the position.
+the server offers it, else poll. The messages themselves come over a second, read-only
+connection (`ImapReader`, in a thread). No database here: gateway/mailboxes.py keeps the
+position.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import imaplib
 import re
 import ssl
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
@@ -26,7 +29,6 @@ IDLE_SECONDS = 25 * 60  # RFC 2177: re-issue IDLE before the server's 30-minute 
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
 _FETCH_UID = re.compile(rb"UID (\d+)")
-_LITERAL = re.compile(rb"\{(\d+)\}$")
 T = TypeVar("T")
 
 
@@ -110,18 +112,18 @@ class ImapMailbox:
         self.mailbox = mailbox
         self._timeout = timeout
         self._client: aioimaplib.IMAP4 | None = None
+        self._reader: ImapReader | None = None
         self._lost = asyncio.Event()
 
     async def open(self) -> Selected:
-        """Connect, log in and select the folder."""
+        """Connect, log in and select the folder; open the reading connection beside it."""
         mailbox = self.mailbox
         if mailbox.tls:
-            context = ssl.create_default_context(cafile=mailbox.ca_file)
-            if not mailbox.verify_tls:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
             client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
-                mailbox.host, mailbox.server_port, timeout=self._timeout, ssl_context=context
+                mailbox.host,
+                mailbox.server_port,
+                timeout=self._timeout,
+                ssl_context=_ssl_context(mailbox),
             )
         else:
             client = aioimaplib.IMAP4(mailbox.host, mailbox.server_port, timeout=self._timeout)
@@ -129,7 +131,12 @@ class ImapMailbox:
         client.protocol.conn_lost_cb = lambda _error: self._lost.set()
         await self._step("connect", client.wait_hello_from_server())
         await self._command("LOGIN", client.login(mailbox.username, mailbox.password))
-        return await self.select()
+        selected = await self.select()
+        self._reader = ImapReader(mailbox, self._timeout)
+        reading = await self._step("open the reader", asyncio.to_thread(self._reader.open))
+        if reading != selected.uidvalidity:
+            raise ImapError("the folder's UIDVALIDITY changed while it was being opened")
+        return selected
 
     async def select(self) -> Selected:
         """(Re-)select the folder: the session's view is brought up to this moment.
@@ -157,6 +164,11 @@ class ImapMailbox:
     def can_idle(self) -> bool:
         return self.mailbox.idle and self.client.has_capability("IDLE")
 
+    async def _uids_in(self, uids: Collection[int]) -> list[int]:
+        found = await self._command("UID SEARCH", self.client.uid_search(f"UID {_uid_set(uids)}"))
+        line = found.lines[0] if found.lines else b""
+        return [u for u in map(int, bytes(line).split()) if u in uids]
+
     async def uids_after(self, last_uid: int) -> list[int]:
         """The UIDs above `last_uid`, ascending (`n:*` also matches the last message if none)."""
         found = await self._command("UID SEARCH", self.client.uid_search(f"UID {last_uid + 1}:*"))
@@ -164,14 +176,21 @@ class ImapMailbox:
         return sorted(u for u in map(int, bytes(line).split()) if u > last_uid)
 
     async def fetch(self, uids: Sequence[int]) -> list[Fetched]:
-        """The raw messages, in UID order; a message deleted meanwhile is simply absent."""
+        """The raw messages, in UID order; a message deleted meanwhile is simply absent.
+
+        They come over the reading connection (`ImapReader`). What it did not find, this
+        session must not find either: else the reader's view lagged, and taking the message
+        as gone would lose it.
+        """
         if not uids:
             return []
-        uid_set = ",".join(map(str, uids))
-        response = await self._command(
-            "UID FETCH", self.client.uid("fetch", uid_set, "(UID BODY.PEEK[])")
-        )
-        return sorted(_fetched(response.lines), key=lambda f: f.uid)
+        if self._reader is None:
+            raise ImapError("not connected")
+        fetched = await self._step("UID FETCH", asyncio.to_thread(self._reader.fetch, uids))
+        missing = set(uids) - {f.uid for f in fetched}
+        if missing and await self._uids_in(missing):
+            raise ImapError(f"UID FETCH: {len(missing)} messages not found that are there")
+        return fetched
 
     async def finish(self, uids: Sequence[int]) -> None:
         """What the mailbox is configured to do with messages now on the timeline."""
@@ -215,6 +234,9 @@ class ImapMailbox:
         await self._command("IDLE", idle)
 
     async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
         client, self._client = self._client, None
         if client is None:
             return
@@ -246,6 +268,81 @@ class ImapMailbox:
         return task.result()
 
 
+class ImapReader:
+    """A second connection to the folder, read-only (EXAMINE), that only fetches messages.
+
+    Blocking (the standard library's `imaplib`), for a thread: aioimaplib rescans the
+    response so far at every line of a FETCH, so a batch of messages costs it time that grows
+    with the square of the batch, in the event loop; `imaplib` reads each message as one
+    literal of known size. Used by one thread at a time.
+    """
+
+    def __init__(self, mailbox: Mailbox, timeout: float) -> None:
+        self.mailbox = mailbox
+        self._timeout = timeout
+        self._connection: imaplib.IMAP4 | None = None
+
+    def open(self) -> int:
+        """Connect, log in and examine the folder; its UIDVALIDITY."""
+        mailbox = self.mailbox
+        try:
+            if mailbox.tls:
+                connection: imaplib.IMAP4 = imaplib.IMAP4_SSL(
+                    mailbox.host,
+                    mailbox.server_port,
+                    ssl_context=_ssl_context(mailbox),
+                    timeout=self._timeout,
+                )
+            else:
+                connection = imaplib.IMAP4(mailbox.host, mailbox.server_port, self._timeout)
+            self._connection = connection
+            connection.login(mailbox.username, mailbox.password)
+            status, _ = connection.select(_quoted(mailbox.folder), readonly=True)
+            _, validity = connection.response("UIDVALIDITY")
+        except (imaplib.IMAP4.error, OSError) as error:
+            raise ImapError(f"reader: {type(error).__name__}: {error}") from error
+        if status != "OK" or not validity or validity[0] is None:
+            raise ImapError(f"reader: {mailbox.folder} could not be examined")
+        return int(validity[0])
+
+    def fetch(self, uids: Sequence[int]) -> list[Fetched]:
+        """The raw messages of `uids` there are, in UID order."""
+        if self._connection is None:
+            raise ImapError("reader: not connected")
+        connection = self._connection
+        try:
+            connection.noop()  # the view brought up to now: mail that arrived meanwhile
+            status, data = connection.uid("FETCH", _uid_set(uids), "(UID BODY.PEEK[])")
+        except (imaplib.IMAP4.error, OSError) as error:
+            raise ImapError(f"reader: UID FETCH: {type(error).__name__}: {error}") from error
+        if status != "OK":
+            raise ImapError(f"reader: UID FETCH failed: {status}")
+        return sorted(_fetched(data), key=lambda f: f.uid)
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection: nothing to save
+                connection.shutdown()
+
+
+def _ssl_context(mailbox: Mailbox) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=mailbox.ca_file)
+    if not mailbox.verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _uid_set(uids: Iterable[int]) -> str:
+    return ",".join(map(str, sorted(uids)))
+
+
+def _quoted(folder: str) -> str:
+    """A folder name as an IMAP quoted string (imaplib sends arguments as they are)."""
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _ok(response: aioimaplib.Response, what: str) -> aioimaplib.Response:
     if response.result != "OK":
         detail = b" ".join(bytes(line) for line in response.lines[-1:]).decode(errors="replace")
@@ -258,22 +355,20 @@ def _announces_mail(pushed: object) -> bool:
     return any(isinstance(line, bytes) and line.endswith(b"EXISTS") for line in lines)
 
 
-def _fetched(lines: Sequence[Any]) -> list[Fetched]:
-    """Pair each FETCH's literal (the message) with its UID, wherever the server put the UID."""
+def _fetched(data: Sequence[Any]) -> list[Fetched]:
+    """Pair each message (the literal) with its UID, before it or after (`imaplib`'s shape:
+    a tuple (text before the literal, literal), then the text after it)."""
     found: list[Fetched] = []
-    uid: int | None = None
-    literal: bytes | None = None
-    for line in lines:
-        if isinstance(line, bytearray):
-            literal = bytes(line)
-            continue
-        if not isinstance(line, bytes):
-            continue
-        if b" FETCH (" in line or literal is not None:
-            match = _FETCH_UID.search(line)
+    waiting: bytes | None = None  # a literal whose UID comes after it
+    for item in data:
+        if isinstance(item, tuple):
+            match = _FETCH_UID.search(item[0])
             if match:
-                uid = int(match.group(1))
-        if literal is not None and uid is not None and not _LITERAL.search(line):
-            found.append(Fetched(uid, literal))
-            uid, literal = None, None
+                found.append(Fetched(int(match.group(1)), bytes(item[1])))
+            else:
+                waiting = bytes(item[1])
+        elif waiting is not None and isinstance(item, bytes):
+            if match := _FETCH_UID.search(item):
+                found.append(Fetched(int(match.group(1)), waiting))
+            waiting = None
     return found
