@@ -165,6 +165,8 @@ class ImapMailbox:
         return self.mailbox.idle and self.client.has_capability("IDLE")
 
     async def _uids_in(self, uids: Collection[int]) -> list[int]:
+        """Which of `uids` the folder has now (NOOP first: expunges by others come in)."""
+        await self._command("NOOP", self.client.noop())
         found = await self._command("UID SEARCH", self.client.uid_search(f"UID {_uid_set(uids)}"))
         line = found.lines[0] if found.lines else b""
         return [u for u in map(int, bytes(line).split()) if u in uids]
