@@ -5,9 +5,10 @@
 (from the repo root; PostgreSQL at `--postgres`, default the test server 127.0.0.1:5432):
 
 1. A fresh database `switchboard_bench_routing` gets the schema, `--contacts` contacts and as
-   many resolved tickets (generated in SQL), `--queues` queues (each asking for its own skill,
-   offers with a timeout, strategies in turn) with one keyword rule each, and `--agents`
-   available agents with two skills each and capacity 5; then VACUUM ANALYZE and a CHECKPOINT.
+   many resolved tickets with their accepted offers (generated in SQL), `--queues` queues
+   (each asking for its own skill, offers with a timeout, strategies in turn) with one
+   keyword rule each, and `--agents` available agents with two skills each and capacity 5;
+   then VACUUM ANALYZE and a CHECKPOINT.
 2. After `--warmup` untimed decisions, each decision is one transaction like the ingest
    path's: a new ticket of a random contact about a random queue's keyword, then the
    measured part — the rules pick the queue, the
@@ -109,6 +110,16 @@ def _populate(session: Session, args: argparse.Namespace) -> None:
             "FROM generate_series(1, :n) g"
         ),
         {"n": args.agents},
+    )
+    # The history a centre of this size has: every resolved ticket was once offered.
+    session.execute(
+        text(
+            "INSERT INTO offers (ticket_id, agent_id, queue, channel, status, created_at, "
+            "expires_at, decided_at) "
+            "SELECT g, 1 + g % :agents, 'q' || (g % :queues), 'sms', 'accepted', now(), now(), "
+            "now() FROM generate_series(1, :n) g"
+        ),
+        {"n": args.contacts, "agents": args.agents, "queues": args.queues},
     )
     session.execute(
         text(

@@ -617,18 +617,29 @@ def _asked(queues: Sequence[QueueConfig]) -> dict[str, int]:
 
 def _candidate_query(postgres: bool, *columns: ColumnElement[Any]) -> Select[Any]:
     """One row per agent: what the strategies sort by and the channels of its open tickets
-    and of its pending offers (both take up capacity), then `columns`."""
+    and of its pending offers (both take up capacity), then `columns`.
+
+    The pending offers are grouped once per statement, not looked up per agent: per agent,
+    PostgreSQL tends to scan the whole partial index of pending offers each time (its
+    statistics see few of them, and a busy centre has thousands)."""
     as_list = func.json_agg if postgres else func.json_group_array
     held = select(as_list(Ticket.channel, type_=JSON)).where(
         Ticket.assignee_id == Agent.id, Ticket.status.in_(OPEN_STATUSES)
     )
-    offered = select(as_list(Offer.channel, type_=JSON)).where(
-        Offer.agent_id == Agent.id, Offer.status == OfferStatus.PENDING
+    offered = (
+        select(Offer.agent_id, as_list(Offer.channel, type_=JSON).label("channels"))
+        .where(Offer.status == OfferStatus.PENDING)
+        .group_by(Offer.agent_id)
+        .subquery("offered")
     )
-    return select(
-        Agent.id, Agent.capacity, Agent.presence_since, Agent.last_assigned_at,
-        Agent.last_offered_at, held.scalar_subquery(), offered.scalar_subquery(), *columns,
-    ).order_by(Agent.id)  # fmt: skip
+    return (
+        select(
+            Agent.id, Agent.capacity, Agent.presence_since, Agent.last_assigned_at,
+            Agent.last_offered_at, held.scalar_subquery(), offered.c.channels, *columns,
+        )
+        .outerjoin(offered, offered.c.agent_id == Agent.id)
+        .order_by(Agent.id)
+    )  # fmt: skip
 
 
 def _candidate(row: Any, skills: Mapping[str, int]) -> Candidate:
