@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
-# Batches fetched and read while the oldest one is being committed.
-BATCHES_AHEAD = 4
+# Batches fetched and read while the oldest one is being committed: enough to keep the
+# database busy, few enough that big mail does not pile up in memory (FETCH_BATCH each).
+BATCHES_AHEAD = 2
 
 
 class MailboxWorker:
