@@ -6,11 +6,15 @@ talk to the same REST API with the same account, so both use these two helpers.
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
@@ -48,12 +52,39 @@ def rest_client(
     Call inside a running loop; the caller closes the returned HTTP client when done. Its
     connections are pooled, so one client serves many requests.
     """
-    http = AsyncTwilioHttpClient(pool_connections=False)
+    http = _FormEncodedHttpClient(pool_connections=False)
     # The library's own pooled session has no timeout of its own (aiohttp's 5 minutes).
     http.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REST_TIMEOUT_SECONDS))
     client = Client(account_sid, auth_token, http_client=http)
     client.api.base_url = api_url.rstrip("/")
     return client, http
+
+
+class _FormEncodedHttpClient(AsyncTwilioHttpClient):
+    """Sends the form body already encoded: handed a dict, aiohttp builds a multipart writer
+    (and draws a random boundary from the OS) for every request only to urlencode it, which
+    is most of what a campaign's send costs the event loop. The credentials go as a header,
+    as aiohttp now wants them."""
+
+    async def request(  # type: ignore[override]
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Response:
+        headers = dict(headers or {})
+        auth = kwargs.pop("auth", None)
+        if auth is not None:
+            login = f"{auth[0]}:{auth[1]}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(login).decode("ascii")
+        body: Any = data
+        if isinstance(data, dict):
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            body = urlencode(data, doseq=True).encode()
+        return await super().request(method, url, params, body, headers, **kwargs)
 
 
 class MediaError(Exception):
