@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from sqlalchemy import select
 
 from gateway.app import create_app
 from gateway.dispatch import Dispatcher
@@ -18,7 +19,7 @@ from gateway.keys import BUS, DATABASE
 from gateway.settings import Settings
 from tests.helpers import Agents, bearer, go_available, inbound, nothing_more, receive
 from tests.smtp_peer import SmtpPeer, account_for
-from timeline.models import Role
+from timeline.models import OutboxMessage, Role
 
 CTI_TOKEN = "cti-routing-4d1e"
 SALES = {
@@ -379,10 +380,22 @@ async def test_a_closed_queue_answers_each_new_ticket_once_and_never_a_robot(
     dave = await send(client, supervisor, "m3@example.de", sender="dave@example.de", **mail)
 
     sent = await smtp_peer.wait_for(2)
-    assert [(m["To"], m["Auto-Submitted"], m.get_content().strip()) for m in sent] == [
+    assert sorted((m["To"], m["Auto-Submitted"], m.get_content().strip()) for m in sent) == [
         ("carla@example.de", "auto-replied", f"We are closed. Ticket #{first['ticket_number']}."),
         ("dave@example.de", "auto-replied", f"We are closed. Ticket #{dave['ticket_number']}."),
-    ], "one reply per ticket, in order; none to the out-of-office robot"
+    ], "one reply per ticket; none to the out-of-office robot"
+    queued = await client.server.app[DATABASE].read(
+        lambda session: (
+            session.execute(
+                select(OutboxMessage.recipient).where(
+                    OutboxMessage.idempotency_key.like("after-hours:%")
+                )
+            )
+            .scalars()
+            .all()
+        )
+    )
+    assert sorted(queued) == ["carla@example.de", "dave@example.de"], "nothing else queued"
     status, held = await api(client, supervisor, "GET", f"/api/v1/tickets/{first['ticket_id']}")
     assert status == 200 and held["assignee_id"] is None, "the ticket waits for the opening"
 
