@@ -164,13 +164,14 @@ def _call_preview(signal: CallSignal, event_id: int) -> JSON:
 
 def ringing_call(signal: CallSignal, call_id: int) -> JSON:
     """The `call` part of a ringing call's pop, as `pop_call` gives it once stored."""
-    return {
-        "id": signal.call_id,
-        "record_id": call_id,
-        "from": signal.caller.raw,
-        "to": signal.callee,
-        "state": CallState.RINGING,
-    }
+    call = Call(
+        id=call_id,
+        call_id=signal.call_id,
+        from_number=signal.caller.raw,
+        to_number=signal.callee,
+        state=CallState.RINGING,
+    )
+    return pop_call(call)
 
 
 def pop_call(call: Call) -> JSON:

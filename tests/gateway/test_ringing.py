@@ -49,7 +49,19 @@ async def gate(client: TestClient) -> AsyncIterator[Gate]:
     held.open.set()
 
 
-async def deliver(desk: Any, call_signal: Any) -> CallOutcome:
+@pytest.fixture
+async def anna(agents: Agents) -> dict[str, Any]:
+    return await agents.add("Anna", extension="201")
+
+
+@pytest.fixture
+async def socket(client: TestClient, anna: dict[str, Any]) -> Any:
+    """Anna's console."""
+    return await console(client, anna)
+
+
+async def deliver(client: TestClient, call_signal: Any) -> CallOutcome:
+    desk = client.server.app[CALLS]
     outcome: CallOutcome = await desk.receive(call_signal, payload=b"{}", content_type=None)
     return outcome
 
@@ -59,13 +71,10 @@ def ring(call_id: str, *agents: str, caller: str = "+493055571600") -> Any:
 
 
 async def test_the_card_arrives_before_the_writer_stores_the_call_and_under_its_ids(
-    client: TestClient, agents: Agents, gate: Gate
+    client: TestClient, anna: dict[str, Any], socket: Any, gate: Gate
 ) -> None:
-    anna = await agents.add("Anna", extension="201")
-    socket = await console(client, anna)
-    desk = client.server.app[CALLS]
 
-    answered = asyncio.create_task(deliver(desk, ring("c1", "201")))
+    answered = asyncio.create_task(deliver(client, ring("c1", "201")))
     pop = await receive(socket, "screen_pop")
     assert not answered.done() and gate.batches == [], "the writer has not run yet"
     async with client.server.app[DATABASE].reading() as session:
@@ -87,14 +96,11 @@ async def test_the_card_arrives_before_the_writer_stores_the_call_and_under_its_
 
 
 async def test_ids_reserved_for_a_ring_are_not_taken_by_writes_in_between(
-    client: TestClient, agents: Agents, gate: Gate
+    client: TestClient, anna: dict[str, Any], socket: Any, gate: Gate
 ) -> None:
-    anna = await agents.add("Anna", extension="201")
-    socket = await console(client, anna)
-    desk = client.server.app[CALLS]
     database = client.server.app[DATABASE]
 
-    first = asyncio.create_task(deliver(desk, ring("c1", "201")))
+    first = asyncio.create_task(deliver(client, ring("c1", "201")))
     early = await receive(socket, "screen_pop")
     # Meanwhile the ingest path writes an event of its own (an SMS) and takes ids.
     response = await client.post("/api/v1/inbound", json=inbound("between"), headers=bearer(anna))
@@ -111,16 +117,13 @@ async def test_ids_reserved_for_a_ring_are_not_taken_by_writes_in_between(
 
 
 async def test_a_ring_twice_in_flight_keeps_one_pop_and_takes_the_other_back(
-    client: TestClient, agents: Agents, gate: Gate
+    client: TestClient, anna: dict[str, Any], socket: Any, gate: Gate
 ) -> None:
-    anna = await agents.add("Anna", extension="201")
-    socket = await console(client, anna)
-    desk = client.server.app[CALLS]
     duplicate = ring("c1", "201")
 
-    first = asyncio.create_task(deliver(desk, duplicate))
+    first = asyncio.create_task(deliver(client, duplicate))
     pop = await receive(socket, "screen_pop")
-    again = asyncio.create_task(deliver(desk, duplicate))
+    again = asyncio.create_task(deliver(client, duplicate))
     await asyncio.sleep(0.2)
     gate.open.set()
     await asyncio.gather(first, again)
@@ -133,17 +136,18 @@ async def test_a_ring_twice_in_flight_keeps_one_pop_and_takes_the_other_back(
 
 
 async def test_a_ring_the_writer_cannot_store_is_withdrawn(
-    client: TestClient, agents: Agents, gate: Gate, monkeypatch: pytest.MonkeyPatch
+    client: TestClient,
+    anna: dict[str, Any],
+    socket: Any,
+    gate: Gate,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    anna = await agents.add("Anna", extension="201")
-    socket = await console(client, anna)
-    desk = client.server.app[CALLS]
 
     def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("the disk is full")
 
     monkeypatch.setattr("gateway.calls.apply_signals", broken)
-    failing = asyncio.create_task(deliver(desk, ring("c1", "201")))
+    failing = asyncio.create_task(deliver(client, ring("c1", "201")))
     pop = await receive(socket, "screen_pop")
     gate.open.set()
     with pytest.raises(IngestError):
@@ -154,14 +158,12 @@ async def test_a_ring_the_writer_cannot_store_is_withdrawn(
 
 
 async def test_a_reserved_id_taken_meanwhile_rings_again_under_new_ids(
-    client: TestClient, agents: Agents, gate: Gate
+    client: TestClient, anna: dict[str, Any], socket: Any, gate: Gate
 ) -> None:
     """As when `switchboard ingest-email`, another process on the SQLite file, takes it."""
-    anna = await agents.add("Anna", extension="201")
-    socket = await console(client, anna)
     database = client.server.app[DATABASE]
 
-    ringing = asyncio.create_task(deliver(client.server.app[CALLS], ring("c1", "201")))
+    ringing = asyncio.create_task(deliver(client, ring("c1", "201")))
     early = await receive(socket, "screen_pop")
     reserved_event = early["contact"]["recent"][0]["id"]
     await database.run(store.add_events, [elsewhere_event(reserved_event)])
