@@ -56,7 +56,7 @@ from routing.assignment import (
 from routing.config import RoutingConfig
 from routing.contacts import identity_of, resolve_contacts
 from routing.identity import IdentityKey
-from routing.queues import QueueConfig
+from routing.queues import DEFAULT_QUEUE, QueueConfig
 from timeline import store
 from timeline.db import Database
 from timeline.events import CallPhase, CallSignal, Direction, EventKind, HangupCause
@@ -163,7 +163,8 @@ class CallDesk:
             return None
         self._ringing.add(key)
         try:
-            rung = await self._db.read(ring_first, self._settings, signal)
+            config = await self._config.get()
+            rung = await self._db.read(ring_first, self._settings, config, signal)
         except Exception:
             log.exception("a ring could not be read ahead; the writer rings it")
             self._ringing.discard(key)
@@ -420,7 +421,7 @@ class _Wave:
         """Pop the card to the agents to ring who have not seen it yet (inbound calls only)."""
         inbound = [job for job in jobs if self.calls[job.key].direction == Direction.INBOUND]
         self._keep_rung([job for job in inbound if job.rung is not None])
-        available: list[int] | None = None
+        available: dict[str, list[int]] = {}  # by queue
         targets: dict[_CallJob, list[int]] = {}
         for job in inbound:
             call, signal = self.calls[job.key], job.signal
@@ -429,9 +430,10 @@ class _Wave:
             if signal.agents:
                 wanted = named_ids(named, signal.agents)
             elif signal.ring_available and not call.pops:
-                if available is None:
-                    available = available_agents(self.session)
-                wanted = available
+                queue = self._queue(call)
+                if queue.name not in available:
+                    available[queue.name] = available_agents(self.session, queue)
+                wanted = available[queue.name]
             else:
                 wanted = []
             targets[job] = [agent for agent in wanted if str(agent) not in call.pops]
@@ -583,13 +585,13 @@ class _Wave:
             contact_id=call.contact_id,
             channel=CHANNEL,
             subject=f"Missed call from {call.from_number}",
-            queue=call.queue or "default",
+            queue=call.queue or DEFAULT_QUEUE,
             created_at=self.now,
             updated_at=self.now,
         )
 
     def _queue(self, call: Call) -> QueueConfig:
-        return self.config.queue(call.queue or "default")
+        return self.config.queue(call.queue or DEFAULT_QUEUE)
 
     def _describe(self, call: Call, text: str) -> None:
         self.events[call.event_id].body = text

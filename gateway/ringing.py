@@ -22,8 +22,11 @@ from sqlalchemy.orm import Session
 from gateway.pops import RECENT_EVENTS_ON_CARD, StoredPop, contact_cards, unknown_caller_card
 from gateway.serialize import JSON, iso, ticket_summary
 from gateway.settings import Settings
+from routing.assignment import available_agents
+from routing.config import RoutingConfig
 from routing.contacts import identity_of
 from routing.identity import IdentityKey, normalise_phone
+from routing.queues import DEFAULT_QUEUE
 from timeline import store
 from timeline.events import Address, CallPhase, CallSignal, Direction, EventKind
 from timeline.models import (
@@ -31,7 +34,6 @@ from timeline.models import (
     Call,
     CallState,
     Identity,
-    Presence,
     ScreenPop,
     TimelineEvent,
 )
@@ -53,7 +55,9 @@ class Rung:
         return {pop.message["id"] for pop in self.pops}
 
 
-def ring_first(session: Session, settings: Settings, signal: CallSignal) -> Rung | None:
+def ring_first(
+    session: Session, settings: Settings, config: RoutingConfig, signal: CallSignal
+) -> Rung | None:
     """The pops of a new inbound call's ring, with the ids they promise; None when the ring
     is not the first news of the call, rings nobody, or the caller is blocked."""
     if signal.phase is not CallPhase.RINGING or signal.direction is not Direction.INBOUND:
@@ -63,7 +67,7 @@ def ring_first(session: Session, settings: Settings, signal: CallSignal) -> Rung
     identity = identity_of(customer(signal), settings.default_region)
     if is_blocked(signal.caller.raw, identity.value if identity else None, settings):
         return None
-    agents = _to_ring(session, signal)
+    agents = _to_ring(session, config, signal)
     if not agents:
         return None
     (call_id,) = store.reserve_ids(session, Call, 1)
@@ -92,7 +96,6 @@ _NAMED = select(Agent.id).where(
     | func.lower(Agent.extension).in_(bindparam("names", expanding=True))
     | func.lower(Agent.email).in_(bindparam("names", expanding=True))
 )
-_AVAILABLE = select(Agent.id).where(Agent.presence == Presence.AVAILABLE)
 _CONTACT = select(Identity.contact_id).where(
     Identity.kind == bindparam("kind"), Identity.value == bindparam("value")
 )
@@ -105,8 +108,9 @@ def _known(session: Session, signal: CallSignal) -> bool:
     return bool(found.scalar())
 
 
-def _to_ring(session: Session, signal: CallSignal) -> list[int]:
-    """The agents the PBX names (by name, extension or e-mail), else every available one."""
+def _to_ring(session: Session, config: RoutingConfig, signal: CallSignal) -> list[int]:
+    """The agents the PBX names (by name, extension or e-mail), else the available agents
+    with the skills of the call's queue."""
     if signal.agents:
         names = sorted({reference(name) for name in signal.agents} - {""})
         if not names:
@@ -114,7 +118,7 @@ def _to_ring(session: Session, signal: CallSignal) -> list[int]:
         return sorted(session.connection().execute(_NAMED, {"names": names}).scalars())
     if not signal.ring_available:
         return []
-    return sorted(session.connection().execute(_AVAILABLE).scalars())
+    return available_agents(session, config.queue(signal.queue or DEFAULT_QUEUE))
 
 
 def _card(

@@ -1062,9 +1062,25 @@ def agents_by_reference(session: Session, references: Collection[str]) -> dict[s
     return found
 
 
-def available_agents(session: Session) -> list[int]:
-    query = select(Agent.id).where(Agent.presence == Presence.AVAILABLE).order_by(Agent.id)
-    return list(session.execute(query).scalars())
+def available_agents(session: Session, queue: QueueConfig) -> list[int]:
+    """The available agents with the queue's skills, each at its minimum level: whom a call
+    into the queue rings when the PBX names nobody."""
+    skills = sorted(queue.skills.items())
+    postgres = session.get_bind().dialect.name == "postgresql"
+    params = {
+        name: value
+        for j, (skill, level) in enumerate(skills)
+        for name, value in ((f"skill_0_{j}", skill), (f"level_0_{j}", level))
+    }
+    return list(session.execute(_available_query(postgres, len(skills)), params).scalars())
+
+
+@lru_cache(maxsize=32)
+def _available_query(postgres: bool, skills: int) -> Select[Any]:
+    has_skills = (_has_skill(postgres, f"0_{j}") for j in range(skills))
+    return (
+        select(Agent.id).where(Agent.presence == Presence.AVAILABLE, *has_skills).order_by(Agent.id)
+    )
 
 
 def _tickets() -> Table:

@@ -30,6 +30,7 @@ class Agents:
         role: Role = Role.AGENT,
         capacity: str = "3",
         extension: str | None = None,
+        skills: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         self._count += 1
         name = name or f"Agent {self._count}"
@@ -40,6 +41,7 @@ class Agents:
             role=role,
             extension=extension,
             capacity=Capacity.parse(capacity),
+            skills=skills,
         )
         async with self.app[DATABASE].transaction() as session:
             agent, token = await session.run_sync(create_agent, new)

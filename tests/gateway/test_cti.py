@@ -23,7 +23,7 @@ from gateway.app import create_app
 from gateway.keys import DATABASE
 from gateway.settings import Settings
 from tests.helpers import Agents, bearer, go_available, inbound, nothing_more, receive
-from timeline.models import Call, Contact, InboundJournal, ScreenPop, Ticket
+from timeline.models import Call, Contact, InboundJournal, Role, ScreenPop, Ticket
 
 TOKEN = "cti-7f3a9c21e5b84d06"
 # A blocked prefix (a whole Berlin range) and a single blocked number, as an admin writes them.
@@ -401,6 +401,26 @@ async def test_new_call_without_user_pops_every_available_agent_and_no_one_else(
     assert await arrivals(away_socket) == []
     assert await arrivals(offline_socket) == []
     assert (await the_call(client, anna, "ring-all"))["rung_agent_ids"] == [anna["id"], bernd["id"]]
+
+
+async def test_a_call_into_a_queue_rings_only_available_agents_with_its_skills(
+    client: TestClient, agents: Agents
+) -> None:
+    supervisor = await agents.add("Sam", role=Role.SUPERVISOR)
+    billing = {"name": "billing", "channels": ["voice"], "skills": {"billing": 3}}
+    response = await client.post("/api/v1/queues", json=billing, headers=bearer(supervisor))
+    assert response.status == 201
+    expert = await agents.add("Expert", skills=("billing:3",))
+    novice = await agents.add("Novice", skills=("billing:1",))
+    other = await agents.add("Other")
+    sockets = [await console(client, a, available=True) for a in (expert, novice, other)]
+
+    await new_call(client, "billing-call", queue="billing")
+
+    (pop,) = await arrivals(sockets[0])
+    assert pop["call"]["id"] == "billing-call"
+    assert await arrivals(sockets[1]) == [] and await arrivals(sockets[2]) == []
+    assert (await the_call(client, expert, "billing-call"))["rung_agent_ids"] == [expert["id"]]
 
 
 async def test_named_agents_who_are_unknown_pop_nobody(client: TestClient, agents: Agents) -> None:
