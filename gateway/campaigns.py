@@ -356,7 +356,9 @@ class _Batch:
         context = contact_context(member.name, member.attributes, member.tags, self.campaign.name)
         rendered, error = try_render(self.template, context)
         if rendered is None:
-            log.info("campaigns: campaign %s: %s", self.campaign.id, error)
+            # The error may quote the contact's data: its text only at DEBUG.
+            log.info("campaigns: campaign %s: a message could not be rendered", self.campaign.id)
+            log.debug("campaigns: campaign %s: %s", self.campaign.id, error)
             self.skipped.append((recipient.id, RENDER_ERROR))
             return
         address = member.addresses(self.kind)[0]
