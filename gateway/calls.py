@@ -598,8 +598,10 @@ class _Wave:
 
 
 def _references(jobs: Sequence[_CallJob]) -> set[str]:
-    """Every agent the batch's signals name, to ring or as the one who answered."""
-    references = {reference(name) for job in jobs for name in job.signal.agents}
+    """Every agent the batch's signals name, to ring (unless rung already) or as the one who
+    answered."""
+    ringing = [job for job in jobs if job.rung is None]
+    references = {reference(name) for job in ringing for name in job.signal.agents}
     references.update(reference(j.signal.answered_by) for j in jobs if j.signal.answered_by)
     return references
 
