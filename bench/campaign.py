@@ -35,13 +35,12 @@ import aiohttp
 
 from bench._load import LOOPBACK, ServerProcess, free_port, http_ok, tcp_open, wait_ready
 from bench.outbox import (
-    ACCOUNT_SID,
-    AUTH_TOKEN,
     RESULTS,
     _ceiling,
     _env,
     _peak_rss_mib,
     _stub_count,
+    twilio_stub,
 )
 from gateway.agents import NewAgent, create_agent
 from routing.capacity import Capacity
@@ -172,13 +171,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     stub_port = free_port()
     stub_url = f"http://{LOOPBACK}:{stub_port}"
     env = _env(stub_url, args.concurrency)
-    stub = ServerProcess(
-        "twilio-stub",
-        [sys.executable, "-m", "tests.stubs.twilio_api", "--port", str(stub_port),
-         "--account-sid", ACCOUNT_SID, "--auth-token", AUTH_TOKEN],
-        cwd=workdir,
-        env=env,
-    )  # fmt: skip
+    stub = twilio_stub(stub_port, workdir, env)
     try:
         await wait_ready(stub, tcp_open(stub_port))
         print(f"ceiling: {args.ceiling_messages} posts from a bare aiohttp client ...", flush=True)

@@ -12,12 +12,7 @@ the stub never got, and then every contact has exactly one message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,6 +23,7 @@ from sqlalchemy import select
 
 from gateway.agents import NewAgent, create_agent
 from routing.capacity import Capacity
+from tests.processes import GatewayProcess, free_port
 from tests.stubs.twilio_api import TwilioApiStub
 from tests.twilio_sms import ACCOUNT_SID, AUTH_TOKEN, OUR_NUMBER
 from timeline import store
@@ -41,53 +37,8 @@ CONTACTS = 1500
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def phone(n: int) -> str:
     return f"+4915113{n:06d}"
-
-
-class Gateway:
-    """One `switchboard serve` process, its output in a log file."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.url = f"http://127.0.0.1:{env['PORT']}"
-        self._log = log.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--port", env["PORT"]],
-            env=env,
-            cwd=log.parent,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    async def ready(self, http: aiohttp.ClientSession) -> None:
-        for _ in range(300):
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{self.url}/healthz") as response:
-                    if response.status == 200:
-                        return
-            assert self.process.poll() is None, "the gateway exited"
-            await asyncio.sleep(0.1)
-        raise AssertionError("the gateway did not start")
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-        self._log.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self._log.close()
 
 
 async def _prepare(database_url: str) -> str:
@@ -138,7 +89,7 @@ async def test_a_killed_gateway_resumes_the_campaign_without_a_duplicate_or_a_ga
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")},
         "PYTHONPATH": str(REPO),
-        "PORT": str(_free_port()),
+        "PORT": str(free_port()),
         "SWITCHBOARD_DATABASE_URL": database_url,
         "SWITCHBOARD_LOG_LEVEL": "WARNING",
         "SWITCHBOARD_TWILIO_ACCOUNT_SID": ACCOUNT_SID,
@@ -152,7 +103,7 @@ async def test_a_killed_gateway_resumes_the_campaign_without_a_duplicate_or_a_ga
     auth = {"Authorization": f"Bearer {token}"}
     log = tmp_path / "gateway.log"
     async with aiohttp.ClientSession(headers=auth) as http:
-        first = Gateway(env, log)
+        first = GatewayProcess(env, log, port=int(env["PORT"]), cwd=tmp_path)
         try:
             await first.ready(http)
             body = {
@@ -175,7 +126,7 @@ async def test_a_killed_gateway_resumes_the_campaign_without_a_duplicate_or_a_ga
         at_kill = len(stub.messages)
         assert at_kill < CONTACTS, "killed too late to test anything"
 
-        second = Gateway(env, log)
+        second = GatewayProcess(env, log, port=int(env["PORT"]), cwd=tmp_path)
         try:
             await second.ready(http)
             status = await _wait_completed(http, second.url, campaign_id)

@@ -16,10 +16,6 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -31,6 +27,7 @@ from sqlalchemy import func, select
 from gateway.agents import NewAgent, create_agent
 from routing.capacity import Capacity
 from tests.helpers import empty_postgres
+from tests.processes import GatewayProcess
 from timeline.db import Database, session_factory
 from timeline.models import (
     OPEN_STATUSES,
@@ -61,58 +58,11 @@ when = { channel = "sms" }
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Gateway:
-    """One `switchboard serve` process."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = log.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    async def ready(self, http: aiohttp.ClientSession) -> None:
-        for _ in range(300):
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{self.url}/healthz") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"gateway on {self.port} did not start")
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self._log.close()
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-
 class Console:
     """An agent at its console: accepts most offers, rejects some, resolves what it takes;
     reconnects to the surviving gateway when its own dies."""
 
-    def __init__(self, agent: dict[str, Any], gateways: list[Gateway], home: int, seed: int):
+    def __init__(self, agent: dict[str, Any], gateways: list[GatewayProcess], home: int, seed: int):
         self.agent = agent
         self.gateways = gateways
         self.home = home
@@ -134,7 +84,7 @@ class Console:
                 await self._session(http, gateway)
             await asyncio.sleep(0.05)
 
-    async def _session(self, http: aiohttp.ClientSession, gateway: Gateway) -> None:
+    async def _session(self, http: aiohttp.ClientSession, gateway: GatewayProcess) -> None:
         url = f"{gateway.url}/ws/agent?token={self.agent['token']}"
         async with http.ws_connect(url) as ws:
             await ws.send_json({"type": "presence", "state": "available"})
@@ -153,7 +103,9 @@ class Console:
                     self._resolving.add(resolving)
                     resolving.add_done_callback(self._resolving.discard)
 
-    async def _resolve(self, http: aiohttp.ClientSession, gateway: Gateway, ticket: int) -> None:
+    async def _resolve(
+        self, http: aiohttp.ClientSession, gateway: GatewayProcess, ticket: int
+    ) -> None:
         await asyncio.sleep(self.random.random() * 0.05)
         with contextlib.suppress(aiohttp.ClientError, ConnectionError):
             async with http.patch(
@@ -217,7 +169,7 @@ async def test_two_processes_route_as_one_and_a_killed_one_loses_nothing(
         "SWITCHBOARD_ROUTING_FILE": str(routing),
         "SWITCHBOARD_LOG_LEVEL": "WARNING",
     }
-    gateways = [Gateway(env, tmp_path / f"gateway-{n}.log") for n in range(2)]
+    gateways = [GatewayProcess(env, tmp_path / f"gateway-{n}.log") for n in range(2)]
     database = Database(postgres_database)
     samples: list[str] = []
     try:
@@ -262,7 +214,9 @@ async def test_two_processes_route_as_one_and_a_killed_one_loses_nothing(
     assert accepted > 0 and any(o.status == OfferStatus.REJECTED for o in offers)
 
 
-async def _send_all(http: aiohttp.ClientSession, gateways: list[Gateway], token: str) -> set[str]:
+async def _send_all(
+    http: aiohttp.ClientSession, gateways: list[GatewayProcess], token: str
+) -> set[str]:
     """All inbounds, concurrently, alternating between the gateways; kill the second half way."""
     stored: set[str] = set()
     gate = asyncio.Semaphore(64)
