@@ -160,17 +160,3 @@ async def test_a_scheduled_campaign_is_paused_resumed_and_cancelled_from_the_pag
     await status.filter(has_text="cancelled").wait_for(timeout=5000)
     assert await page.locator("#campaign [data-action]:visible").count() == 0
     assert twilio[0].messages == []
-
-
-async def test_agents_cannot_open_the_campaign_page(
-    client: TestClient, agents: Agents, browser: Any
-) -> None:
-    anna = await agents.add("Anna Agent")
-    page = await browser.new_page()
-    await sign_in(page, client, anna["email"])
-    await page.wait_for_url("**/console")
-
-    response = await page.goto(str(client.make_url("/campaigns")))
-
-    assert response is not None and response.status == 403
-    assert await page.locator("a[href='/campaigns']").count() == 0

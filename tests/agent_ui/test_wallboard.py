@@ -58,15 +58,17 @@ async def test_the_queue_tile_follows_the_queue_and_a_supervisor_sets_presence(
     assert await page.locator("#queue-default canvas").count() == 1
 
 
-async def test_agents_cannot_open_the_wallboard(
-    client: TestClient, agents: Agents, browser: Any
+@pytest.mark.parametrize("path", ["/wallboard", "/campaigns"])
+async def test_agents_cannot_open_the_supervisor_pages(
+    client: TestClient, agents: Agents, browser: Any, path: str
 ) -> None:
+    """Neither the wallboard nor the campaign page, nor a link to them."""
     anna = await agents.add("Anna Agent")
     page = await browser.new_page()
     await sign_in(page, client, anna["email"])
     await page.wait_for_url("**/console")
 
-    response = await page.goto(str(client.make_url("/wallboard")))
+    response = await page.goto(str(client.make_url(path)))
 
     assert response is not None and response.status == 403
-    assert await page.locator("a[href='/wallboard']").count() == 0
+    assert await page.locator(f"a[href='{path}']").count() == 0
