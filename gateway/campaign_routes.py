@@ -355,21 +355,6 @@ async def _act(request: web.Request, action: str) -> web.Response:
     return web.json_response(await db.read(with_counts, campaign_id))
 
 
-@routes.post("/api/v1/campaigns/{id}/start")
-async def start_campaign(request: web.Request) -> web.Response:
-    return await _act(request, "start")
-
-
-@routes.post("/api/v1/campaigns/{id}/pause")
-async def pause_campaign(request: web.Request) -> web.Response:
-    return await _act(request, "pause")
-
-
-@routes.post("/api/v1/campaigns/{id}/resume")
-async def resume_campaign(request: web.Request) -> web.Response:
-    return await _act(request, "resume")
-
-
-@routes.post("/api/v1/campaigns/{id}/cancel")
-async def cancel_campaign(request: web.Request) -> web.Response:
-    return await _act(request, "cancel")
+@routes.post("/api/v1/campaigns/{id}/{action:start|pause|resume|cancel}")
+async def change_campaign(request: web.Request) -> web.Response:
+    return await _act(request, request.match_info["action"])
