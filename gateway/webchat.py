@@ -26,7 +26,7 @@ import time
 from importlib import resources
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -38,6 +38,7 @@ from gateway.errors import ApiError, not_found
 from gateway.ingest import IngestError
 from gateway.keys import BUS, DATABASE, INGESTOR, MESSAGE_STATUS, OPEN_SOCKETS, SETTINGS
 from gateway.outbox import RateLimit
+from gateway.ws import json_objects
 from routing.identity import normalise
 from timeline import messaging, outbox
 from timeline.models import Agent, Presence, Ticket, TimelineEvent
@@ -173,16 +174,7 @@ class ChatSession:
             log.exception("web chat: recording the delivery of %s failed", message_id)
 
     async def _receive(self) -> None:
-        async for frame in self.socket:
-            if frame.type != WSMsgType.TEXT:
-                continue
-            try:
-                data = json.loads(frame.data)
-                if not isinstance(data, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                await self._error("invalid_json", "Messages must be JSON objects.")
-                continue
+        async for data in json_objects(self.socket, self._error):
             try:
                 await self._handle(data)
             except InvalidPayload as error:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -53,6 +54,24 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
         request.app[OPEN_SOCKETS].discard(socket)
         await socket.close()
     return socket
+
+
+async def json_objects(
+    socket: web.WebSocketResponse, refuse: Callable[[str, str], Awaitable[None]]
+) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects a client sends; anything else is answered `invalid_json` (through
+    `refuse(code, detail)`) and skipped, and the socket stays open."""
+    async for frame in socket:
+        if frame.type != WSMsgType.TEXT:
+            continue
+        try:
+            data = json.loads(frame.data)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            yield data
+        else:
+            await refuse("invalid_json", "Messages must be JSON objects.")
 
 
 class AgentSession:
@@ -113,16 +132,7 @@ class AgentSession:
             await self._send(message)
 
     async def _receive(self) -> None:
-        async for message in self.socket:
-            if message.type != WSMsgType.TEXT:
-                continue
-            try:
-                data = json.loads(message.data)
-                if not isinstance(data, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                await self._error("invalid_json", "Messages must be JSON objects.")
-                continue
+        async for data in json_objects(self.socket, self._error):
             try:
                 await self._handle(data)
             except ApiError as error:
