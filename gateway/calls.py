@@ -16,13 +16,16 @@ hundreds of calls a second. One writer keeps the signals of a call in the order 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table, Update, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -67,6 +70,7 @@ from timeline.models import (
     CallState,
     JournalStatus,
     Presence,
+    ScreenPop,
     Ticket,
     TimelineEvent,
     TimerKind,
@@ -329,16 +333,20 @@ class _Wave:
         self.now = utcnow()
         self.outcomes = {job: CallOutcome(None) for job in jobs}
         self.notes: dict[int, str] = {}  # journal id -> remark
+        # The wave's calls as plain (transient) records, written back by `_write`: the ORM's
+        # change tracking and flush cost far more per call than the statements themselves.
         self.calls: dict[CallKey, Call] = {}
-        self.events: dict[int, TimelineEvent] = {}
+        self.opened: list[Call] = []  # new calls, inserted by `_write`
+        self.touched: list[Call] = []  # stored calls this wave changed
+        self.event_changes: dict[int, dict[str, Any]] = {}  # event id -> new column values
         self.on_calls: set[int] = set()  # agents who answered: busy
         self.wrapping: dict[int, datetime] = {}  # agents whose call ended: after-call work until
         self.bumps: list[stats.Bump] = []  # inbound calls in their queue's figures
 
     def apply(self) -> dict[_CallJob, CallOutcome]:
-        self.calls = store.calls_by_key(self.session, [job.key for job in self.jobs])
-        self._open([job for job in self.jobs if job.key not in self.calls])
-        self.events = store.events_by_id(self.session, [c.event_id for c in self.calls.values()])
+        self.calls = _calls_by_key(self.session, [job.key for job in self.jobs])
+        stored = set(self.calls)
+        self._open([job for job in self.jobs if job.key not in stored])
         named = agents_by_reference(self.session, _references(self.jobs))
         ringing, missed, withdrawing = [], [], []
         for job in self.jobs:
@@ -346,6 +354,8 @@ class _Wave:
             self.outcomes[job].blocked = call.state == CallState.BLOCKED
             if call.state in FINAL_CALL_STATES:
                 continue
+            if job.key in stored:
+                self.touched.append(call)
             call.updated_at = self.now
             call.queue = call.queue or job.signal.queue
             if phase is CallPhase.RINGING:
@@ -366,6 +376,7 @@ class _Wave:
         self._withdraw(withdrawing)
         self._call_back(missed)
         self._presence()
+        self._write()
         stats.record(self.session, self.bumps)
         for job, outcome in self.outcomes.items():
             outcome.call = call_json(self.calls[job.key])
@@ -392,12 +403,12 @@ class _Wave:
             _new_call(job.signal, event_id, contact_of[job], job in blocked, self.now)
             for job, event_id in zip(jobs, event_ids, strict=True)
         ]
+        unnumbered = [call for job, call in zip(jobs, opened, strict=True) if job.rung is None]
+        fresh = iter(store.reserve_ids(self.session, Call, len(unnumbered)))
         for job, call in zip(jobs, opened, strict=True):
-            if job.rung is not None:
-                call.id = job.rung.call_id
-        store.insert(self.session, opened)
-        for job, call in zip(jobs, opened, strict=True):
+            call.id = job.rung.call_id if job.rung is not None else next(fresh)
             self.calls[job.key] = call
+            self.opened.append(call)
             if call.direction == Direction.INBOUND and call.state != CallState.BLOCKED:
                 self.bumps.append(stats.offered(self._queue(call), call.started_at))
             if job.signal.phase is not CallPhase.RINGING and job.journal_id is not None:
@@ -536,23 +547,23 @@ class _Wave:
             for agent, pop_id in call.pops.items():
                 if int(agent) != call.answered_by_id:
                     owner[pop_id] = job
-        for pop in store.withdraw_pops(self.session, owner.keys(), self.now):
-            self.outcomes[owner[pop.id]].withdrawn.append((pop.agent_id, pop.id))
+        for pop_id, agent_id in _withdraw_pops(self.session, owner.keys(), self.now):
+            self.outcomes[owner[pop_id]].withdrawn.append((agent_id, pop_id))
 
     def _call_back(self, jobs: list[_CallJob]) -> None:
         """One ticket per missed call to call the customer back, routed like any other;
         none for withheld numbers."""
         jobs = [job for job in jobs if self.calls[job.key].contact_id is not None]
         tickets = [self._callback_ticket(self.calls[job.key]) for job in jobs]
-        store.insert(self.session, tickets)
+        store.insert_rows(self.session, Ticket, tickets)
         outcome_of: dict[int, CallOutcome] = {}
         for job, ticket in zip(jobs, tickets, strict=True):
             call = self.calls[job.key]
-            call.ticket_id = ticket.id
-            self.events[call.event_id].ticket_id = ticket.id
-            self.outcomes[job].callback_ticket_id = ticket.id
-            outcome_of[ticket.id] = self.outcomes[job]
-        requests = [RouteRequest(t.id, CHANNEL, t.queue, t.contact_id) for t in tickets]
+            call.ticket_id = ticket["id"]
+            self.event_changes.setdefault(call.event_id, {})["ticket_id"] = ticket["id"]
+            self.outcomes[job].callback_ticket_id = ticket["id"]
+            outcome_of[ticket["id"]] = self.outcomes[job]
+        requests = [RouteRequest(t["id"], CHANNEL, t["queue"], t["contact_id"]) for t in tickets]
         waiting = enqueue(self.session, self.config, requests, self.now)
         routed = route(self.session, self.config, waiting, self.now)
         for pop in assigned_pops(self.session, routed.assigned):
@@ -560,7 +571,7 @@ class _Wave:
         for offer in offer_messages(self.session, routed.offers):
             outcome_of[offer["ticket"]["id"]].offers.append(offer)
         for ticket in tickets:
-            outcome_of[ticket.id].callback_queue = ticket.queue
+            outcome_of[ticket["id"]].callback_queue = ticket["queue"]
 
     def _presence(self) -> None:
         """CTI presence: an agent on a call is busy; its hang-up starts timed after-call work
@@ -580,21 +591,119 @@ class _Wave:
             if agent in changed:
                 outcome.presence[agent] = changed[agent]
 
-    def _callback_ticket(self, call: Call) -> Ticket:
-        return Ticket(
-            contact_id=call.contact_id,
-            channel=CHANNEL,
-            subject=f"Missed call from {call.from_number}",
-            queue=call.queue or DEFAULT_QUEUE,
-            created_at=self.now,
-            updated_at=self.now,
-        )
+    def _callback_ticket(self, call: Call) -> store.Row:
+        return {
+            "contact_id": call.contact_id,
+            "channel": CHANNEL,
+            "subject": f"Missed call from {call.from_number}",
+            "queue": call.queue or DEFAULT_QUEUE,
+            "created_at": self.now,
+            "updated_at": self.now,
+        }
 
     def _queue(self, call: Call) -> QueueConfig:
         return self.config.queue(call.queue or DEFAULT_QUEUE)
 
     def _describe(self, call: Call, text: str) -> None:
-        self.events[call.event_id].body = text
+        self.event_changes.setdefault(call.event_id, {})["body"] = text
+
+    def _write(self) -> None:
+        """The wave's calls and events as they now are: a statement per kind of change."""
+        connection = self.session.connection()
+        store.insert_rows(
+            self.session,
+            Call,
+            [{c: getattr(call, c) for c in _CALL_COLUMNS} for call in self.opened],
+        )
+        if self.touched:
+            connection.execute(
+                _CALL_UPDATE,
+                [
+                    {"call": call.id, **{f"new_{c}": getattr(call, c) for c in _CALL_CHANGES}}
+                    for call in self.touched
+                ],
+            )
+        by_columns: dict[tuple[str, ...], list[store.Row]] = defaultdict(list)
+        for event_id, values in self.event_changes.items():
+            by_columns[tuple(sorted(values))].append(
+                {"event": event_id, **{f"new_{c}": v for c, v in values.items()}}
+            )
+        for columns, rows in by_columns.items():
+            connection.execute(_event_update(columns), rows)
+
+
+# What a wave may change on a stored call; `_write` sets them all in one statement.
+_CALL_CHANGES = (
+    "state",
+    "queue",
+    "pops",
+    "ticket_id",
+    "answered_by_id",
+    "answered_at",
+    "ended_at",
+    "duration_seconds",
+    "cause",
+    "recording_url",
+    "updated_at",
+)
+_CALLS = cast(Table, Call.__table__)
+_CALL_COLUMNS = tuple(column.name for column in _CALLS.columns)
+# Built once: compiling a statement costs more than running it on a handful of rows.
+_CALLS_OF_PROVIDER = (
+    select(_CALLS)
+    .where(_CALLS.c.provider == bindparam("provider"))
+    .where(_CALLS.c.call_id.in_(bindparam("call_ids", expanding=True)))
+    .with_for_update()
+)
+_CALL_UPDATE = (
+    update(_CALLS)
+    .where(_CALLS.c.id == bindparam("call"))
+    .values({name: bindparam(f"new_{name}") for name in _CALL_CHANGES})
+)
+_POPS = cast(Table, ScreenPop.__table__)
+_WITHDRAW = (
+    update(_POPS)
+    .where(_POPS.c.id.in_(bindparam("pop_ids", expanding=True)), _POPS.c.withdrawn_at.is_(None))
+    .values(withdrawn_at=bindparam("now"))
+    .returning(_POPS.c.id, _POPS.c.agent_id)
+)
+
+
+def _calls_by_key(session: Session, keys: Collection[CallKey]) -> dict[CallKey, Call]:
+    """The calls named `(provider, call_id)`, rows locked until the transaction ends, as
+    records the session does not track (`_Wave._write` stores what changed)."""
+    by_provider: dict[str, list[str]] = defaultdict(list)
+    for provider, call_id in keys:
+        by_provider[provider].append(call_id)
+    connection = session.connection()
+    calls: dict[CallKey, Call] = {}
+    for provider, call_ids in by_provider.items():
+        for row in connection.execute(
+            _CALLS_OF_PROVIDER, {"provider": provider, "call_ids": call_ids}
+        ).mappings():
+            calls[(provider, row["call_id"])] = Call(**row)
+    return calls
+
+
+def _withdraw_pops(
+    session: Session, pop_ids: Collection[int], now: datetime
+) -> list[tuple[int, int]]:
+    """Mark the standing pops among `pop_ids` withdrawn: `(pop id, agent id)` of each, in
+    id order."""
+    if not pop_ids:
+        return []
+    withdrawn = session.connection().execute(_WITHDRAW, {"pop_ids": list(pop_ids), "now": now})
+    return sorted((pop_id, agent_id) for pop_id, agent_id in withdrawn)
+
+
+@functools.cache
+def _event_update(columns: tuple[str, ...]) -> Update:
+    events = cast(Table, TimelineEvent.__table__)
+    return (
+        update(events)
+        .where(events.c.id == bindparam("event"))
+        .values({name: bindparam(f"new_{name}") for name in columns})
+    )
 
 
 def _references(jobs: Sequence[_CallJob]) -> set[str]:
