@@ -110,9 +110,17 @@ class EmailIntake:
     async def deliver_many(
         self, prepared: Sequence[PreparedEmail]
     ) -> list[IngestResult | BaseException]:
-        """`deliver` each, in order: every one's result, or why it failed."""
+        """`deliver` each message read from a mailbox, in order: every one's result, or why it
+        failed.
+
+        The mailbox keeps each message until it is flagged (or moved) after this commit, so
+        its journal entry can go in with its event, in the one transaction: a batch lost
+        before the commit is fetched again (`journal_first=False`).
+        """
         queued = [
-            self._ingestor.submit(p.read.event, payload=p.raw, content_type=CONTENT_TYPE)
+            self._ingestor.submit(
+                p.read.event, payload=p.raw, content_type=CONTENT_TYPE, journal_first=False
+            )
             for p in prepared
         ]
         results = await asyncio.gather(*queued, return_exceptions=True)

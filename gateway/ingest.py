@@ -8,15 +8,27 @@ whole batch, a statement per step rather than per event. Each caller is answered
 that commit, so a 202 always means committed. Under light load a batch is one event and
 nothing waits; under heavy load the batches grow and the cost per event falls.
 
+A payload whose sender keeps it until we acknowledge it (an IMAP server keeps a message until
+it is flagged) needs no journal commit of its own: its entry is written, already accepted, in
+the transaction that stores its event (`journal_first=False`). Were that transaction lost, the
+sender still has the payload and hands it over again.
+
 A batch that fails is retried, then split into single events, so one bad event cannot take
 its neighbours down: it alone is journaled as failed.
+
+The writer reads tickets as plain records (`store.TicketRecord`) and writes back what it
+changed with one statement per kind of change: ORM objects cost more per ticket in Python
+than the database spends on the rows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
@@ -44,11 +56,13 @@ from timeline.models import (
     Ticket,
     TicketStatus,
     TimelineEvent,
-    ticket_number,
     utcnow,
 )
+from timeline.store import TicketRecord
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K")
 
 # A batch can lose a race with another process (a new contact's identity, a deadlock);
 # retrying finds the winner's rows. After that, events are stored one by one.
@@ -81,6 +95,8 @@ class _Job:
     payload: bytes
     content_type: str | None
     done: asyncio.Future[IngestResult]
+    # False: journaled in the transaction that stores the event (the sender keeps it till then).
+    journal_first: bool = True
     journal_id: int | None = None
     # Later copies of the same event in one batch: answered as retries once this one is.
     copies: list[_Job] = field(default_factory=list)
@@ -135,13 +151,22 @@ class Ingestor:
         return await asyncio.shield(self.submit(event, payload=payload, content_type=content_type))
 
     def submit(
-        self, event: InboundEvent, *, payload: bytes, content_type: str | None
+        self,
+        event: InboundEvent,
+        *,
+        payload: bytes,
+        content_type: str | None,
+        journal_first: bool = True,
     ) -> asyncio.Future[IngestResult]:
         """`ingest` without waiting: the answer to come. Events submitted in order are stored
-        in order; a batch of them costs no task per event (e-mail intake submits hundreds)."""
-        job = _Job(event, payload, content_type, asyncio.get_running_loop().create_future())
-        self._batches.submit(job)
-        return job.done
+        in order; a batch of them costs no task per event (e-mail intake submits hundreds).
+
+        `journal_first=False` only for a payload its sender keeps until the answer (see the
+        module's docstring): its journal entry is written with its event, in one commit.
+        """
+        future = asyncio.get_running_loop().create_future()
+        self._batches.submit(_Job(event, payload, content_type, future, journal_first))
+        return future
 
     async def reject(
         self, *, channel: str, payload: bytes, content_type: str | None, reason: str
@@ -156,7 +181,17 @@ class Ingestor:
         return journal_id
 
     async def _process(self, batch: list[_Job]) -> None:
-        fresh = await self._journal_first(batch)
+        leaders: dict[store.EventKey, _Job] = {}
+        for job in batch:
+            if job.key in leaders:
+                leaders[job.key].copies.append(job)
+            else:
+                leaders[job.key] = job
+        first = {key: job for key, job in leaders.items() if job.journal_first}
+        if first:
+            await self._journal_first(first)
+        # Journaled first and fresh (the retries are answered), or journaled with the event.
+        fresh = [j for j in leaders.values() if not j.journal_first or j.journal_id is not None]
         stored = await self._store(fresh)
         for job, result in stored.results.items():
             job.answer(result)
@@ -165,20 +200,13 @@ class Ingestor:
         except Exception:  # committed all the same: the pops are stored and replayed
             log.exception("publishing %d pops failed", len(stored.news.pops))
 
-    async def _journal_first(self, batch: list[_Job]) -> list[_Job]:
+    async def _journal_first(self, leaders: dict[store.EventKey, _Job]) -> None:
         """Journal and commit the payloads of events not stored before; answer the retries."""
-        leaders: dict[store.EventKey, _Job] = {}
-        for job in batch:
-            if job.key in leaders:
-                leaders[job.key].copies.append(job)
-            else:
-                leaders[job.key] = job
         fresh, journal_ids, retries = await self._db.run(_journal_new, leaders)
         for job, journal_id in zip(fresh, journal_ids, strict=True):
             job.journal_id = journal_id
         for job, result in retries.items():
             job.answer(result)
-        return fresh
 
     async def _store(self, jobs: list[_Job]) -> _Stored:
         if not jobs:
@@ -207,17 +235,24 @@ class Ingestor:
         return merged
 
     async def _mark_failed(self, job: _Job, error: Exception) -> None:
-        log.error(
-            "ingest of journal entry %s failed: %s", job.journal_id, type(error).__name__,
-            exc_info=error,
-        )  # fmt: skip
-        if job.journal_id is not None:
-            await self._db.run(
-                store.mark_journal,
-                job.journal_id,
-                JournalStatus.FAILED,
-                reason=f"{type(error).__name__}: {error}",
-            )
+        reason = f"{type(error).__name__}: {error}"
+        try:
+            if job.journal_id is not None:
+                await self._db.run(
+                    store.mark_journal, job.journal_id, JournalStatus.FAILED, reason=reason
+                )
+            else:  # its entry was to go in with the event, and went with the transaction
+                (job.journal_id,) = await self._db.run(
+                    store.journal,
+                    [(job.event.channel, job.payload, job.content_type)],
+                    status=JournalStatus.FAILED,
+                    reason=reason,
+                )
+        finally:
+            log.error(
+                "ingest of journal entry %s failed: %s", job.journal_id, type(error).__name__,
+                exc_info=error,
+            )  # fmt: skip
         job.fail(IngestError(job.journal_id))
 
 
@@ -240,25 +275,6 @@ def _write_batch(
     return _BatchWriter(session, settings, config).write(jobs, recheck=recheck)
 
 
-@dataclass(eq=False)
-class NewTicket:
-    """A ticket this batch opens: a plain record, cheaper than an ORM object per ticket."""
-
-    contact_id: int | None
-    channel: str
-    subject: str | None
-    linked_ticket_id: int | None
-    queue: str = DEFAULT_QUEUE
-    id: int = 0
-    number: int = 0
-    status: str = TicketStatus.NEW
-    assignee_id: int | None = None
-    resolved_at: None = None
-
-
-AnyTicket = Ticket | NewTicket
-
-
 class _BatchWriter:
     """One batch inside one transaction, step by step as DESIGN.md lists them."""
 
@@ -269,23 +285,26 @@ class _BatchWriter:
         self.now = utcnow()
         self.new_contacts: frozenset[int] = frozenset()
         self.facts_of: dict[int, tuple[list[str], dict[str, object]]] = {}
+        # Every stored ticket the batch read, once: the same ticket found as a thread's and as
+        # the contact's open one is one record, as the ticket policy and later events expect.
+        self.tickets: dict[int, TicketRecord] = {}
 
     def write(self, jobs: list[_Job], *, recheck: bool) -> _Stored:
         """`recheck` after a lost race: another process may have stored some of the events."""
         shared(self.session)
-        results: dict[_Job, IngestResult] = {}
-        if recheck:
-            jobs, results = self._drop_stored_meanwhile(jobs)
+        jobs, results = self._drop_stored(jobs, recheck=recheck)
+        event_ids = store.reserve_ids(self.session, TimelineEvent, len(jobs))
+        journal_of = self._journal(jobs, event_ids)
         contact_of = self._identify(jobs)
         ticket_of, waiting = self._choose_tickets(jobs, contact_of)
-        event_ids = self._append(jobs, contact_of, ticket_of)
+        self._append(jobs, event_ids, journal_of, contact_of, ticket_of)
         routed = route(
             self.session, self.config, enqueue(self.session, self.config, waiting, self.now),
             self.now,
         )  # fmt: skip
         assigned = routed.assigned
         for ticket in set(ticket_of.values()):
-            if isinstance(ticket, NewTicket) and ticket.id in assigned:
+            if ticket is not None and ticket.id in assigned:
                 ticket.assignee_id, ticket.status = assigned[ticket.id], TicketStatus.OPEN
         pops = self._pops(jobs, contact_of, ticket_of, assigned)
         store.mark_journal_accepted(
@@ -304,10 +323,13 @@ class _BatchWriter:
         news = Announcement(pops, offer_messages(self.session, routed.offers), routed.queues)
         return _Stored(results, news)
 
-    def _drop_stored_meanwhile(
-        self, jobs: list[_Job]
+    def _drop_stored(
+        self, jobs: list[_Job], *, recheck: bool
     ) -> tuple[list[_Job], dict[_Job, IngestResult]]:
-        stored = store.events_by_key(self.session, [j.key for j in jobs])
+        """Dedupe: events stored before are answered as retries. Those journaled first were
+        looked up then; again only after a lost race (another process may have stored them)."""
+        unchecked = [j.key for j in jobs if recheck or j.journal_id is None]
+        stored = store.events_by_key(self.session, unchecked)
         if not stored:
             return jobs, {}
         results = {
@@ -315,6 +337,19 @@ class _BatchWriter:
         }
         store.forget_journal(self.session, [j.journal_id for j in results if j.journal_id])
         return [j for j in jobs if j.key not in stored], results
+
+    def _journal(self, jobs: list[_Job], event_ids: Sequence[int]) -> dict[_Job, int | None]:
+        """Each event's journal entry: the payloads not journaled first go in now, accepted
+        as these events."""
+        with_event = [(j, e) for j, e in zip(jobs, event_ids, strict=True) if not j.journal_first]
+        journal_ids = store.journal(
+            self.session,
+            [(j.event.channel, j.payload, j.content_type) for j, _ in with_event],
+            event_ids=[e for _, e in with_event],
+        )
+        journal_of = {j: j.journal_id for j in jobs}
+        journal_of.update(zip((j for j, _ in with_event), journal_ids, strict=True))
+        return journal_of
 
     def _identify(self, jobs: list[_Job]) -> dict[_Job, int]:
         region = self.settings.default_region
@@ -330,30 +365,39 @@ class _BatchWriter:
         store.lock_contacts(self.session, set(resolved.contacts.values()))
         return {job: resolved.contacts[identity] for job, identity in identities.items()}
 
+    def _read(self, found: Mapping[K, TicketRecord]) -> dict[K, TicketRecord]:
+        """`found`, with a ticket read before in this batch as the record read first."""
+        return {key: self.tickets.setdefault(t.id, t) for key, t in found.items()}
+
     def _choose_tickets(
         self, jobs: list[_Job], contact_of: dict[_Job, int]
-    ) -> tuple[dict[_Job, AnyTicket | None], list[RouteRequest]]:
+    ) -> tuple[dict[_Job, TicketRecord | None], list[RouteRequest]]:
         """Each event's ticket, in arrival order, as if the events came one at a time."""
         # Contacts created by this batch have no tickets yet: nothing to look up for them.
         session, contact_ids = self.session, set(contact_of.values()) - self.new_contacts
-        by_number = store.tickets_by_number(
-            session, {n for j in jobs if (n := j.event.thread.ticket_number) is not None}
+        by_number = self._read(
+            store.ticket_records_by_number(
+                session, {n for j in jobs if (n := j.event.thread.ticket_number) is not None}
+            )
         )
         # Events earlier in this batch join in below, so a reply in the same batch finds its
         # thread as it would arriving on its own.
-        by_reference: dict[store.EventKey, AnyTicket] = dict(
-            store.tickets_by_reference(
+        by_reference = self._read(
+            store.ticket_records_by_reference(
                 session,
                 {(j.event.channel, ref) for j in jobs for ref in j.event.thread.references},
             )
         )
-        open_of: dict[int, AnyTicket] = dict(store.open_ticket_by_contact(session, contact_ids))
-        resolved_of = store.last_resolved_ticket_by_contact(session, contact_ids - set(open_of))
+        open_of = self._read(store.open_ticket_records_by_contact(session, contact_ids))
+        resolved_of = self._read(
+            store.last_resolved_ticket_records_by_contact(session, contact_ids - set(open_of))
+        )
         if self.config.rules:
             self.facts_of = _contact_facts(session, contact_ids)
-        ticket_of: dict[_Job, AnyTicket | None] = {}
-        new_tickets: list[NewTicket] = []
-        preferred: dict[AnyTicket, int | None] = {}
+        ticket_of: dict[_Job, TicketRecord | None] = {}
+        new_tickets: list[TicketRecord] = []
+        reopened: set[TicketRecord] = set()
+        preferred: dict[TicketRecord, int | None] = {}
         for job in jobs:
             contact_id = contact_of.get(job)
             hinted = _hinted(job.event, by_number, by_reference)
@@ -367,17 +411,23 @@ class _BatchWriter:
             if ticket is None:
                 continue
             by_reference[job.key] = ticket
-            if isinstance(ticket, NewTicket) and action is TicketAction.NEW:
+            if action is TicketAction.NEW:
                 new_tickets.append(ticket)
+            elif action is TicketAction.REOPEN:
+                reopened.add(ticket)
             if action is not TicketAction.APPEND:
                 preferred[ticket] = previous
             if contact_id is not None:
                 open_of[contact_id] = ticket
-            if isinstance(ticket, Ticket):
-                ticket.updated_at = self.now
-        self._insert_tickets(new_tickets)
+        store.insert_tickets(session, new_tickets, self.now)
+        store.write_reopened(session, reopened, self.now)
+        # The other tickets stored before that got an event: each of them was updated now.
+        written = reopened.union(new_tickets)
+        store.touch_tickets(
+            session, {t for t in ticket_of.values() if t is not None and t not in written}, self.now
+        )
         waiting = [
-            RouteRequest(t.id, t.channel, t.queue, t.contact_id, _priority(t), preferred=p)
+            RouteRequest(t.id, t.channel, t.queue, t.contact_id, t.priority, preferred=p)
             for t, p in preferred.items()
             if t.assignee_id is None and t.status in OPEN_STATUSES
         ]
@@ -387,10 +437,10 @@ class _BatchWriter:
         self,
         event: InboundEvent,
         contact_id: int | None,
-        hinted: AnyTicket | None,
-        open_ticket: AnyTicket | None,
-        last_resolved: Ticket | None,
-    ) -> tuple[AnyTicket | None, TicketAction, int | None]:
+        hinted: TicketRecord | None,
+        open_ticket: TicketRecord | None,
+        last_resolved: TicketRecord | None,
+    ) -> tuple[TicketRecord | None, TicketAction, int | None]:
         # Tickets created earlier in this batch have no id yet; the policy only needs a handle.
         candidates = {id(t): t for t in (hinted, open_ticket, last_resolved) if t is not None}
         choice = choose_ticket(
@@ -405,7 +455,7 @@ class _BatchWriter:
             return None, choice.action, None
         if choice.action is TicketAction.NEW:
             linked = candidates[choice.linked_ticket_id] if choice.linked_ticket_id else None
-            ticket = NewTicket(
+            ticket = TicketRecord(
                 contact_id=contact_id,
                 channel=event.channel,
                 subject=event.subject,
@@ -415,7 +465,7 @@ class _BatchWriter:
             return ticket, choice.action, None
         assert choice.ticket_id is not None
         chosen = candidates[choice.ticket_id]
-        if choice.action is TicketAction.REOPEN and isinstance(chosen, Ticket):
+        if choice.action is TicketAction.REOPEN:
             return chosen, choice.action, store.reopen(chosen, self.now)
         return chosen, choice.action, None
 
@@ -436,42 +486,26 @@ class _BatchWriter:
             self.config.rules, facts, self.config.queues, self.now, fallback=event.queue
         )
 
-    def _insert_tickets(self, tickets: list[NewTicket]) -> None:
-        ids = store.insert_rows(
-            self.session,
-            Ticket,
-            [
-                {
-                    "contact_id": t.contact_id,
-                    "channel": t.channel,
-                    "subject": t.subject,
-                    "queue": t.queue,
-                    "linked_ticket_id": t.linked_ticket_id,
-                    "created_at": self.now,
-                    "updated_at": self.now,
-                }
-                for t in tickets
-            ],
-        )
-        for ticket, ticket_id in zip(tickets, ids, strict=True):
-            ticket.id, ticket.number = ticket_id, ticket_number(ticket_id)
-
     def _append(
         self,
         jobs: list[_Job],
+        event_ids: Sequence[int],
+        journal_of: Mapping[_Job, int | None],
         contact_of: dict[_Job, int],
-        ticket_of: dict[_Job, AnyTicket | None],
-    ) -> list[int]:
-        return store.add_events(
+        ticket_of: dict[_Job, TicketRecord | None],
+    ) -> None:
+        store.add_events(
             self.session,
             [
                 _timeline_event(
                     job.event,
-                    job.journal_id,
+                    event_id,
+                    journal_of[job],
                     contact_of.get(job),
                     ticket.id if (ticket := ticket_of[job]) else None,
+                    self.now,
                 )
-                for job in jobs
+                for job, event_id in zip(jobs, event_ids, strict=True)
             ],
         )
 
@@ -479,7 +513,7 @@ class _BatchWriter:
         self,
         jobs: list[_Job],
         contact_of: dict[_Job, int],
-        ticket_of: dict[_Job, AnyTicket | None],
+        ticket_of: dict[_Job, TicketRecord | None],
         assigned: dict[int, int],
     ) -> list[StoredPop]:
         """One pop per ticket and batch: to whoever holds the ticket now."""
@@ -507,15 +541,11 @@ def _contact_facts(
     return {contact_id: (tags or [], attributes or {}) for contact_id, tags, attributes in rows}
 
 
-def _priority(ticket: AnyTicket) -> str:
-    return ticket.priority if isinstance(ticket, Ticket) else "normal"
-
-
 def _hinted(
     event: InboundEvent,
-    by_number: dict[int, Ticket],
-    by_reference: dict[store.EventKey, AnyTicket],
-) -> AnyTicket | None:
+    by_number: dict[int, TicketRecord],
+    by_reference: dict[store.EventKey, TicketRecord],
+) -> TicketRecord | None:
     if event.thread.ticket_number in by_number:
         return by_number[event.thread.ticket_number]
     for reference in reversed(event.thread.references):  # the newest reference first
@@ -524,16 +554,22 @@ def _hinted(
     return None
 
 
-def _state(ticket: AnyTicket | None) -> TicketState | None:
+def _state(ticket: TicketRecord | None) -> TicketState | None:
     if ticket is None:
         return None
     return TicketState(id(ticket), ticket.status, ticket.resolved_at)
 
 
 def _timeline_event(
-    event: InboundEvent, journal_id: int | None, contact_id: int | None, ticket_id: int | None
+    event: InboundEvent,
+    event_id: int,
+    journal_id: int | None,
+    contact_id: int | None,
+    ticket_id: int | None,
+    now: datetime,
 ) -> store.Row:
     return {
+        "id": event_id,
         "channel": event.channel,
         "external_id": event.external_id,
         "kind": event.kind,
@@ -548,6 +584,7 @@ def _timeline_event(
         "html": event.html,
         "attachments": [_attachment_json(a) for a in event.attachments],
         "occurred_at": event.occurred_at,
+        "created_at": now,
         "journal_id": journal_id,
     }
 

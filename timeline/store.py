@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import threading
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +42,7 @@ from timeline.models import (
     Ticket,
     TicketStatus,
     TimelineEvent,
+    ticket_number,
 )
 
 EventKey = tuple[str, str]  # (channel, external_id)
@@ -64,10 +66,7 @@ def _pairs_in(
     SQLite scans the whole table for a row-value IN list; grouped by the first column
     (`first = ? AND second IN (…)`, one group per channel or identity kind) it seeks the index.
     """
-    grouped: dict[str, list[str]] = defaultdict(list)
-    for a, b in pairs:
-        grouped[a].append(b)
-    return or_(*(and_(first == a, second.in_(bs)) for a, bs in grouped.items()))
+    return or_(*(and_(first == a, second.in_(bs)) for a, bs in _grouped(pairs).items()))
 
 
 class _SqliteIds:
@@ -117,12 +116,17 @@ def _next_ids(session: Session, table: Table, n: int) -> Sequence[int]:
     return result.scalars().all()
 
 
-def reserve_ids(session: Session, model: type[Base], n: int) -> Sequence[int]:
-    """Ids for rows a later transaction inserts (`insert_rows`/`insert` keep a preset id):
-    what must be known before the commit, such as the pops of a ringing call."""
+def _table(model: type[Base]) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
-    return _next_ids(session, table, n)
+    return table
+
+
+def reserve_ids(session: Session, model: type[Base], n: int) -> Sequence[int]:
+    """Ids for rows a later transaction inserts (`insert_rows`/`insert` keep a preset id):
+    what must be known before the commit, such as the pops of a ringing call, or the events
+    an ingest batch's journal entries point at."""
+    return _next_ids(session, _table(model), n)
 
 
 def insert_rows(session: Session, model: type[Base], rows: list[Row]) -> list[int]:
@@ -133,8 +137,7 @@ def insert_rows(session: Session, model: type[Base], rows: list[Row]) -> list[in
     """
     if not rows:
         return []
-    table = model.__table__
-    assert isinstance(table, Table)
+    table = _table(model)
     fresh = iter(_next_ids(session, table, sum(1 for row in rows if "id" not in row)))
     for row in rows:
         row.setdefault("id", next(fresh, None))
@@ -165,18 +168,28 @@ def journal(
     *,
     status: JournalStatus = JournalStatus.RECEIVED,
     reason: str | None = None,
+    event_ids: Sequence[int] | None = None,
 ) -> list[int]:
-    """Keep raw payloads `(channel, payload, content_type)`; their ids, in order."""
-    rows = [
+    """Keep raw payloads `(channel, payload, content_type)`; their ids, in order.
+
+    `event_ids`: the payloads are journaled in the transaction that stores them as these
+    events (ids reserved beforehand), so the entries go in as accepted, already pointing at
+    them, and no second statement has to mark them.
+    """
+    rows: list[Row] = [
         {
             "channel": channel,
             "payload": payload,
             "content_type": content_type,
             "status": status,
             "reason": reason,
+            "event_id": None,
         }
         for channel, payload, content_type in entries
     ]
+    if event_ids is not None:
+        for row, event_id in zip(rows, event_ids, strict=True):
+            row["status"], row["event_id"] = JournalStatus.ACCEPTED, event_id
     return insert_rows(session, InboundJournal, rows)
 
 
@@ -206,12 +219,23 @@ def mark_journal_accepted(
     if events:
         notes = notes or {}
         session.execute(
-            update(InboundJournal),
-            [
-                {"id": j, "status": JournalStatus.ACCEPTED, "event_id": e, "reason": notes.get(j)}
-                for j, e in events
-            ],
+            _mark_accepted(),
+            [{"journal": j, "event": e, "note": notes.get(j)} for j, e in events],
         )
+
+
+@functools.cache
+def _mark_accepted() -> Any:
+    """One Core statement for every batch: the ORM's bulk UPDATE by primary key costs far
+    more per row in Python than the database spends on it."""
+    table = _table(InboundJournal)
+    return (
+        update(table)
+        .where(table.c.id == bindparam("journal"))
+        .values(
+            status=JournalStatus.ACCEPTED, event_id=bindparam("event"), reason=bindparam("note")
+        )
+    )
 
 
 def forget_journal(session: Session, journal_ids: Collection[int]) -> None:
@@ -224,12 +248,29 @@ def forget_journal(session: Session, journal_ids: Collection[int]) -> None:
 
 
 def events_by_key(session: Session, keys: Collection[EventKey]) -> dict[EventKey, TimelineEvent]:
-    if not keys:
-        return {}
-    query = select(TimelineEvent).where(
-        _pairs_in(TimelineEvent.channel, TimelineEvent.external_id, keys)
+    """The stored events of `keys`: one prepared statement per channel, not a statement
+    built and compiled anew for every batch (most batches find none)."""
+    found: dict[EventKey, TimelineEvent] = {}
+    for channel, external_ids in _grouped(keys).items():
+        rows = session.execute(_events_of_channel(), {"channel": channel, "ids": external_ids})
+        found.update(((e.channel, e.external_id), e) for e in rows.scalars())
+    return found
+
+
+@functools.cache
+def _events_of_channel() -> Select[Any]:
+    return select(TimelineEvent).where(
+        TimelineEvent.channel == bindparam("channel"),
+        TimelineEvent.external_id.in_(bindparam("ids", expanding=True)),
     )
-    return {(e.channel, e.external_id): e for e in (session.execute(query)).scalars()}
+
+
+def _grouped(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """`(a, b)` pairs as `{a: [b, …]}`: a two-column index serves `a = ? AND b IN (…)`."""
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for a, b in pairs:
+        grouped[a].append(b)
+    return grouped
 
 
 def events_by_id(session: Session, event_ids: Collection[int]) -> dict[int, TimelineEvent]:
@@ -325,12 +366,21 @@ def contact_by_identity(session: Session, kind: str, value: str) -> Contact | No
 def contact_ids_by_identity(
     session: Session, pairs: Collection[IdentityPair]
 ) -> dict[IdentityPair, int]:
-    if not pairs:
-        return {}
-    query = select(Identity.kind, Identity.value, Identity.contact_id).where(
-        _pairs_in(Identity.kind, Identity.value, pairs)
+    found: dict[IdentityPair, int] = {}
+    for kind, values in _grouped(pairs).items():
+        rows = session.execute(_contacts_of_identities(), {"kind": kind, "values": values})
+        found.update(((kind, value), contact_id) for value, contact_id in rows)
+    return found
+
+
+@functools.cache
+def _contacts_of_identities() -> Select[Any]:
+    """One prepared statement per identity kind, not one built for every batch."""
+    identities = _table(Identity)
+    return select(identities.c.value, identities.c.contact_id).where(
+        identities.c.kind == bindparam("kind"),
+        identities.c.value.in_(bindparam("values", expanding=True)),
     )
-    return {(kind, value): cid for kind, value, cid in session.execute(query)}
 
 
 def create_contact(
@@ -400,27 +450,6 @@ def identities_of(session: Session, contact_ids: Collection[int]) -> list[Identi
 # --- tickets --------------------------------------------------------------------------------
 
 
-def tickets_by_number(session: Session, numbers: Collection[int]) -> dict[int, Ticket]:
-    if not numbers:
-        return {}
-    query = select(Ticket).where(Ticket.number.in_(numbers))
-    return {t.number: t for t in (session.execute(query)).scalars() if t.number}
-
-
-def tickets_by_reference(
-    session: Session, references: Collection[EventKey]
-) -> dict[EventKey, Ticket]:
-    """The ticket of each stored event named by `(channel, external_id)` (e.g. Message-IDs)."""
-    if not references:
-        return {}
-    query = (
-        select(TimelineEvent.channel, TimelineEvent.external_id, Ticket)
-        .join(Ticket, TimelineEvent.ticket_id == Ticket.id)
-        .where(_pairs_in(TimelineEvent.channel, TimelineEvent.external_id, references))
-    )
-    return {(channel, ref): ticket for channel, ref, ticket in session.execute(query)}
-
-
 def open_ticket_by_contact(session: Session, contact_ids: Collection[int]) -> dict[int, Ticket]:
     """Each contact's newest open (new, open or pending) ticket."""
     tickets = open_tickets_of(session, contact_ids)
@@ -443,36 +472,207 @@ def open_tickets_of(session: Session, contact_ids: Collection[int]) -> dict[int,
     return grouped
 
 
-def last_resolved_ticket_by_contact(
+@dataclass(eq=False, slots=True)
+class TicketRecord:
+    """A ticket as plain data, for the ingest path: it reads and decides on a batch's tickets
+    at a fraction of what an ORM object per ticket costs (identity map, change tracking), and
+    writes back what it changed by explicit statements (`insert_tickets`, `touch_tickets`,
+    `write_reopened`). One that the batch opens has id 0 until it is inserted.
+
+    The fields are in the order `_ticket_columns` reads them.
+    """
+
+    id: int = 0
+    number: int | None = None
+    contact_id: int | None = None
+    channel: str = ""
+    subject: str | None = None
+    queue: str = "default"
+    status: str = TicketStatus.NEW
+    priority: str = "normal"
+    assignee_id: int | None = None
+    assigned_at: datetime | None = None
+    resolved_at: datetime | None = None
+    updated_at: datetime | None = None
+    linked_ticket_id: int | None = None
+
+
+def _ticket_columns() -> tuple[Any, ...]:
+    tickets = _table(Ticket)
+    return tuple(tickets.c[name] for name in TicketRecord.__dataclass_fields__)
+
+
+def _records(rows: Iterable[Sequence[Any]]) -> Iterator[TicketRecord]:
+    return (TicketRecord(*row) for row in rows)
+
+
+def ticket_records_by_number(session: Session, numbers: Collection[int]) -> dict[int, TicketRecord]:
+    """The tickets with these numbers (the `[#N]` tag of a subject)."""
+    if not numbers:
+        return {}
+    rows = session.execute(_tickets_by_number(), {"numbers": list(numbers)})
+    return {t.number: t for t in _records(rows) if t.number}
+
+
+@functools.cache
+def _tickets_by_number() -> Select[Any]:
+    tickets = _table(Ticket)
+    return select(*_ticket_columns()).where(
+        tickets.c.number.in_(bindparam("numbers", expanding=True))
+    )
+
+
+def ticket_records_by_reference(
+    session: Session, references: Collection[EventKey]
+) -> dict[EventKey, TicketRecord]:
+    """The ticket of each stored event named by `(channel, external_id)` (e.g. Message-IDs),
+    one prepared statement per channel."""
+    found: dict[EventKey, TicketRecord] = {}
+    for channel, external_ids in _grouped(references).items():
+        rows = session.execute(_tickets_of_events(), {"channel": channel, "ids": external_ids})
+        found.update(((channel, row[0]), TicketRecord(*row[1:])) for row in rows)
+    return found
+
+
+@functools.cache
+def _tickets_of_events() -> Select[Any]:
+    tickets, events = _table(Ticket), _table(TimelineEvent)
+    return (
+        select(events.c.external_id, *_ticket_columns())
+        .join(tickets, events.c.ticket_id == tickets.c.id)
+        .where(
+            events.c.channel == bindparam("channel"),
+            events.c.external_id.in_(bindparam("ids", expanding=True)),
+        )
+    )
+
+
+def open_ticket_records_by_contact(
     session: Session, contact_ids: Collection[int]
-) -> dict[int, Ticket]:
+) -> dict[int, TicketRecord]:
+    """Each contact's newest open (new, open or pending) ticket."""
+    if not contact_ids:
+        return {}
+    found: dict[int, TicketRecord] = {}
+    for ticket in _records(session.execute(_open_tickets(), {"contacts": list(contact_ids)})):
+        if ticket.contact_id is not None:
+            found.setdefault(ticket.contact_id, ticket)  # newest first
+    return found
+
+
+@functools.cache
+def _open_tickets() -> Select[Any]:
+    tickets = _table(Ticket)
+    return (
+        select(*_ticket_columns())
+        .where(
+            tickets.c.contact_id.in_(bindparam("contacts", expanding=True)),
+            tickets.c.status.in_(OPEN_STATUSES),
+        )
+        .order_by(tickets.c.id.desc())
+    )
+
+
+def last_resolved_ticket_records_by_contact(
+    session: Session, contact_ids: Collection[int]
+) -> dict[int, TicketRecord]:
     """Each contact's most recently resolved or closed ticket."""
     if not contact_ids:
         return {}
+    rows = session.execute(_last_resolved_tickets(), {"contacts": list(contact_ids)})
+    return {t.contact_id: t for t in _records(rows) if t.contact_id}
+
+
+@functools.cache
+def _last_resolved_tickets() -> Select[Any]:
+    tickets = _table(Ticket)
+    done = (TicketStatus.RESOLVED, TicketStatus.CLOSED)
     newest = (
-        select(Ticket.contact_id, func.max(Ticket.resolved_at).label("resolved_at"))
+        select(tickets.c.contact_id, func.max(tickets.c.resolved_at).label("resolved_at"))
         .where(
-            Ticket.contact_id.in_(contact_ids),
-            Ticket.status.in_((TicketStatus.RESOLVED, TicketStatus.CLOSED)),
+            tickets.c.contact_id.in_(bindparam("contacts", expanding=True)),
+            tickets.c.status.in_(done),
         )
-        .group_by(Ticket.contact_id)
+        .group_by(tickets.c.contact_id)
         .subquery()
     )
-    query = (
-        select(Ticket)
+    return (
+        select(*_ticket_columns())
         .join(
             newest,
             and_(
-                Ticket.contact_id == newest.c.contact_id, Ticket.resolved_at == newest.c.resolved_at
+                tickets.c.contact_id == newest.c.contact_id,
+                tickets.c.resolved_at == newest.c.resolved_at,
             ),
         )
-        .where(Ticket.status.in_((TicketStatus.RESOLVED, TicketStatus.CLOSED)))
-        .order_by(Ticket.id)
+        .where(tickets.c.status.in_(done))
+        .order_by(tickets.c.id)
     )
-    return {t.contact_id: t for t in (session.execute(query)).scalars() if t.contact_id}
 
 
-def reopen(ticket: Ticket, now: datetime) -> int | None:
+def insert_tickets(session: Session, tickets: Sequence[TicketRecord], now: datetime) -> None:
+    """Insert the new `tickets` in one statement; each gets its id and number."""
+    ids = insert_rows(
+        session,
+        Ticket,
+        [
+            {
+                "contact_id": t.contact_id,
+                "channel": t.channel,
+                "subject": t.subject,
+                "queue": t.queue,
+                "linked_ticket_id": t.linked_ticket_id,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for t in tickets
+        ],
+    )
+    for ticket, ticket_id in zip(tickets, ids, strict=True):
+        ticket.id, ticket.number, ticket.updated_at = ticket_id, ticket_number(ticket_id), now
+
+
+def touch_tickets(session: Session, tickets: Collection[TicketRecord], now: datetime) -> None:
+    """Something happened on these stored tickets now: one statement for all of them."""
+    if tickets:
+        session.execute(_touch(), {"ids": [t.id for t in tickets], "now": now})
+        for ticket in tickets:
+            ticket.updated_at = now
+
+
+@functools.cache
+def _touch() -> Any:
+    tickets = _table(Ticket)
+    return (
+        update(tickets)
+        .where(tickets.c.id.in_(bindparam("ids", expanding=True)))
+        .values(updated_at=bindparam("now"))
+    )
+
+
+def write_reopened(session: Session, tickets: Collection[TicketRecord], now: datetime) -> None:
+    """Store what `reopen(ticket, now)` did to these records."""
+    if tickets:
+        session.execute(_reopen(), {"ids": [t.id for t in tickets], "now": now})
+
+
+@functools.cache
+def _reopen() -> Any:
+    tickets = _table(Ticket)
+    return (
+        update(tickets)
+        .where(tickets.c.id.in_(bindparam("ids", expanding=True)))
+        .values(
+            status=TicketStatus.NEW,
+            resolved_at=None,
+            assignee_id=None,
+            assigned_at=None,
+            updated_at=bindparam("now"),
+        )
+    )
+
+
+def reopen(ticket: Ticket | TicketRecord, now: datetime) -> int | None:
     """Back to waiting, unassigned; returns who held it, who may be preferred when routing.
 
     The assignee is released rather than kept, since keeping it could put that agent over
