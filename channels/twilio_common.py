@@ -66,6 +66,16 @@ class _FormEncodedHttpClient(AsyncTwilioHttpClient):
     is most of what a campaign's send costs the event loop. The credentials go as a header,
     as aiohttp now wants them."""
 
+    # The library formats a dozen log lines per request (the response's headers among them)
+    # before the logger drops them; only format them when someone will read them.
+    def log_request(self, kwargs: dict[str, Any]) -> None:
+        if self.logger.isEnabledFor(logging.INFO):
+            super().log_request(kwargs)
+
+    def log_response(self, status_code: int, response: Any) -> None:
+        if self.logger.isEnabledFor(logging.INFO):
+            super().log_response(status_code, response)
+
     async def request(  # type: ignore[override]
         self,
         method: str,

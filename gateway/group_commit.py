@@ -53,11 +53,15 @@ class GroupCommit(Generic[JobT]):
         *,
         writers: int = 1,
         max_batch: int = MAX_BATCH,
+        linger: float = 0.0,
     ) -> None:
         self._name = name
         self._process = process
         self._writer_count = writers
         self._max_batch = max_batch
+        # Seconds a batch waits for company once its first job is in: for work nobody waits
+        # on (the outbox's results), fewer and larger transactions are worth a short delay.
+        self._linger = linger
         self._queue: asyncio.Queue[JobT | None] = asyncio.Queue()
         self._writers: list[asyncio.Task[None]] = []
 
@@ -90,6 +94,8 @@ class GroupCommit(Generic[JobT]):
             if first is None:
                 return
             batch, ending = [first], False
+            if self._linger and self._queue.qsize() < self._max_batch:
+                await asyncio.sleep(self._linger)
             while len(batch) < self._max_batch and not self._queue.empty():
                 job = self._queue.get_nowait()
                 if job is None:

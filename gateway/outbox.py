@@ -3,10 +3,10 @@
 One worker per gateway process (a `cleanup_ctx` of the app). It sleeps until something is
 enqueued in this process (`wake`), a retry falls due, or the poll interval passes (the only way
 to hear of rows other processes queued). Up to `concurrency` messages are in flight at once,
-and up to half as many more claimed and waiting for a free slot, each channel within its own
-rate limit. Results are written by group commit, one transaction for all that finished
-together. What a crash leaves half-sent (or claimed and waiting) is decided by `timeline.outbox`
-(crash recovery).
+and as many more claimed and waiting for a free slot, each channel within its own rate limit.
+Results are written by group commit, one transaction for all that finished within
+`RESULTS_LINGER_SECONDS` of each other. What a crash leaves half-sent (or claimed and waiting)
+is decided by `timeline.outbox` (crash recovery).
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ from timeline.models import utcnow
 from timeline.outbox import OutboxItem
 
 log = logging.getLogger(__name__)
+
+# A send's slot is free as soon as the provider answers; its result can wait this long to be
+# written with the others that finished meanwhile (a few transactions per second, not hundreds).
+RESULTS_LINGER_SECONDS = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,13 +127,18 @@ class OutboxWorker:
         self.policy = policy or OutboxPolicy()
         self._on_status = on_status
         # Results are written by group commit: under load, one transaction for many sends.
-        self._results: GroupCommit[_Outcome] = GroupCommit("outbox-results", self._record)
+        self._results: GroupCommit[_Outcome] = GroupCommit(
+            "outbox-results", self._record, linger=RESULTS_LINGER_SECONDS
+        )
         # With sends in flight, claim in batches rather than one row per finished send, and
         # a few ahead (`_ready`), so a finished send is followed at once, not after a claim.
-        self._min_claim = max(1, self.policy.concurrency // 4)
-        self._window = self.policy.concurrency + self.policy.concurrency // 2
+        self._min_claim = max(1, self.policy.concurrency // 2)
+        self._window = 2 * self.policy.concurrency
         self._ready: deque[tuple[Sender, OutboxItem]] = deque()
         self._limits = {c: RateLimit(r) for c, r in self.policy.rate_limits.items() if r > 0}
+        # Rows a crashed process left `sending` are looked for once per poll interval, not on
+        # every claim: they only appear when a lease runs out, which takes minutes.
+        self._recovered_at = -float("inf")
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -177,6 +186,10 @@ class OutboxWorker:
     async def _dispatch_due(self) -> float:
         """Start sends for what is due; return how long to sleep before looking again."""
         pause = self.policy.poll_interval
+        now = time.monotonic()
+        recover = now - self._recovered_at >= self.policy.poll_interval
+        if recover:
+            self._recovered_at = now
         for channel, sender in self.senders.items():
             room = self._window - len(self._in_flight) - len(self._ready)
             if room <= 0 or (self._in_flight and room < self._min_claim):
@@ -193,6 +206,7 @@ class OutboxWorker:
                 limit=allowed,
                 lease=timedelta(seconds=self.policy.lease),
                 resendable=sender.resendable,
+                recover=recover,
             )
             if limit:
                 limit.take(len(items))
@@ -274,10 +288,11 @@ class OutboxWorker:
         changed = await self.db.run(_record_all, batch)
         for outcome, ok in zip(batch, changed, strict=True):
             outcome.done.set_result(ok)
+        # A message on no ticket (a campaign's) has no agent to tell: no lookup for it.
         event_ids = [
             o.item.event_id
             for o, ok in zip(batch, changed, strict=True)
-            if ok and o.item.event_id is not None
+            if ok and o.item.event_id is not None and o.item.ticket_id is not None
         ]
         if self._on_status is None or not event_ids:
             return

@@ -80,6 +80,8 @@ class OutboxItem:
     provider_id: str | None
     idempotency_key: str
     event_id: int | None = None
+    # The ticket the message answers, if any: only then is there an agent to tell of its status.
+    ticket_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,32 +237,23 @@ def claim(
     limit: int,
     lease: timedelta,
     resendable: bool,
+    recover: bool = True,
     now: datetime | None = None,
 ) -> list[OutboxItem]:
     """Take up to `limit` due rows of `channel` for this sender, each for `lease`.
 
-    Due: queued rows whose time has come, and `sending` rows whose sender's lease ran out (a
-    crashed process). The latter are sent again only when `resendable`; otherwise they are
-    marked failed (see the module's crash-recovery rule) and not returned. So is a message
-    whose recipient opted out after it was queued (`routing.consent`): nothing is sent to
-    someone who said stop.
+    Due: queued rows whose time has come, and (with `recover`) `sending` rows whose sender's
+    lease ran out (a crashed process). The latter are sent again only when `resendable`;
+    otherwise they are marked failed (see the module's crash-recovery rule) and not returned.
+    So is a message whose recipient opted out after it was queued (`routing.consent`): nothing
+    is sent to someone who said stop.
     """
     now = now or utcnow()
-    # Two queries rather than one with OR: each runs down the (status, next_attempt_at) index
-    # instead of scanning every row of the channel, which matters with a long queue.
-    ours = select(*_CLAIM_COLUMNS).where(OutboxMessage.channel == channel)
-    crashed = ours.where(
-        OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.locked_until < now
-    )
-    queued = ours.where(
-        OutboxMessage.status == OutboxStatus.QUEUED, OutboxMessage.next_attempt_at <= now
-    )
     rows: list[Any] = []
-    for due in (crashed, queued):
+    for due in (_CRASHED, _QUEUED) if recover else (_QUEUED,):
         if len(rows) < limit:
-            query = due.order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
-            query = query.limit(limit - len(rows)).with_for_update(skip_locked=True)
-            rows.extend(session.execute(query).all())
+            found = session.execute(due, {"channel": channel, "now": now, "n": limit - len(rows)})
+            rows.extend(found.all())
     opted_out = messaging.opted_out_since(
         session, [(r.contact_id, r.recipient, r.created_at) for r in rows if r.contact_id]
     )
@@ -278,18 +271,10 @@ def claim(
         else:
             claimed.append(_item(row, attempt=row.attempts + 1))
     if claimed:
-        # Core rather than the ORM's unit of work: claiming is the outbox's hot path.
-        session.execute(
-            update(_OUTBOX)
-            .where(_OUTBOX.c.id == bindparam("claimed_id"))
-            .values(
-                status=OutboxStatus.SENDING,
-                attempts=bindparam("attempt"),
-                locked_until=now + lease,
-                updated_at=now,
-            ),
-            [{"claimed_id": item.id, "attempt": item.attempt} for item in claimed],
-        )
+        # One Core statement for the lot: claiming is the outbox's hot path. The rows are
+        # locked, so `attempts + 1` is each item's `attempt`.
+        ids = [item.id for item in claimed]
+        session.execute(_TAKE, {"ids": ids, "until": now + lease, "now": now})
     session.flush()
     return claimed
 
@@ -297,18 +282,45 @@ def claim(
 # Core tables for the hot paths (claims, results), where the ORM's unit of work costs most.
 _OUTBOX = cast(Table, OutboxMessage.__table__)
 _EVENTS = cast(Table, TimelineEvent.__table__)
-_CLAIM_COLUMNS = (
-    OutboxMessage.id,
-    OutboxMessage.channel,
-    OutboxMessage.status,
-    OutboxMessage.attempts,
-    OutboxMessage.recipient,
-    OutboxMessage.contact_id,
-    OutboxMessage.created_at,
-    OutboxMessage.payload,
-    OutboxMessage.provider_id,
-    OutboxMessage.idempotency_key,
-    OutboxMessage.event_id,
+
+
+_CLAIMED_COLUMNS = (
+    "id", "channel", "status", "attempts", "recipient", "contact_id", "created_at", "payload",
+    "provider_id", "idempotency_key", "event_id", "ticket_id",
+)  # fmt: skip
+
+
+def _due(status: OutboxStatus, since: str) -> Any:
+    """Rows of a channel in `status` whose `since` time has passed, oldest first, locked.
+
+    Built once: statement building is a good part of a claim's cost. Each runs down the
+    (status, next_attempt_at) index instead of scanning every row of the channel.
+    """
+    c = _OUTBOX.c
+    return (
+        select(*(c[name] for name in _CLAIMED_COLUMNS))
+        .where(c.channel == bindparam("channel"), c.status == status)
+        .where(c[since] <= bindparam("now"))
+        .order_by(c.next_attempt_at, c.id)
+        .limit(bindparam("n"))
+        .with_for_update(skip_locked=True)
+    )
+
+
+# Two queries rather than one with OR, each down the index: rows a crashed sender left
+# `sending` (lease over), then queued rows whose time has come.
+_CRASHED = _due(OutboxStatus.SENDING, "locked_until")
+_QUEUED = _due(OutboxStatus.QUEUED, "next_attempt_at")
+# The rows are locked, so `attempts + 1` is each claimed item's `attempt`.
+_TAKE = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        status=OutboxStatus.SENDING,
+        attempts=_OUTBOX.c.attempts + 1,
+        locked_until=bindparam("until"),
+        updated_at=bindparam("now"),
+    )
 )
 
 
@@ -322,6 +334,7 @@ def _item(row: Any, attempt: int) -> OutboxItem:
         provider_id=row.provider_id,
         idempotency_key=row.idempotency_key,
         event_id=row.event_id,
+        ticket_id=row.ticket_id,
     )
 
 
@@ -349,7 +362,7 @@ def mark_sent_many(
     results: Sequence[tuple[OutboxItem, str | None]],
     now: datetime | None = None,
 ) -> list[bool]:
-    """Several sends the provider accepted, `(item, provider id)` each, in three statements.
+    """Several sends the provider accepted, `(item, provider id)` each, in four statements.
 
     Each is recorded only if its row is still that attempt's (the fencing check of
     `_claimed`); the answers say which were.
@@ -370,27 +383,30 @@ def mark_sent_many(
     }
     ours = [(i, p) for i, p in results if (i.id, i.attempt) in current]
     if ours:
+        # What all share in one statement; only the provider's ids go row by row.
         session.execute(
             update(_OUTBOX)
-            .where(_OUTBOX.c.id == bindparam("sent_id"))
+            .where(_OUTBOX.c.id.in_([i.id for i, _ in ours]))
             .values(
                 status=OutboxStatus.SENT,
-                provider_id=bindparam("sent_as"),
                 sent_at=now,
                 locked_until=None,
                 last_error=None,
                 updated_at=now,
-            ),
+            )
+        )
+        session.execute(
+            update(_OUTBOX)
+            .where(_OUTBOX.c.id == bindparam("sent_id"))
+            .values(provider_id=bindparam("sent_as")),
             [{"sent_id": i.id, "sent_as": p or i.provider_id} for i, p in ours],
         )
-        sent = _EVENT_STATUS[OutboxStatus.SENT]
         events = [e for i, _ in ours if (e := current[(i.id, i.attempt)]) is not None]
         if events:
             session.execute(
                 update(_EVENTS)
-                .where(_EVENTS.c.id == bindparam("event"))
-                .values(delivery_status=sent, delivery_detail=None),
-                [{"event": e} for e in events],
+                .where(_EVENTS.c.id.in_(events))
+                .values(delivery_status=_EVENT_STATUS[OutboxStatus.SENT], delivery_detail=None)
             )
     return [(item.id, item.attempt) in current for item, _ in results]
 
