@@ -8,13 +8,14 @@ import { api, el, clear, duration } from "./common.js";
 const POLL_MS = 3000;
 const PRESENCES = ["available", "busy", "after_call_work", "away", "offline"];
 const charts = new Map();
+const HISTORY_HOURS = 8;
 
 async function refresh() {
   try {
     const [queues, agents, history] = await Promise.all([
       api("/api/v1/queues"),
       api("/api/v1/agents"),
-      api("/api/v1/queue-history?hours=8"),
+      api(`/api/v1/queue-history?hours=${HISTORY_HOURS}`),
     ]);
     for (const queue of queues.queues) queue.history = history.queues[queue.name] || [];
     renderTiles(queues.queues);
@@ -109,7 +110,9 @@ function drawChart(queue, box) {
       height: 120,
       title: "Last hours",
       legend: { show: true },
-      scales: { pct: { range: [0, 100] } },
+      // Always the whole window: left to itself uPlot spreads one or two samples over years.
+      scales: { x: { time: true, range: () => historyWindow() }, pct: { range: [0, 100] } },
+      hooks: { setScale: [(u, key) => key === "x" && describePeriod(box, u.scales.x)] },
       series: [{}, { label: "Waiting", stroke: "#0b5cad" }, { label: "SL %", stroke: "#1a7f37", scale: "pct", dash: [4, 4] }],
       axes: [{}, {}, { scale: "pct", side: 1, grid: { show: false } }],
     },
@@ -117,6 +120,18 @@ function drawChart(queue, box) {
     box,
   );
   charts.set(queue.name, chart);
+}
+
+function historyWindow() {
+  const end = Date.now() / 1000;
+  return [end - HISTORY_HOURS * 3600, end];
+}
+
+// The canvas says nothing to a screen reader: the box names the period the chart shows.
+function describePeriod(box, { min, max }) {
+  const time = (t) => new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+  box.setAttribute("role", "img");
+  box.setAttribute("aria-label", `Waiting and service level from ${time(min)} to ${time(max)}`);
 }
 
 // --- agents ---------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ table, and a supervisor changing an agent's presence."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import re
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -56,6 +57,14 @@ async def test_the_queue_tile_follows_the_queue_and_a_supervisor_sets_presence(
     tile = await page.locator("#queue-default").inner_text()
     assert "Service level" in tile and "Longest wait" in tile
     assert await page.locator("#queue-default canvas").count() == 1
+    # The chart spans the last eight hours, whatever samples there are (not only their own
+    # span, and not years around a single one).
+    label = await page.locator("#queue-default .chart-box").get_attribute("aria-label")
+    period = re.fullmatch(r"Waiting and service level from (\S+) to (\S+)", label or "")
+    assert period, label
+    start, end = (datetime.strptime(t, "%H:%M") for t in period.groups())
+    span = end - start
+    assert span % timedelta(days=1) == timedelta(hours=8)
 
 
 @pytest.mark.parametrize("path", ["/wallboard", "/campaigns"])
