@@ -1,7 +1,7 @@
 """One routing decision on a large centre in PostgreSQL: rule match, agent choice, reservation.
 
 `python -m bench.routing [--agents 10000] [--queues 200] [--contacts 1000000] [--decisions 2000]
-[--warmup 200]`
+[--warmup 200] [--pending 100]`
 (from the repo root; PostgreSQL at `--postgres`, default the test server 127.0.0.1:5432):
 
 1. A fresh database `switchboard_bench_routing` gets the schema, `--contacts` contacts and as
@@ -10,12 +10,15 @@
    keyword rule each, and `--agents` available agents with two skills each and capacity 5;
    then VACUUM ANALYZE and a CHECKPOINT.
 2. After `--warmup` untimed decisions, each decision is one transaction like the ingest
-   path's: a new ticket of a random contact about a random queue's keyword, then the
-   measured part — the rules pick the queue, the
-   ticket enters it (locked, with who declined it and its contact's sticky agent), the
-   engine reads the qualified agents with their load, chooses one, locks it and counts its
-   load again, and reserves it (the offer, its expiry timer, the agent's last offer time) —
-   then the commit.
+   path's: the shared routing lock and a new ticket of a random contact about a random
+   queue's keyword, then the measured part — the rules pick the queue, the ticket enters it
+   (`enqueue`), and `route` places it as the ingest path does: the ticket locked with who
+   declined it and its contact's sticky agent, the qualified agents read with their load
+   and row versions, one chosen, and in one statement claimed (still available and
+   unchanged, locked) and reserved (the offer, its expiry timer, the agent's last offer
+   time) — then the commit. Agents answer: once `--pending` offers are open, each new one
+   is followed (untimed, its own transaction, as the console's accept) by the oldest being
+   accepted, so the open offers stay at a centre's steady state rather than piling up.
 3. Prints p50/p90/p99/max of the decision and of the whole transaction and the load average
    of the machine before and after, and writes them to bench/results/routing.json.
 """
@@ -29,6 +32,7 @@ import os
 import random
 import statistics
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,15 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from routing.assignment import RouteRequest, enqueue, route
+from routing.assignment import (
+    OfferMade,
+    RouteRequest,
+    accept,
+    enqueue,
+    exclusive,
+    route,
+    shared,
+)
 from routing.config import RoutingConfig, load_config, replace_rules, save_queue
 from routing.queues import QueueConfig
 from routing.rules import Facts, Rule, choose_queue
@@ -57,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--contacts", type=int, default=1_000_000)
     parser.add_argument("--decisions", type=int, default=2_000)
     parser.add_argument("--warmup", type=int, default=200, help="decisions not timed first")
+    parser.add_argument("--pending", type=int, default=100, help="offers open at a time")
     return parser
 
 
@@ -144,9 +157,10 @@ def _populate(session: Session, args: argparse.Namespace) -> None:
 
 def _decide(
     session: Session, config: RoutingConfig, contact: int, topic: int
-) -> tuple[float, bool]:
-    """One ticket, then the measured decision; (seconds, whether it was reserved)."""
+) -> tuple[float, list[OfferMade]]:
+    """One ticket, then the measured decision; (seconds, the offers made)."""
     now = utcnow()
+    shared(session)
     (ticket_id,) = store.insert_rows(
         session,
         Ticket,
@@ -158,7 +172,13 @@ def _decide(
     queue = choose_queue(config.rules, facts, config.queues, now)
     waiting = enqueue(session, config, [RouteRequest(ticket_id, "sms", queue, contact)], now)
     routed = route(session, config, waiting, now)
-    return time.perf_counter() - started, bool(routed.offers)
+    return time.perf_counter() - started, routed.offers
+
+
+def _answer(session: Session, config: RoutingConfig, offer: OfferMade) -> None:
+    """The agent accepts, as `Dispatcher.accept` does it."""
+    exclusive(session)
+    accept(session, config, offer.id, offer.agent_id, utcnow())
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -182,14 +202,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         decisions: list[float] = []
         transactions: list[float] = []
         reserved = 0
+        pending: deque[OfferMade] = deque()
         for n in range(args.warmup + args.decisions):
             contact, topic = rng.randint(1, args.contacts), rng.randrange(args.queues)
             started = time.perf_counter()
-            seconds, offered = await database.run(_decide, config, contact, topic)
+            seconds, offers = await database.run(_decide, config, contact, topic)
             if n >= args.warmup:
                 transactions.append(time.perf_counter() - started)
                 decisions.append(seconds)
-                reserved += offered
+                reserved += len(offers)
+            pending.extend(offers)
+            while len(pending) > args.pending:
+                await database.run(_answer, config, pending.popleft())
     finally:
         await database.dispose()
     result = {
@@ -197,6 +221,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "queues": args.queues,
         "contacts": args.contacts,
         "decisions": args.decisions,
+        "pending_offers": args.pending,
         "reserved": reserved,
         "decision_ms": _percentiles(decisions),
         "transaction_ms": _percentiles(transactions),

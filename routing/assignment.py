@@ -13,6 +13,7 @@ ticket yet. SQLite has a single writer, which serialises all of this by itself.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,16 +22,19 @@ from functools import cache, lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
+    CTE,
     JSON,
     BigInteger,
     ColumnElement,
     CompoundSelect,
+    Connection,
     CursorResult,
     DateTime,
     Result,
     Select,
     String,
     Table,
+    Update,
     and_,
     any_,
     bindparam,
@@ -39,6 +43,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     text,
@@ -76,6 +81,9 @@ _SHARED_LOCK = text("SELECT pg_advisory_xact_lock_shared(:key)")
 
 # How many of the oldest waiting tickets an agent who comes free looks through.
 _FILL_WINDOW = 50
+# How often a routing step chooses again, from a fresh read, for tickets whose chosen agent
+# another batch changed first; after that the sweeper routes them (a `reroute` timer).
+_ATTEMPTS = 3
 # How many waiting tickets a queue that opens places in one transaction.
 _OPENING_BATCH = 200
 _DECLINED = (OfferStatus.REJECTED, OfferStatus.EXPIRED)
@@ -203,22 +211,26 @@ def route(
     do not ask. A ticket nobody can take now waits; an agent coming free takes it later.
     `excluded` just handed these tickets back and is not given them again at once.
 
-    The candidates are read without locks and chosen among in memory; only the chosen agents
-    are locked (in id order) and their load counted again under that lock, which is what keeps
-    them within capacity. A choice that another ingest batch got to first (two batches run
-    side by side on PostgreSQL) is routed again by the sweeper at once (a `reroute` timer),
-    so no ticket is left waiting beside an agent with room."""
+    The candidates are read without locks and chosen among in memory; a choice is reserved
+    only if the chosen agent's row is still the one read (`_reserve`), which is what keeps
+    every agent within capacity. A choice that another ingest batch changed first (two
+    batches run side by side on PostgreSQL) is made again at once from a fresh read, a few
+    times; then the sweeper routes it again (a `reroute` timer), so no ticket is left waiting
+    beside an agent with room."""
     routed = Routed(queues={r.queue for r in requests})
     waiting = _placeable(session, config, requests, now)
-    if not waiting.requests:
-        return routed
-    candidates = {c.agent_id: c for c in _candidates(session, config, waiting.requests)}
-    plan = _plan(config, waiting, candidates, now, excluded)
-    if not plan:
-        return routed
-    plan, raced = _confirm(session, plan, candidates, now)
-    schedule(session, [(TimerKind.REROUTE, r.ticket_id, now) for r in raced])
-    return routed.merge(_carry_out(session, config, plan, now))
+    for _ in range(_ATTEMPTS):
+        if not waiting.requests:
+            return routed
+        seen = _candidates(session, config, waiting.requests)
+        plan = _plan(config, waiting, seen.candidates, now, excluded)
+        if not plan:
+            return routed
+        done, raced = _reserve(session, config, plan, seen, now)
+        routed.merge(done)
+        waiting = replace(waiting, requests=raced)
+    schedule(session, [(TimerKind.REROUTE, r.ticket_id, now) for r in waiting.requests])
+    return routed
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +266,30 @@ def _plan(
             plan[request] = agent_id
             fitting[agent_id] = fitting[agent_id].plus_one(request.channel, now)
     return plan
+
+
+def _reserve(
+    session: Session,
+    config: RoutingConfig,
+    plan: Mapping[RouteRequest, int],
+    seen: _Seen,
+    now: datetime,
+) -> tuple[Routed, list[RouteRequest]]:
+    """Carry out the part of the plan whose agents are as they were read; the requests whose
+    agent changed since (raced), to choose for again.
+
+    PostgreSQL: every routing step that adds to an agent's load (an offer, an assignment)
+    updates the agent's row in the same transaction, so an agent whose row version (`xmin`)
+    is still the one read with its load has no load the read missed. The reservation checks
+    that version under the row lock, in the same statement that makes the offers: one round
+    trip, where locking and counting again took three. SQLite has a single writer, so its
+    read cannot be stale; there the chosen agents' load is still counted again (`_confirm`)."""
+    if seen.versions is None:
+        plan, raced = _confirm(session, plan, seen.candidates, now)
+        return _carry_out(session, config, plan, now), raced
+    routed = _carry_out(session, config, plan, now, seen.versions)
+    placed = routed.assigned.keys() | {o.ticket_id for o in routed.offers}
+    return routed, [r for r in plan if r.ticket_id not in placed]
 
 
 def _confirm(
@@ -406,62 +442,130 @@ def _pending_offer() -> Any:
 
 
 def _carry_out(
-    session: Session, config: RoutingConfig, plan: Mapping[RouteRequest, int], now: datetime
+    session: Session,
+    config: RoutingConfig,
+    plan: Mapping[RouteRequest, int],
+    now: datetime,
+    versions: Mapping[int, str] | None = None,
 ) -> Routed:
+    """Offers, or assignments in queues that do not ask. With `versions` (PostgreSQL, the
+    agents' row versions as read), only for agents still available and unchanged since."""
     offering = {r: a for r, a in plan.items() if config.queue(r.queue).offers()}
     direct = {r: a for r, a in plan.items() if r not in offering}
     routed = Routed()
-    routed.offers = _make_offers(session, config, offering, now)
-    routed.assigned = _assign(session, config, direct, now)
+    routed.offers = _make_offers(session, config, offering, now, versions)
+    routed.assigned = _assign(session, config, direct, now, versions)
     return routed
 
 
 def _make_offers(
-    session: Session, config: RoutingConfig, plan: Mapping[RouteRequest, int], now: datetime
+    session: Session,
+    config: RoutingConfig,
+    plan: Mapping[RouteRequest, int],
+    now: datetime,
+    versions: Mapping[int, str] | None,
 ) -> list[OfferMade]:
     if not plan:
         return []
     expiry = {r: now + config.queue(r.queue).offer_timeout() for r in plan}
-    rows = [
-        {
-            "ticket_id": r.ticket_id,
-            "agent_id": agent_id,
-            "queue": r.queue,
-            "channel": r.channel,
-            "status": OfferStatus.PENDING,
-            "created_at": now,
-            "expires_at": expiry[r],
-        }
-        for r, agent_id in plan.items()
-    ]
     if session.get_bind().dialect.name == "postgresql":
-        ids = _reserve_in_one_statement(session, rows, now)
+        ids = _reserve_in_one_statement(session, plan, expiry, now, versions)
     else:
+        rows = [
+            {
+                "ticket_id": r.ticket_id,
+                "agent_id": agent_id,
+                "queue": r.queue,
+                "channel": r.channel,
+                "status": OfferStatus.PENDING,
+                "created_at": now,
+                "expires_at": expiry[r],
+            }
+            for r, agent_id in plan.items()
+        ]
         agents = sorted(set(plan.values()))
         returning = insert(Offer).returning(Offer.id, sort_by_parameter_order=True)
-        ids = list(session.execute(returning, rows).scalars())
-        due = [expiry[r] for r in plan]
-        schedule(session, [(TimerKind.OFFER_EXPIRY, i, at) for i, at in zip(ids, due, strict=True)])
+        made = session.execute(returning, rows).scalars()
+        ids = dict(zip([r.ticket_id for r in plan], made, strict=True))
+        due = [(TimerKind.OFFER_EXPIRY, ids[r.ticket_id], expiry[r]) for r in plan]
+        schedule(session, due)
         session.execute(update(Agent).where(Agent.id.in_(agents)).values(last_offered_at=now))
     return [
-        OfferMade(offer_id, r.ticket_id, agent_id, r.queue, r.channel, expiry[r])
-        for offer_id, (r, agent_id) in zip(ids, plan.items(), strict=True)
+        OfferMade(ids[r.ticket_id], r.ticket_id, agent_id, r.queue, r.channel, expiry[r])
+        for r, agent_id in plan.items()
+        if r.ticket_id in ids
     ]
 
 
 def _reserve_in_one_statement(
-    session: Session, rows: Sequence[Mapping[str, Any]], now: datetime
-) -> list[int]:
-    """PostgreSQL: the offers, their expiry timers and the agents' time of their last offer
-    in one statement, rather than three round trips on the hot path; the offers' ids in the
-    order of `rows`."""
-    values = {
-        name: [row[name] for row in rows]
-        for name in ("ticket_id", "agent_id", "queue", "channel", "expires_at")
+    session: Session,
+    plan: Mapping[RouteRequest, int],
+    expiry: Mapping[RouteRequest, datetime],
+    now: datetime,
+    versions: Mapping[int, str] | None,
+) -> dict[int, int]:
+    """PostgreSQL: the chosen agents claimed (`_claimed`), then the offers of those claimed,
+    their expiry timers and the agents' time of their last offer, all in one statement
+    rather than a round trip each on the hot path; `{ticket: offer}` of the offers made."""
+    params: dict[str, Any] = {
+        "ticket_id": [r.ticket_id for r in plan],
+        "agent_id": list(plan.values()),
+        "queue": [r.queue for r in plan],
+        "channel": [r.channel for r in plan],
+        "expires_at": [expiry[r] for r in plan],
+        "status": OfferStatus.PENDING,
+        "now": now,
+        **_claim_params(plan.values(), versions),
     }
-    found = session.execute(_reserving(), {**values, "status": OfferStatus.PENDING, "now": now})
-    ids = {ticket_id: offer_id for ticket_id, offer_id in found}
-    return [ids[row["ticket_id"]] for row in rows]
+    made = _plain(session).execute(_reserving(), params)
+    return {ticket_id: offer_id for ticket_id, offer_id in made}
+
+
+def _plain(session: Session) -> Connection:
+    """The session's connection, for the hot path's statements after the tickets are locked:
+    they give plain rows, so the ORM's own work per statement (autoflush, loading results)
+    is left out; nothing is pending to flush between them."""
+    return session.connection()
+
+
+def _claim_params(agent_ids: Collection[int], versions: Mapping[int, str] | None) -> dict[str, Any]:
+    """The agents to claim, in id order, each with the row version it must still have (None:
+    already locked by this transaction, as `fill_agent` does)."""
+    ids = sorted(set(agent_ids))
+    seen = [versions.get(a) if versions is not None else None for a in ids]
+    return {"claim_ids": ids, "claim_versions": seen}
+
+
+# PostgreSQL: an agent row's version; every update of the row, whoever makes it, changes it.
+_ROW_VERSION = literal_column("agents.xmin::text", String)
+
+
+def _claimed() -> CTE:
+    """The agents of `claim_ids` still available and, where `claim_versions` gives one, at
+    that row version, locked in id order (the order every routing step takes agents in).
+
+    Under the lock PostgreSQL checks the conditions again on the newest version of the row
+    (READ COMMITTED), so an agent that a batch committing meanwhile offered or assigned
+    something to is not claimed."""
+    seen = (
+        func.unnest(
+            bindparam("claim_ids", type_=ARRAY(BigInteger)),
+            bindparam("claim_versions", type_=ARRAY(String)),
+        )
+        .table_valued("id", "version")
+        .render_derived()
+    )
+    return (
+        select(Agent.id)
+        .join(seen, Agent.id == seen.c.id)
+        .where(
+            Agent.presence == Presence.AVAILABLE,
+            or_(seen.c.version.is_(None), seen.c.version == _ROW_VERSION),
+        )
+        .order_by(Agent.id)
+        .with_for_update(of=Agent)
+        .cte("claimed")
+    )
 
 
 @cache
@@ -477,11 +581,14 @@ def _reserving() -> Select[Any]:
     }
     arrays = [bindparam(name, type_=kind) for name, kind in columns.items()]
     planned = func.unnest(*arrays).table_valued(*columns).render_derived()
+    claimed = _claimed()
     made = (
         insert(Offer)
         .from_select(
             [*columns, "status", "created_at"],
-            select(*planned.c, bindparam("status", type_=String), bindparam("now")),
+            select(*planned.c, bindparam("status", type_=String), bindparam("now")).where(
+                planned.c.agent_id.in_(select(claimed.c.id))
+            ),
         )
         .returning(Offer.id, Offer.ticket_id, Offer.agent_id, Offer.expires_at)
         .cte("made")
@@ -498,16 +605,40 @@ def _reserving() -> Select[Any]:
     return select(made.c.ticket_id, made.c.id).add_cte(timers.cte("timers"), touched.cte("touched"))
 
 
+@cache
+def _claiming() -> Update:
+    """PostgreSQL: claim agents for assignments (`_claimed`) and stamp that they took
+    tickets, in one statement; the ids claimed."""
+    claimed = _claimed()
+    return (
+        update(Agent)
+        .where(Agent.id.in_(select(claimed.c.id)))
+        .values(last_assigned_at=bindparam("now"), missed_offers=0)
+        .returning(Agent.id)
+    )
+
+
 def _assign(
-    session: Session, config: RoutingConfig, plan: Mapping[RouteRequest, int], now: datetime
+    session: Session,
+    config: RoutingConfig,
+    plan: Mapping[RouteRequest, int],
+    now: datetime,
+    versions: Mapping[int, str] | None,
 ) -> dict[int, int]:
     """Give tickets to agents in one statement, only where nobody holds them yet."""
+    if not plan:
+        return {}
+    if versions is not None:
+        params = {"now": now, **_claim_params(plan.values(), versions)}
+        claimed = set(_plain(session).execute(_claiming(), params).scalars())
+        plan = {r: a for r, a in plan.items() if a in claimed}
     assigned = set_assignees(session, {r.ticket_id: a for r, a in plan.items()}, now)
     taken = [r for r in plan if r.ticket_id in assigned]
     stats.record(
         session, [stats.answered(config.queue(r.queue), r.waiting_since, now) for r in taken]
     )
-    _took_tickets(session, set(assigned.values()), now)
+    if versions is None:
+        _took_tickets(session, set(assigned.values()), now)
     return assigned
 
 
@@ -557,13 +688,20 @@ def _took_tickets(session: Session, agent_ids: Collection[int], now: datetime) -
 # --- candidates -----------------------------------------------------------------------------
 
 
-def _candidates(
-    session: Session, config: RoutingConfig, requests: Sequence[RouteRequest]
-) -> list[Candidate]:
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """The candidates as read, by id; on PostgreSQL with their rows' versions, which the
+    reservation checks (`_reserve`); None on SQLite."""
+
+    candidates: dict[int, Candidate]
+    versions: dict[int, str] | None
+
+
+def _candidates(session: Session, config: RoutingConfig, requests: Sequence[RouteRequest]) -> _Seen:
     """The available agents who qualify for one of the requests' queues, with their load,
-    read without locks (`_confirm` locks the chosen ones). The same statement says which of
-    the queues each qualifies for; its skills are then taken as what those queues ask (each
-    at the highest level asked), which is all that choosing among them looks at."""
+    read without locks (`_reserve` makes sure they did not change). The same statement says
+    which of the queues each qualifies for; its skills are then taken as what those queues
+    ask (each at the highest level asked), which is all that choosing among them looks at."""
     queues = list({r.queue: config.queue(r.queue) for r in requests}.values())
     asked = [sorted(q.skills.items()) for q in queues]
     postgres = session.get_bind().dialect.name == "postgresql"
@@ -575,13 +713,16 @@ def _candidates(
         for name, value in ((f"skill_{i}_{j}", skill), (f"level_{i}_{j}", level))
     }
     skills: dict[tuple[bool, ...], dict[str, int]] = {}
-    candidates = []
-    for row in session.execute(query, params):
-        fits = tuple(row[7:])
+    candidates: dict[int, Candidate] = {}
+    versions: dict[int, str] = {}
+    for row in _plain(session).execute(query, params):
+        fits = tuple(row[7 + postgres :])
         if fits not in skills:
             skills[fits] = _asked([q for q, fit in zip(queues, fits, strict=True) if fit])
-        candidates.append(_candidate(row, skills[fits]))
-    return candidates
+        candidates[row[0]] = _candidate(row, skills[fits])
+        if postgres:
+            versions[row[0]] = row[7]
+    return _Seen(candidates, versions if postgres else None)
 
 
 @lru_cache(maxsize=256)
@@ -592,7 +733,11 @@ def _candidates_query(postgres: bool, shape: tuple[int, ...]) -> Select[Any]:
         and_(true(), *(_has_skill(postgres, f"{i}_{j}") for j in range(count)))
         for i, count in enumerate(shape)
     ]
-    return _candidate_query(postgres, *fits).where(Agent.presence == Presence.AVAILABLE, or_(*fits))
+    # PostgreSQL: the row's version with it (`_reserve`).
+    version = [_ROW_VERSION] if postgres else []
+    return _candidate_query(postgres, *version, *fits).where(
+        Agent.presence == Presence.AVAILABLE, or_(*fits)
+    )
 
 
 def _has_skill(postgres: bool, key: str) -> ColumnElement[bool]:
@@ -634,7 +779,7 @@ def _candidate_query(postgres: bool, *columns: ColumnElement[Any]) -> Select[Any
     )
     return (
         select(
-            Agent.id, Agent.capacity, Agent.presence_since, Agent.last_assigned_at,
+            Agent.id, Agent.capacity.cast(String), Agent.presence_since, Agent.last_assigned_at,
             Agent.last_offered_at, held.scalar_subquery(), offered.c.channels, *columns,
         )
         .outerjoin(offered, offered.c.agent_id == Agent.id)
@@ -657,18 +802,12 @@ def _candidate(row: Any, skills: Mapping[str, int]) -> Candidate:
     )
 
 
-def _capacity(data: Mapping[str, Any] | None) -> Capacity:
-    """`Capacity.from_json`, remembered: the agents of a centre share a few capacities, and
-    every decision reads a hundred candidates afresh."""
-    if not data:
-        return Capacity.from_json(data)
-    channels = data.get("channels") or {}
-    return _capacity_of(data.get("total"), tuple(sorted(channels.items())))
-
-
 @lru_cache(maxsize=256)
-def _capacity_of(total: int | None, channels: tuple[tuple[str, int], ...]) -> Capacity:
-    return Capacity.from_json({"total": total, "channels": dict(channels)})
+def _capacity(stored: str | None) -> Capacity:
+    """`Capacity.from_json` of the stored JSON's text, remembered: the agents of a centre
+    share a few capacities, and every decision reads a hundred candidates afresh (read as
+    text, a row costs a dictionary look-up rather than a JSON parse)."""
+    return Capacity.from_json(json.loads(stored) if stored else None)
 
 
 def _lock_available(session: Session, agent_ids: Collection[int]) -> list[int]:

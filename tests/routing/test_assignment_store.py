@@ -11,11 +11,15 @@ from gateway.agents import NewAgent, create_agent
 from routing import assignment
 from routing.assignment import Routed, RouteRequest, route
 from routing.capacity import Capacity
-from routing.choice import Candidate
 from routing.config import RoutingConfig
+from routing.queues import QueueConfig
 from timeline import store
 from timeline.db import Database
 from timeline.models import Presence, RoutingTimer, Ticket, TimerKind, utcnow
+
+OFFERING = RoutingConfig(
+    {"default": QueueConfig.parse({"name": "default", "offer_timeout_seconds": 30})}
+)
 
 
 def _agent(session: Session, name: str, capacity: int = 5) -> int:
@@ -62,40 +66,53 @@ async def test_a_ticket_someone_took_meanwhile_is_not_assigned_again(database_ur
         await database.dispose()
 
 
+@pytest.mark.parametrize("queue", [RoutingConfig(), OFFERING], ids=["assigned", "offered"])
 async def test_an_agent_another_batch_filled_after_the_choice_is_not_overfilled(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    database_url: str, monkeypatch: pytest.MonkeyPatch, queue: RoutingConfig
 ) -> None:
-    """Candidates are read without locks: the chosen agent's load is counted again under its
-    lock, and a ticket whose agent filled up meanwhile gets a reroute timer instead."""
+    """Candidates are read without locks: a choice made on a read from before another batch
+    gave the agent its last free place is not carried out (PostgreSQL: the agent's row
+    changed since; SQLite: its load counted again), and after choosing again from the same
+    stale read the ticket gets a reroute timer instead."""
     database = Database(database_url)
     await database.upgrade()
     try:
         anna = await database.run(_agent, "anna", 1)
-        held = await database.run(_ticket, anna)
+        first = await database.run(_ticket, None)
         waiting = await database.run(_ticket, None)
-        stale = Candidate(anna, Capacity(total=1), load={})  # as read before `held` landed
-        monkeypatch.setattr(assignment, "_candidates", lambda *_: [stale])
-
         request = [RouteRequest(waiting, "sms", "default")]
-        routed = await database.run(route, RoutingConfig(), request, utcnow())
+        stale = await database.read(assignment._candidates, queue, request)
+        routed = await database.run(route, queue, [RouteRequest(first, "sms", "default")], utcnow())
+        assert _placed(routed) == {first: anna}, "another batch gives anna her last place"
+        monkeypatch.setattr(assignment, "_candidates", lambda *_: stale)
 
-        assert routed.assigned == {}
+        routed = await database.run(route, queue, request, utcnow())
+
+        assert _placed(routed) == {}
         timers = await database.read(lambda s: s.execute(select(RoutingTimer)).scalars().all())
-        assert [(t.kind, t.subject_id) for t in timers] == [(TimerKind.REROUTE, waiting)]
+        reroutes = [(t.kind, t.subject_id) for t in timers if t.kind == TimerKind.REROUTE]
+        assert reroutes == [(TimerKind.REROUTE, waiting)]
         monkeypatch.undo()
-        await database.run(_resolve, held)
-        routed = await database.run(_sweep)
-        assert routed.assigned == {waiting: anna}, "routed again once the timer fired"
+        await database.run(_resolve, first)
+        routed = await database.run(_sweep, queue)
+        assert _placed(routed) == {waiting: anna}, "routed again once the timer fired"
     finally:
         await database.dispose()
 
 
+def _placed(routed: Routed) -> dict[int, int]:
+    return {**routed.assigned, **{o.ticket_id: o.agent_id for o in routed.offers}}
+
+
 def _resolve(session: Session, ticket_id: int) -> None:
+    """Resolved and, if it was offered, the offer withdrawn: either way anna is free again."""
     session.execute(update(Ticket).where(Ticket.id == ticket_id).values(status="resolved"))
+    assignment.withdraw_ticket_offers(session, [ticket_id], utcnow())
 
 
-def _sweep(session: Session) -> Routed:
+def _sweep(session: Session, config: RoutingConfig) -> Routed:
     routed = Routed()
     for timer in assignment.claim_due(session, utcnow()):
-        routed.merge(assignment.fire(session, RoutingConfig(), timer, utcnow()))
+        if timer.kind == TimerKind.REROUTE:
+            routed.merge(assignment.fire(session, config, timer, utcnow()))
     return routed
