@@ -6,6 +6,7 @@ out of a row are not checked for it.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -240,14 +241,49 @@ def test_undecodable_header_bytes_become_replacement_characters() -> None:
             ("anna@example.org", "Anna Lindqvist"),
             "hi",
         ),
+        # The plain forms most mail has, read directly, and near misses read in full.
+        (
+            "From: Customer 7 <customer7@bench.example>",
+            ("customer7@bench.example", "Customer 7"),
+            None,
+        ),
+        ("From: a.b+tag@mail.example.org", ("a.b+tag@mail.example.org", None), None),
+        ("From: Anna<anna@example.org>", ("anna@example.org", "Anna"), None),
+        ("From: Anna   Lind <anna@example.org>", ("anna@example.org", "Anna Lind"), None),
+        ("From: J. R. Smith <jrs@example.org>", ("jrs@example.org", "J. R. Smith"), None),
+        ("From: <a..b@example.org>", ("a..b@example.org", None), None),
     ],
 )
 def test_sender_and_subject_read_plain_or_encoded(
-    headers: str, sender: tuple[str, str], subject: str
+    headers: str, sender: tuple[str, str | None], subject: str | None
 ) -> None:
     mail = parse(f"{headers}\nMessage-ID: <h@example.org>\n\nhello\n".encode())
     assert (mail.sender.raw, mail.sender.name) == sender
     assert mail.subject == subject
+
+
+@pytest.mark.parametrize(
+    ("date", "utc"),
+    [
+        ("Sat, 5 Dec 2026 08:00:00 +0100", datetime(2026, 12, 5, 7, 0, tzinfo=UTC)),
+        ("5 Dec 2026 08:00 -0230", datetime(2026, 12, 5, 10, 30, tzinfo=UTC)),
+        # -0000: the sender's zone is unknown (RFC 5322 §3.3), taken as UTC.
+        ("Fri, 13 Mar 2026 11:05:09 -0000", datetime(2026, 3, 13, 11, 5, 9, tzinfo=UTC)),
+        # A zone comment, an obsolete zone name, a two-digit year: the general reader.
+        ("Tue, 10 Mar 2026 09:00:03 +0100 (CET)", datetime(2026, 3, 10, 8, 0, 3, tzinfo=UTC)),
+        ("Tue, 10 Mar 2026 09:00:03 EST", datetime(2026, 3, 10, 14, 0, 3, tzinfo=UTC)),
+        ("10 Mar 26 09:00:03 +0000", datetime(2026, 3, 10, 9, 0, 3, tzinfo=UTC)),
+    ],
+)
+def test_the_date_is_read_in_utc_whatever_its_form(date: str, utc: datetime) -> None:
+    raw = f"From: a@example.org\nDate: {date}\n\nhello\n".encode()
+    assert parse(raw).occurred_at == utc
+
+
+@pytest.mark.parametrize("date", ["31 Feb 2026 10:00:00 +0000", "Sat, 5 Dec 2026 24:00:00 +0000"])
+def test_an_impossible_date_is_taken_as_the_moment_of_reading(date: str) -> None:
+    raw = f"From: a@example.org\nDate: {date}\n\nhello\n".encode()
+    assert abs(parse(raw).occurred_at - datetime.now(UTC)) < timedelta(minutes=1)
 
 
 def test_the_recipient_is_the_mailbox_it_arrived_in_when_known() -> None:
