@@ -15,12 +15,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from routing.queues import QueueConfig, implicit_queue
 from routing.rules import Rule
 from timeline.models import RoutingQueue, RoutingRule
+
+# PostgreSQL advisory lock (any fixed number) held while a routing file is applied.
+_FILE_LOCK_KEY = 7_254_007
+_FILE_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,11 @@ def read_file(path: Path) -> tuple[list[QueueConfig], list[Rule] | None]:
 
 
 def apply_file(session: Session, path: Path, now: datetime) -> None:
+    """The file's queues and rules stored. Gateway processes that start at once take turns
+    (PostgreSQL: an advisory lock): side by side, both would insert the same new queue (one
+    failing on its unique name, so that process would not start) or both replace the rules."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_FILE_LOCK, {"key": _FILE_LOCK_KEY})
     queues, rules = read_file(path)
     for queue in queues:
         save_queue(session, queue, now)
