@@ -17,6 +17,7 @@ from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from timeline import bulk
 from timeline.models import (
     Campaign,
     CampaignRecipient,
@@ -45,6 +46,21 @@ TRANSITIONS: dict[str, tuple[CampaignStatus, ...]] = {
 }
 SKIP_CANCELLED = "cancelled"
 _RECIPIENTS = cast(Table, CampaignRecipient.__table__)
+# A page of the audience (`add_recipients`, through `timeline.bulk`), per dialect: a contact
+# already there is left as it is.
+_NEW_RECIPIENT = {
+    name: dialect.insert(_RECIPIENTS)
+    .values(
+        bulk.binds("campaign_id contact_id idempotency_key")
+        | {
+            "status": RecipientStatus.PENDING,
+            "not_before": bindparam("now"),
+            "created_at": bindparam("now"),
+        }
+    )
+    .on_conflict_do_nothing()
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
 # Outbox statuses in the campaign's words; `undelivered` was sent, and then failed.
 _SENT = {OutboxStatus.SENT, OutboxStatus.DELIVERED, OutboxStatus.UNDELIVERED}
 _FAILED = {OutboxStatus.FAILED, OutboxStatus.DEAD, OutboxStatus.UNDELIVERED}
@@ -210,19 +226,12 @@ def add_recipients(
     """A page of the audience; a contact already there is left as it is."""
     if not contact_ids:
         return
-    dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
     rows = [
-        {
-            "campaign_id": campaign_id,
-            "contact_id": contact_id,
-            "idempotency_key": recipient_key(campaign_id, contact_id),
-            "status": RecipientStatus.PENDING,
-            "not_before": now,
-            "created_at": now,
-        }
+        {"contact_id": contact_id, "idempotency_key": recipient_key(campaign_id, contact_id)}
         for contact_id in contact_ids
     ]
-    session.execute(dialect.insert(_RECIPIENTS).on_conflict_do_nothing(), rows)
+    statement = _NEW_RECIPIENT[session.get_bind().dialect.name]
+    bulk.execute_many(session, statement, rows, {"campaign_id": campaign_id, "now": now})
 
 
 def due_recipients(
@@ -324,18 +333,20 @@ class Queued:
 
 
 def mark_queued(session: Session, queued: Sequence[Queued], now: datetime) -> None:
-    if queued:
-        session.execute(
-            update(_RECIPIENTS)
-            .where(_RECIPIENTS.c.id == bindparam("rid"))
-            .values(
-                status=RecipientStatus.QUEUED,
-                recipient=bindparam("address"),
-                outbox_id=bindparam("oid"),
-                queued_at=now,
-            ),
-            [{"rid": q.recipient_id, "address": q.address, "oid": q.outbox_id} for q in queued],
-        )
+    rows = [{"rid": q.recipient_id, "address": q.address, "oid": q.outbox_id} for q in queued]
+    bulk.execute_many(session, _QUEUED, rows, {"now": now})
+
+
+_QUEUED = (
+    update(_RECIPIENTS)
+    .where(_RECIPIENTS.c.id == bindparam("rid"))
+    .values(
+        status=RecipientStatus.QUEUED,
+        recipient=bindparam("address"),
+        outbox_id=bindparam("oid"),
+        queued_at=bindparam("now"),
+    )
+)
 
 
 def mark_skipped(session: Session, skipped: Sequence[tuple[int, str]]) -> None:

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from timeline import messaging, store
+from timeline import bulk, messaging, store
 from timeline.models import (
     Identity,
     OutboxMessage,
@@ -203,29 +203,25 @@ def enqueue_many(
         ).all()
     )
     fresh = [n for n in news if n.idempotency_key not in known]
-    event_ids = store.insert_rows(session, TimelineEvent, [_event_row(n, now) for n in fresh])
-    message_ids = store.insert_rows(
-        session,
-        OutboxMessage,
-        [
-            {
-                "channel": n.channel,
-                "idempotency_key": n.idempotency_key,
-                "ticket_id": n.ticket_id,
-                "contact_id": n.contact_id,
-                "event_id": event_id,
-                "recipient": n.recipient,
-                "payload": n.payload,
-                "status": OutboxStatus.QUEUED,
-                "attempts": 0,
-                "next_attempt_at": now,
-                "provider_id": n.external_id,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for n, event_id in zip(fresh, event_ids, strict=True)
-        ],
-    )
+    event_ids = store.reserve_ids(session, TimelineEvent, len(fresh))
+    message_ids = store.reserve_ids(session, OutboxMessage, len(fresh))
+    events = [_event_row(n, now) | {"id": e} for n, e in zip(fresh, event_ids, strict=True)]
+    bulk.execute_many(session, _NEW_EVENT, events, {"occurred_at": now, "created_at": now})
+    messages = [
+        {
+            "id": message_id,
+            "channel": n.channel,
+            "idempotency_key": n.idempotency_key,
+            "ticket_id": n.ticket_id,
+            "contact_id": n.contact_id,
+            "event_id": event_id,
+            "recipient": n.recipient,
+            "payload": n.payload,
+            "provider_id": n.external_id,
+        }
+        for n, event_id, message_id in zip(fresh, event_ids, message_ids, strict=True)
+    ]
+    bulk.execute_many(session, _NEW_MESSAGE, messages, {"now": now})
     known.update(zip((n.idempotency_key for n in fresh), message_ids, strict=True))
     return [known[n.idempotency_key] for n in news]
 
@@ -282,6 +278,24 @@ def claim(
 # Core tables for the hot paths (claims, results), where the ORM's unit of work costs most.
 _OUTBOX = cast(Table, OutboxMessage.__table__)
 _EVENTS = cast(Table, TimelineEvent.__table__)
+# What `enqueue_many` writes, compiled once (`timeline.bulk`).
+_NEW_EVENT = insert(_EVENTS).values(
+    bulk.binds(
+        "id channel external_id kind direction contact_id ticket_id sender recipient subject"
+        " body html attachments occurred_at created_at delivery_status"
+    )
+)
+_NEW_MESSAGE = insert(_OUTBOX).values(
+    bulk.binds("id channel idempotency_key ticket_id contact_id event_id recipient payload")
+    | bulk.binds("provider_id")
+    | {
+        "status": OutboxStatus.QUEUED,
+        "attempts": 0,
+        "next_attempt_at": bindparam("now"),
+        "created_at": bindparam("now"),
+        "updated_at": bindparam("now"),
+    }
+)
 
 
 _CLAIMED_COLUMNS = (

@@ -1,0 +1,94 @@
+"""One Core statement for many rows, through the driver's `executemany`.
+
+SQLAlchemy's own executemany builds a dict per row and passes every value of every row through
+its type (a datetime through two functions, JSON through `json.dumps`), values the batch shares
+(its `now`) included; for bulk writers (campaigns) that costs more than the database does. Here
+a statement is compiled once per dialect, each bind's processor is looked up once, values
+shared by the whole batch (and the columns' Python-side defaults) are processed once, and each
+row contributes only what is its own.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BindParameter, Column, bindparam
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import UpdateBase
+
+Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...]  # the binds, in the order the driver takes them
+    positional: bool
+    processors: tuple[Processor, ...]
+    defaults: Mapping[str, Any]  # binds the statement or its columns' defaults fill
+
+
+def execute_many(
+    session: Session,
+    statement: UpdateBase,
+    rows: Sequence[Mapping[str, Any]],
+    shared: Mapping[str, Any] | None = None,
+) -> None:
+    """Run `statement` (an insert or update with named `bindparam`s, built once) for each row.
+
+    A bind named in `shared` takes that value for every row, the others the row's own; values
+    written into the statement and the defaults of columns it leaves out apply as usual.
+    """
+    if not rows:
+        return
+    compiled = _compile(statement, session.get_bind().dialect)
+    once = {**compiled.defaults, **(shared or {})}
+    # Per bind: the row's own value (processed per row), or the batch's (processed here).
+    steps = [
+        (name, proc, False, None) if name not in once
+        else (name, proc, True, proc(once[name]) if proc else once[name])
+        for name, proc in zip(compiled.names, compiled.processors, strict=True)
+    ]  # fmt: skip
+    params: list[Any] = [
+        tuple(
+            value if fixed else proc(row[name]) if proc else row[name]
+            for name, proc, fixed, value in steps
+        )
+        for row in rows
+    ]
+    if not compiled.positional:
+        params = [dict(zip(compiled.names, values, strict=True)) for values in params]
+    session.connection().exec_driver_sql(compiled.sql, params)
+
+
+def binds(names: str) -> dict[str, BindParameter[Any]]:
+    """`{name: bindparam(name)}` for each of the space-separated `names`: a statement's
+    values, to be given per row or shared."""
+    return {name: bindparam(name) for name in names.split()}
+
+
+@functools.lru_cache(maxsize=64)
+def _compile(statement: UpdateBase, dialect: Dialect) -> _Compiled:
+    compiled = statement.compile(dialect=dialect)
+    names = tuple(compiled.positiontup or compiled.binds)
+    processors = tuple(_processor(compiled.binds[name].type, dialect) for name in names)
+    prefetch: list[Column[Any]] = [*compiled.insert_prefetch, *compiled.update_prefetch]
+    written = {name: b.effective_value for name, b in compiled.binds.items() if not b.required}
+    defaults = written | {column.key: _default(column) for column in prefetch}
+    return _Compiled(compiled.string, names, bool(compiled.positional), processors, defaults)
+
+
+def _processor(type_: Any, dialect: Dialect) -> Processor:
+    processor: Processor = type_.dialect_impl(dialect).bind_processor(dialect)
+    return processor
+
+
+def _default(column: Column[Any]) -> Any:
+    """A column's Python-side default (or on-update value), once for the whole batch."""
+    default = column.default if column.default is not None else column.onupdate
+    arg = getattr(default, "arg", None)
+    return arg(None) if callable(arg) else arg
