@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from timeline.models import Contact, EventEdit, Identity, OptOut, Ticket, TimelineEvent
@@ -66,20 +66,25 @@ def opted_out_since(
     """
     if not recipients:
         return set()
-    rows = session.execute(
-        select(Identity.contact_id, Identity.value, OptOut.opted_out_at)
-        .join(OptOut, OptOut.identity_id == Identity.id)
-        .where(
-            Identity.contact_id.in_({c for c, _, _ in recipients}),
-            Identity.value.in_({v for _, v, _ in recipients}),
-        )
-    ).all()
+    contacts, values = {c for c, _, _ in recipients}, {v for _, v, _ in recipients}
+    rows = session.execute(_OPT_OUTS, {"contacts": contacts, "values": values}).all()
     opted = {(contact_id, value): at for contact_id, value, at in rows}
     return {
         (contact_id, value)
         for contact_id, value, since in recipients
         if (at := opted.get((contact_id, value))) is not None and at > since
     }
+
+
+# Built once: the outbox asks before every batch it sends.
+_OPT_OUTS = (
+    select(Identity.contact_id, Identity.value, OptOut.opted_out_at)
+    .join(OptOut, OptOut.identity_id == Identity.id)
+    .where(
+        Identity.contact_id.in_(bindparam("contacts", expanding=True)),
+        Identity.value.in_(bindparam("values", expanding=True)),
+    )
+)
 
 
 def record_edit(

@@ -384,45 +384,53 @@ def mark_sent_many(
     if not results:
         return []
     now = now or utcnow()
+    asked = [item.id for item, _ in results]
     current = {
         (row_id, attempts): event_id
-        for row_id, attempts, event_id in session.execute(
-            select(OutboxMessage.id, OutboxMessage.attempts, OutboxMessage.event_id)
-            .where(
-                OutboxMessage.id.in_([item.id for item, _ in results]),
-                OutboxMessage.status == OutboxStatus.SENDING,
-            )
-            .with_for_update()
-        )
+        for row_id, attempts, event_id in session.execute(_SENDING, {"ids": asked})
     }
     ours = [(i, p) for i, p in results if (i.id, i.attempt) in current]
     if ours:
         # What all share in one statement; only the provider's ids go row by row.
-        session.execute(
-            update(_OUTBOX)
-            .where(_OUTBOX.c.id.in_([i.id for i, _ in ours]))
-            .values(
-                status=OutboxStatus.SENT,
-                sent_at=now,
-                locked_until=None,
-                last_error=None,
-                updated_at=now,
-            )
-        )
-        session.execute(
-            update(_OUTBOX)
-            .where(_OUTBOX.c.id == bindparam("sent_id"))
-            .values(provider_id=bindparam("sent_as")),
-            [{"sent_id": i.id, "sent_as": p or i.provider_id} for i, p in ours],
-        )
+        session.execute(_SENT, {"ids": [i.id for i, _ in ours], "now": now})
+        provider_ids = [{"sent_id": i.id, "sent_as": p or i.provider_id} for i, p in ours]
+        bulk.execute_many(session, _PROVIDER_ID, provider_ids)
         events = [e for i, _ in ours if (e := current[(i.id, i.attempt)]) is not None]
         if events:
-            session.execute(
-                update(_EVENTS)
-                .where(_EVENTS.c.id.in_(events))
-                .values(delivery_status=_EVENT_STATUS[OutboxStatus.SENT], delivery_detail=None)
-            )
+            session.execute(_EVENTS_SENT, {"ids": events})
     return [(item.id, item.attempt) in current for item, _ in results]
+
+
+# `mark_sent_many`'s statements, built once.
+_SENDING = (
+    select(_OUTBOX.c.id, _OUTBOX.c.attempts, _OUTBOX.c.event_id)
+    .where(
+        _OUTBOX.c.id.in_(bindparam("ids", expanding=True)),
+        _OUTBOX.c.status == OutboxStatus.SENDING,
+    )
+    .with_for_update()
+)
+_SENT = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        status=OutboxStatus.SENT,
+        sent_at=bindparam("now"),
+        locked_until=None,
+        last_error=None,
+        updated_at=bindparam("now"),
+    )
+)
+_PROVIDER_ID = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == bindparam("sent_id"))
+    .values(provider_id=bindparam("sent_as"))
+)
+_EVENTS_SENT = (
+    update(_EVENTS)
+    .where(_EVENTS.c.id.in_(bindparam("ids", expanding=True)))
+    .values(delivery_status=_EVENT_STATUS[OutboxStatus.SENT], delivery_detail=None)
+)
 
 
 def mark_retry(
