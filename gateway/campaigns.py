@@ -217,10 +217,10 @@ class CampaignDispatcher:
         if campaign is None or campaign.materialised_at is not None:
             return False
         audience = segments.parse_filter(campaign.filter)
-        members, cursor = segments.page(
+        contact_ids, cursor = segments.page_ids(
             session, audience, campaign.cursor_contact_id, self.policy.page
         )
-        campaigns.add_recipients(session, campaign.id, [m.contact_id for m in members], now)
+        campaigns.add_recipients(session, campaign.id, contact_ids, now)
         if cursor is None:
             campaign.materialised_at = now
             return False

@@ -274,8 +274,7 @@ def page(
 ) -> tuple[list[Member], int | None]:
     """The members among the next `limit` candidate contacts after `after_id`, and the id to
     continue after (None when the audience is exhausted)."""
-    query = contact_query(audience, session.get_bind().dialect.name)
-    ids = list(session.execute(query.where(Contact.id > after_id).limit(limit)).scalars())
+    ids = _candidates(session, audience, after_id, limit)
     if not ids:
         return [], None
     members = members_of(session, ids)
@@ -284,6 +283,23 @@ def page(
             m for m in members if any(number_matches(audience, p) for p in m.addresses(PHONE))
         ]
     return members, ids[-1]
+
+
+def page_ids(
+    session: Session, audience: Audience, after_id: int, limit: int
+) -> tuple[list[int], int | None]:
+    """`page`, as contact ids: what materialising an audience needs. Unless phone numbers
+    decide, the members' details are not even read."""
+    if audience.by_number:
+        members, cursor = page(session, audience, after_id, limit)
+        return [m.contact_id for m in members], cursor
+    ids = _candidates(session, audience, after_id, limit)
+    return ids, (ids[-1] if ids else None)
+
+
+def _candidates(session: Session, audience: Audience, after_id: int, limit: int) -> list[int]:
+    query = contact_query(audience, session.get_bind().dialect.name)
+    return list(session.execute(query.where(Contact.id > after_id).limit(limit)).scalars())
 
 
 def members_of(session: Session, contact_ids: list[int]) -> list[Member]:

@@ -77,6 +77,8 @@ def _names(session: Session, raw: dict[str, Any], names: dict[int, str]) -> set[
     members, after = segments.page(session, audience, 0, 100)
     assert segments.page(session, audience, after or 0, 100)[1] is None
     assert segments.count(session, audience) == len(members)
+    # Materialising a campaign takes the same contacts, as ids only.
+    assert segments.page_ids(session, audience, 0, 100)[0] == [m.contact_id for m in members]
     return {names[m.contact_id] for m in members}
 
 
