@@ -104,6 +104,21 @@ class RouteRequest:
     priority: str = "normal"
     preferred: int | None = None  # who held it before it was reopened
     waiting_since: datetime | None = None
+    # What `enqueue` read while it put the ticket in its queue; None: `route` reads it.
+    entered: Entered | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Entered:
+    """What PostgreSQL told `enqueue` in the statement that put the ticket in its queue (and
+    so locked it), so that `route` need not ask again: whether it may be placed (nobody
+    holds it, it is open, no offer pending), who declined it in this queue, and its
+    contact's last agent since the longest sticky window began, with when."""
+
+    placeable: bool
+    declined: frozenset[int]
+    last_agent: int | None
+    last_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,16 +177,68 @@ def enqueue(
     """Tickets enter their queues now: counted as offered, overflow timers set."""
     if not requests:
         return []
-    session.execute(
-        update(_tickets())
-        .where(_tickets().c.id == bindparam("ticket"))
-        .values(waiting_since=now, queue=bindparam("queue_name")),
-        [{"ticket": r.ticket_id, "queue_name": r.queue} for r in requests],
-    )
+    entered: dict[int, Entered] = {}
+    if session.get_bind().dialect.name == "postgresql":
+        entered = _enter(session, config, requests, now)
+    else:
+        session.execute(
+            update(_tickets())
+            .where(_tickets().c.id == bindparam("ticket"))
+            .values(waiting_since=now, queue=bindparam("queue_name")),
+            [{"ticket": r.ticket_id, "queue_name": r.queue} for r in requests],
+        )
     stats.record(session, [stats.offered(config.queue(r.queue), now) for r in requests])
     _schedule_overflow(session, config, [(r.ticket_id, r.queue) for r in requests], now)
     _after_hours(session, config, requests, now)
-    return [_waiting(r, now) for r in requests]
+    return [_waiting(r, now, entered.get(r.ticket_id)) for r in requests]
+
+
+def _enter(
+    session: Session, config: RoutingConfig, requests: Sequence[RouteRequest], now: datetime
+) -> dict[int, Entered]:
+    """PostgreSQL: the tickets enter their queues in one statement that also reads what
+    `_placeable` would (one round trip fewer per decision); what it read, by ticket."""
+    session.flush()  # the placeability below reads the tickets as this transaction left them
+    longest = max(config.queue(r.queue).sticky_seconds for r in requests)
+    params = {
+        "ids": [r.ticket_id for r in requests],
+        "queues": [r.queue for r in requests],
+        "now": now,
+        "since": now - timedelta(seconds=longest),
+    }
+    rows = _plain(session).execute(_entering(), params)
+    return {
+        ticket_id: Entered(placeable, frozenset(declined), last_agent, last_at)
+        for ticket_id, placeable, declined, last_agent, last_at in rows
+    }
+
+
+@cache
+def _entering() -> Update:
+    """`_enter`'s statement, built once: the tickets' ids and queues arrive as arrays."""
+    entering = (
+        func.unnest(
+            bindparam("ids", type_=ARRAY(BigInteger)), bindparam("queues", type_=ARRAY(String))
+        )
+        .table_valued("id", "queue")
+        .render_derived()
+    )
+    earlier = aliased(Offer)
+    declined = select(earlier.agent_id).where(
+        earlier.ticket_id == Ticket.id,
+        earlier.queue == entering.c.queue,
+        earlier.status.in_(_DECLINED),
+    )
+    placeable = and_(
+        Ticket.assignee_id.is_(None), Ticket.status.in_(OPEN_STATUSES), ~_pending_offer()
+    )
+    table = _tickets()
+    return (
+        update(table)
+        .where(table.c.id == entering.c.id)
+        .values(waiting_since=bindparam("now"), queue=entering.c.queue)
+        .returning(table.c.id, placeable, func.array(declined.scalar_subquery()), *_last_agent())
+    )
 
 
 def _after_hours(
@@ -188,7 +255,7 @@ def _after_hours(
     schedule(session, [(TimerKind.AFTER_HOURS_REPLY, ticket_id, now) for ticket_id in replying])
 
 
-def _waiting(request: RouteRequest, now: datetime) -> RouteRequest:
+def _waiting(request: RouteRequest, now: datetime, entered: Entered | None) -> RouteRequest:
     return RouteRequest(
         request.ticket_id,
         request.channel,
@@ -197,6 +264,7 @@ def _waiting(request: RouteRequest, now: datetime) -> RouteRequest:
         request.priority,
         request.preferred,
         now,
+        entered,
     )
 
 
@@ -324,28 +392,40 @@ def _placeable(
     session: Session, config: RoutingConfig, requests: Sequence[RouteRequest], now: datetime
 ) -> _Waiting:
     """Those still waiting (locked, in id order), without a pending offer, in an open queue;
-    in the same statement who declined them and the contact's last agent (sticky window)."""
+    in the same statement who declined them and the contact's last agent (sticky window).
+    For tickets that `enqueue` just put in their queue on PostgreSQL, what it read then."""
     closed = {r.queue for r in requests if not config.queue(r.queue).is_open(now)}
     _await_opening(session, config, closed, now)
     requests = [r for r in requests if r.queue not in closed]
     windows = {r.ticket_id: config.queue(r.queue).sticky_seconds for r in requests}
-    if not windows:
-        return _Waiting([], {}, {})
-    longest = max(windows.values())
-    query = _placeable_query(sticky=longest > 0)
-    params: dict[str, Any] = {"ids": sorted(windows)}
-    if longest:
-        params["since"] = now - timedelta(seconds=longest)
     free: set[int] = set()
     declined: dict[tuple[int, str], set[int]] = defaultdict(set)
     sticky: dict[int, int] = {}
-    for ticket_id, agent_id, queue, *last in session.execute(query, params):
-        free.add(ticket_id)
-        if agent_id is not None:
-            declined[(ticket_id, queue)].add(agent_id)
+
+    def last_agent(ticket_id: int, agent_id: int | None, at: datetime | None) -> None:
         window = timedelta(seconds=windows[ticket_id])
-        if window and last and last[0] is not None and last[1] >= now - window:
-            sticky[ticket_id] = last[0]
+        if window and agent_id is not None and at is not None and at >= now - window:
+            sticky[ticket_id] = agent_id
+
+    for request in requests:
+        entered = request.entered
+        if entered is not None and entered.placeable:
+            free.add(request.ticket_id)
+            declined[(request.ticket_id, request.queue)].update(entered.declined)
+            last_agent(request.ticket_id, entered.last_agent, entered.last_at)
+    unread = sorted(r.ticket_id for r in requests if r.entered is None)
+    if unread:
+        longest = max(windows[ticket_id] for ticket_id in unread)
+        query = _placeable_query(sticky=longest > 0)
+        params: dict[str, Any] = {"ids": unread}
+        if longest:
+            params["since"] = now - timedelta(seconds=longest)
+        for ticket_id, agent_id, queue, *last in session.execute(query, params):
+            free.add(ticket_id)
+            if agent_id is not None:
+                declined[(ticket_id, queue)].add(agent_id)
+            if last:
+                last_agent(ticket_id, *last)
     return _Waiting([r for r in requests if r.ticket_id in free], declined, sticky)
 
 
@@ -735,7 +815,9 @@ def _candidates_query(postgres: bool, shape: tuple[int, ...]) -> Select[Any]:
     ]
     # PostgreSQL: the row's version with it (`_reserve`).
     version = [_ROW_VERSION] if postgres else []
-    return _candidate_query(postgres, *version, *fits).where(
+    # With one queue (a single decision) every agent read fits it: no need to test again.
+    says = fits if len(fits) > 1 else [true()]
+    return _candidate_query(postgres, *version, *says).where(
         Agent.presence == Presence.AVAILABLE, or_(*fits)
     )
 

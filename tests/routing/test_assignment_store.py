@@ -3,6 +3,8 @@ and no agent filled over capacity by a choice made on a stale read."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -15,7 +17,17 @@ from routing.config import RoutingConfig
 from routing.queues import QueueConfig
 from timeline import store
 from timeline.db import Database
-from timeline.models import Presence, RoutingTimer, Ticket, TimerKind, utcnow
+from timeline.models import (
+    Agent,
+    Contact,
+    Offer,
+    OfferStatus,
+    Presence,
+    RoutingTimer,
+    Ticket,
+    TimerKind,
+    utcnow,
+)
 
 OFFERING = RoutingConfig(
     {"default": QueueConfig.parse({"name": "default", "offer_timeout_seconds": 30})}
@@ -116,3 +128,85 @@ def _sweep(session: Session, config: RoutingConfig) -> Routed:
         if timer.kind == TimerKind.REROUTE:
             routed.merge(assignment.fire(session, config, timer, utcnow()))
     return routed
+
+
+SALES = RoutingConfig(
+    {
+        "sales": QueueConfig.parse(
+            {
+                "name": "sales",
+                "offer_timeout_seconds": 30,
+                "sticky_seconds": 3600,
+                "strategy": "longest_idle",
+            }
+        )
+    }
+)
+
+
+async def test_a_ticket_entering_its_queue_goes_to_the_sticky_agent_and_not_who_declined_it(
+    database_url: str,
+) -> None:
+    """What `enqueue` reads as the ticket enters (PostgreSQL: in the same statement) steers
+    the choice as `route`'s own read would: anna, idle the longest, gets a new contact's
+    ticket, but bernd the one whose contact he served ten minutes ago and the one anna
+    declined in this queue; a ticket already offered is not offered again."""
+    database = Database(database_url)
+    await database.upgrade()
+    try:
+        anna, bernd, now = (
+            await database.run(_agent, "anna"),
+            await database.run(_agent, "bernd"),
+            utcnow(),
+        )
+        await database.run(
+            _idle_since, {anna: now - timedelta(hours=2), bernd: now - timedelta(hours=1)}
+        )
+        regular, new, declined, offered = await database.run(_contacts, 4)
+        await database.run(_history, regular, bernd, now - timedelta(minutes=10))
+        tickets = {c: await database.run(_ticket_of, c) for c in (regular, new, declined, offered)}
+        await database.run(_offer, tickets[declined], anna, OfferStatus.REJECTED)
+        await database.run(_offer, tickets[offered], bernd, OfferStatus.PENDING)
+
+        routed = await database.run(_enter_and_route, [tickets[c] for c in tickets], [*tickets])
+
+        assert _placed(routed) == {
+            tickets[new]: anna,
+            tickets[regular]: bernd,
+            tickets[declined]: bernd,
+        }
+    finally:
+        await database.dispose()
+
+
+def _idle_since(session: Session, since: dict[int, datetime]) -> None:
+    for agent_id, moment in since.items():
+        session.execute(update(Agent).where(Agent.id == agent_id).values(presence_since=moment))
+
+
+def _contacts(session: Session, n: int) -> list[int]:
+    return store.insert_rows(session, Contact, [{"name": f"Customer {i}"} for i in range(n)])
+
+
+def _history(session: Session, contact: int, agent: int, at: datetime) -> None:
+    row = {"contact_id": contact, "channel": "sms", "status": "resolved", "assignee_id": agent,
+           "assigned_at": at, "queue": "sales"}  # fmt: skip
+    store.insert_rows(session, Ticket, [row])
+
+
+def _ticket_of(session: Session, contact: int) -> int:
+    (ticket_id,) = store.insert_rows(session, Ticket, [{"contact_id": contact, "channel": "sms"}])
+    return ticket_id
+
+
+def _offer(session: Session, ticket: int, agent: int, status: OfferStatus) -> None:
+    expires = utcnow() + timedelta(minutes=1)
+    row = {"ticket_id": ticket, "agent_id": agent, "queue": "sales", "channel": "sms",
+           "status": status, "created_at": utcnow(), "expires_at": expires}  # fmt: skip
+    store.insert_rows(session, Offer, [row])
+
+
+def _enter_and_route(session: Session, tickets: list[int], contacts: list[int]) -> Routed:
+    requests = [RouteRequest(t, "sms", "sales", c) for t, c in zip(tickets, contacts, strict=True)]
+    now = utcnow()
+    return route(session, SALES, assignment.enqueue(session, SALES, requests, now), now)
