@@ -50,9 +50,9 @@ from routing.pacing import FrequencyCap, QuietHours
 from routing.segments import CHANNEL_KINDS, Member
 from routing.templates import CampaignTemplate, compile_template, contact_context, try_render
 from timeline import campaigns, outbox
-from timeline.campaigns import Queued
+from timeline.campaigns import DueRecipient, Queued
 from timeline.db import Database
-from timeline.models import Campaign, CampaignRecipient, utcnow
+from timeline.models import Campaign, utcnow
 from timeline.outbox import NewOutbound
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ class _Batch:
         self._opted_out: set[int] = set()
         self._recent: dict[int, int] = {}
 
-    def load(self, due: list[CampaignRecipient]) -> None:
+    def load(self, due: list[DueRecipient]) -> None:
         ids = [r.contact_id for r in due]
         self._members = {m.contact_id: m for m in segments.members_of(self.session, ids)}
         # Campaigns are not replies: `routing.consent`'s reply exception never applies.
@@ -322,7 +322,7 @@ class _Batch:
                 self.session, ids, self.now - self.cap.window, self.campaign.id
             )
 
-    def decide(self, recipient: CampaignRecipient) -> None:
+    def decide(self, recipient: DueRecipient) -> None:
         member = self._members.get(recipient.contact_id)
         reason = self._refusal(member)
         if reason is not None or member is None:
@@ -352,7 +352,7 @@ class _Batch:
             return FREQUENCY_CAP
         return None
 
-    def _enqueue(self, recipient: CampaignRecipient, member: Member) -> None:
+    def _enqueue(self, recipient: DueRecipient, member: Member) -> None:
         context = contact_context(member.name, member.attributes, member.tags, self.campaign.name)
         rendered, error = try_render(self.template, context)
         if rendered is None:

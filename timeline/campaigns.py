@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -234,23 +234,34 @@ def add_recipients(
     bulk.execute_many(session, statement, rows, {"campaign_id": campaign_id, "now": now})
 
 
+class DueRecipient(NamedTuple):
+    """A pending recipient whose time has come: what dispatching it needs."""
+
+    id: int
+    contact_id: int
+    idempotency_key: str
+
+
 def due_recipients(
     session: Session, campaign_id: int, now: datetime, limit: int
-) -> list[CampaignRecipient]:
+) -> list[DueRecipient]:
     """Pending recipients whose time has come, oldest first, locked (`SKIP LOCKED`)."""
-    return list(
-        session.execute(
-            select(CampaignRecipient)
-            .where(
-                CampaignRecipient.campaign_id == campaign_id,
-                CampaignRecipient.status == RecipientStatus.PENDING,
-                CampaignRecipient.not_before <= now,
-            )
-            .order_by(CampaignRecipient.not_before, CampaignRecipient.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).scalars()
+    found = session.execute(_DUE, {"campaign": campaign_id, "now": now, "n": limit})
+    return [DueRecipient(*row) for row in found]
+
+
+# Built once, and plain rows rather than ORM objects: it runs for every batch of a campaign.
+_DUE = (
+    select(_RECIPIENTS.c.id, _RECIPIENTS.c.contact_id, _RECIPIENTS.c.idempotency_key)
+    .where(
+        _RECIPIENTS.c.campaign_id == bindparam("campaign"),
+        _RECIPIENTS.c.status == RecipientStatus.PENDING,
+        _RECIPIENTS.c.not_before <= bindparam("now"),
     )
+    .order_by(_RECIPIENTS.c.not_before, _RECIPIENTS.c.id)
+    .limit(bindparam("n"))
+    .with_for_update(skip_locked=True)
+)
 
 
 def next_pending(session: Session, campaign_id: int) -> datetime | None:
