@@ -5,7 +5,8 @@ one FETCH per batch, read in the parser processes (`gateway.email_parsers`), the
 the ingest path in that order (group commit writes it together). Only after the timeline
 commit is a message flagged, moved or deleted, and only after that is the position advanced.
 A crash in between repeats the batch: the ingest path dedupes on Message-ID, so nothing is
-lost and nothing doubles.
+lost and nothing doubles. The position is written behind the reading (`_Position`): waiting
+for it would hold the next FETCH until the database, busy with the next batch, got to it.
 
 A message that cannot be read is journaled as rejected and passed over like a good one: one
 bad message never stalls a mailbox. A broken connection or an unreachable database ends the
@@ -95,20 +96,24 @@ class MailboxWorker:
         """Batch by batch, in UID order: while one batch is committed, the next ones are
         fetched and read (in the parser processes), so the database never waits for IMAP."""
         pending: list[_Batch] = []
+        position = _Position(self._db, self.mailbox.name, uidvalidity)
         try:
             for start in range(0, len(uids), FETCH_BATCH):
                 after = pending[-1] if pending else None
                 pending.append(await self._start(imap, uids[start : start + FETCH_BATCH], after))
                 if len(pending) > BATCHES_AHEAD:
-                    last = await self._complete(imap, uidvalidity, pending[0], last)
+                    last = await self._complete(imap, position, pending[0], last)
                     pending.pop(0)
             while pending:
-                last = await self._complete(imap, uidvalidity, pending[0], last)
+                last = await self._complete(imap, position, pending[0], last)
                 pending.pop(0)
         except BaseException:
             # Already under way: let them end, answered or not, before the session does.
-            await asyncio.gather(*(batch.settle() for batch in pending), return_exceptions=True)
+            await asyncio.gather(
+                *(batch.settle() for batch in pending), position.settle(), return_exceptions=True
+            )
             raise
+        await position.settle()
         return last
 
     async def _start(self, imap: ImapMailbox, uids: list[int], after: _Batch | None) -> _Batch:
@@ -138,7 +143,9 @@ class MailboxWorker:
         # Queued for the ingest path as soon as this task runs: batches in the order created.
         batch.delivering = asyncio.create_task(self._intake.deliver_many(readable))
 
-    async def _complete(self, imap: ImapMailbox, uidvalidity: int, batch: _Batch, last: int) -> int:
+    async def _complete(
+        self, imap: ImapMailbox, position: _Position, batch: _Batch, last: int
+    ) -> int:
         """Once the batch is committed: flag/move/delete it, then advance the position."""
         failure: BaseException | None = None
         await batch.queued  # unread (the parsers broke): the session ends, the batch comes again
@@ -154,11 +161,46 @@ class MailboxWorker:
         await imap.finish(sorted(batch.done & batch.fetched))
         taken = _contiguous(batch.uids, batch.done)
         if taken:
-            await self._db.run(mailboxes.advance, self.mailbox.name, uidvalidity, taken)
+            position.advance(taken)
             last = taken
         if failure is not None:
             raise failure
         return last
+
+
+class _Position:
+    """The mailbox's stored position, written behind the reading: `advance` returns at once,
+    and advances that come while one is being written are written together, as the last.
+
+    A position written late only means more to fetch again after a crash, which the ingest
+    path dedupes; `mailboxes.advance` never moves it back.
+    """
+
+    def __init__(self, db: Database, name: str, uidvalidity: int) -> None:
+        self._db = db
+        self._name = name
+        self._uidvalidity = uidvalidity
+        self._wanted = 0
+        self._writing: asyncio.Task[None] | None = None
+
+    def advance(self, uid: int) -> None:
+        self._wanted = max(self._wanted, uid)
+        if self._writing is None or self._writing.done():
+            if self._writing is not None:
+                self._writing.result()  # a write that failed ends the session
+            self._writing = asyncio.create_task(self._write())
+
+    async def _write(self) -> None:
+        written = 0
+        while written < self._wanted:
+            uid = self._wanted
+            await self._db.run(mailboxes.advance, self._name, self._uidvalidity, uid)
+            written = uid
+
+    async def settle(self) -> None:
+        """Until every advance so far is written; raises if a write failed."""
+        if self._writing is not None:
+            await self._writing
 
 
 @dataclass(eq=False)
