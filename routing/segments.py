@@ -30,7 +30,18 @@ from typing import Any
 
 import phonenumbers
 from phonenumbers import geocoder
-from sqlalchemy import ColumnElement, Select, and_, exists, false, func, not_, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    false,
+    func,
+    not_,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from routing.identity import EMAIL, PHONE, TELEGRAM
@@ -304,21 +315,26 @@ def _candidates(session: Session, audience: Audience, after_id: int, limit: int)
 
 def members_of(session: Session, contact_ids: list[int]) -> list[Member]:
     identities: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    for contact_id, kind, value in session.execute(
-        select(Identity.contact_id, Identity.kind, Identity.value)
-        .where(Identity.contact_id.in_(contact_ids))
-        .order_by(Identity.id)
-    ):
+    for contact_id, kind, value in session.execute(_IDENTITIES, {"ids": contact_ids}):
         identities[contact_id].append((kind, value))
-    rows = session.execute(
-        select(Contact.id, Contact.name, Contact.tags, Contact.attributes)
-        .where(Contact.id.in_(contact_ids))
-        .order_by(Contact.id)
-    )
+    rows = session.execute(_DETAILS, {"ids": contact_ids})
     return [
         Member(cid, name, list(tags or []), dict(attributes or {}), identities[cid])
         for cid, name, tags, attributes in rows
     ]
+
+
+# `members_of`'s statements, built once: a campaign reads a page of members per batch.
+_IDENTITIES = (
+    select(Identity.contact_id, Identity.kind, Identity.value)
+    .where(Identity.contact_id.in_(bindparam("ids", expanding=True)))
+    .order_by(Identity.id)
+)
+_DETAILS = (
+    select(Contact.id, Contact.name, Contact.tags, Contact.attributes)
+    .where(Contact.id.in_(bindparam("ids", expanding=True)))
+    .order_by(Contact.id)
+)
 
 
 def count(session: Session, audience: Audience, page_size: int = 5000) -> int:

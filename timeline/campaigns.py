@@ -296,13 +296,17 @@ def opted_out_contacts(session: Session, contact_ids: Collection[int], kind: str
     """The contacts with an opt-out on any identity of `kind`."""
     if not contact_ids:
         return set()
-    return set(
-        session.execute(
-            select(OptOut.contact_id)
-            .join(Identity, Identity.id == OptOut.identity_id)
-            .where(OptOut.contact_id.in_(contact_ids), Identity.kind == kind)
-        ).scalars()
+    return set(session.execute(_OPTED_OUT, {"contacts": contact_ids, "kind": kind}).scalars())
+
+
+_OPTED_OUT = (
+    select(OptOut.contact_id)
+    .join(Identity, Identity.id == OptOut.identity_id)
+    .where(
+        OptOut.contact_id.in_(bindparam("contacts", expanding=True)),
+        Identity.kind == bindparam("kind"),
     )
+)
 
 
 def waiting_in_outbox(session: Session, channel: str) -> int:
