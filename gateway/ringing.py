@@ -4,7 +4,7 @@ Ring-to-pop is what an agent feels; the call's transaction (journal, contact, ti
 event, pops, callback tickets) is what the writer does for everything, and it may have a
 queue in front of it. So the ring of a new inbound call is read, not written: who is calling
 (the contact's card as it stands, or a new caller's number), whom to ring, and ids reserved
-for the call record, its timeline event and the pops (`timeline.store.reserve_ids`). The
+for the call record, its timeline event and the pops (`timeline.store.reserve_ids_of`). The
 pops are published at once; the writer then stores the call under those ids and the pops it
 still rings, and takes back (`pop_withdrawn`) any it does not — a duplicate ring, a call
 already over, a caller the blocklist refuses. Should the process die in between, the PBX
@@ -62,17 +62,19 @@ def ring_first(
     is not the first news of the call, rings nobody, or the caller is blocked."""
     if signal.phase is not CallPhase.RINGING or signal.direction is not Direction.INBOUND:
         return None
-    if _known(session, signal):
-        return None
     identity = identity_of(customer(signal), settings.default_region)
     if is_blocked(signal.caller.raw, identity.value if identity else None, settings):
+        return None
+    known, contact_id = _lookup(session, signal, identity)
+    if known:
         return None
     agents = _to_ring(session, config, signal)
     if not agents:
         return None
-    (call_id,) = store.reserve_ids(session, Call, 1)
-    (event_id,) = store.reserve_ids(session, TimelineEvent, 1)
-    card, ticket = _card(session, signal, identity, event_id)
+    (call_id,), (event_id,), pop_ids = store.reserve_ids_of(
+        session, [(Call, 1), (TimelineEvent, 1), (ScreenPop, len(agents))]
+    )
+    card, ticket = _card(session, signal, identity, contact_id, event_id)
     message: JSON = {
         "type": "screen_pop",
         "reason": RING_REASON,
@@ -81,31 +83,38 @@ def ring_first(
         "ticket": ticket,
         "call": ringing_call(signal, call_id),
     }
-    pop_ids = store.reserve_ids(session, ScreenPop, len(agents))
     pops = [StoredPop(a, {**message, "id": p}) for a, p in zip(agents, pop_ids, strict=True)]
     return Rung(call_id, event_id, pops)
 
 
 # Built once: a ring's reads are a handful of indexed lookups, and building a statement costs
 # more than running it.
-_KNOWN = select(
-    exists().where(Call.provider == bindparam("provider"), Call.call_id == bindparam("call_id"))
+# Whether the call is stored already, and the caller's contact, in one statement.
+_LOOKUP = select(
+    exists().where(Call.provider == bindparam("provider"), Call.call_id == bindparam("call_id")),
+    select(Identity.contact_id)
+    .where(Identity.kind == bindparam("kind"), Identity.value == bindparam("value"))
+    .scalar_subquery(),
 )
 _NAMED = select(Agent.id).where(
     func.lower(Agent.name).in_(bindparam("names", expanding=True))
     | func.lower(Agent.extension).in_(bindparam("names", expanding=True))
     | func.lower(Agent.email).in_(bindparam("names", expanding=True))
 )
-_CONTACT = select(Identity.contact_id).where(
-    Identity.kind == bindparam("kind"), Identity.value == bindparam("value")
-)
 
 
-def _known(session: Session, signal: CallSignal) -> bool:
-    found = session.connection().execute(
-        _KNOWN, {"provider": signal.provider, "call_id": signal.call_id}
-    )
-    return bool(found.scalar())
+def _lookup(
+    session: Session, signal: CallSignal, identity: IdentityKey | None
+) -> tuple[bool, int | None]:
+    """Whether the call is known already; the caller's contact, if any."""
+    parameters = {
+        "provider": signal.provider,
+        "call_id": signal.call_id,
+        "kind": identity.kind if identity else None,
+        "value": identity.value if identity else None,
+    }
+    known, contact_id = session.connection().execute(_LOOKUP, parameters).one()
+    return bool(known), contact_id
 
 
 def _to_ring(session: Session, config: RoutingConfig, signal: CallSignal) -> list[int]:
@@ -122,14 +131,16 @@ def _to_ring(session: Session, config: RoutingConfig, signal: CallSignal) -> lis
 
 
 def _card(
-    session: Session, signal: CallSignal, identity: IdentityKey | None, event_id: int
+    session: Session,
+    signal: CallSignal,
+    identity: IdentityKey | None,
+    contact_id: int | None,
+    event_id: int,
 ) -> tuple[JSON, JSON | None]:
     """The caller's card as the writer will have it: this call first in its history."""
     if identity is None:
         return unknown_caller_card(), None
     this_call = _call_preview(signal, event_id)
-    found = session.connection().execute(_CONTACT, {"kind": identity.kind, "value": identity.value})
-    contact_id = found.scalar()
     if contact_id is None:
         name = (customer(signal).name or "").strip() or identity.value
         return new_caller_card(identity, name[:200], this_call), None

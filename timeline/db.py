@@ -155,6 +155,17 @@ class Database:
 
         return await asyncio.get_running_loop().run_in_executor(self._reader_threads, in_thread)
 
+    async def read_here(self, work: UnitOfWork[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`read`, but on SQLite in the calling thread, with no hand-off at all: for a few
+        indexed lookups on the latency-critical path (a ring's card), where waking a reader
+        thread and waking the event loop again cost more than the lookups, and each wake-up
+        waits for the GIL and for a core. It holds the event loop while it runs, so keep it
+        short; WAL readers never wait for the writer."""
+        if self._sqlite_reader is None:
+            return await self.read(work, *args, **kwargs)
+        with self._sqlite_reader() as session:
+            return work(session, *args, **kwargs)
+
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncSession]:
         async with self.sessions() as session:
