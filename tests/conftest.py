@@ -28,6 +28,7 @@ from tests.helpers import Agents, empty_postgres
 from tests.smtp_peer import SmtpPeer
 from tests.stubs.twilio_api import TwilioApiStub
 from tests.twilio_sms import stub
+from timeline.db import Database
 from timeline.models import Role
 
 POSTGRES_DSN = os.environ.get(
@@ -95,6 +96,15 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     url: str = request.getfixturevalue("postgres_database")
     await empty_postgres(url)
     return url
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A migrated database of either kind, for tests of the store without the app."""
+    database = Database(database_url)
+    await database.upgrade()
+    yield database
+    await database.dispose()
 
 
 # --- Redis ----------------------------------------------------------------------------------

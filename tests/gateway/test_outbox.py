@@ -31,14 +31,6 @@ FAST = OutboxPolicy(
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.upgrade()
-    yield database
-    await database.dispose()
-
-
-@pytest.fixture
 async def workers() -> AsyncIterator[list[OutboxWorker]]:
     """Workers a test started; stopped at its end."""
     started: list[OutboxWorker] = []

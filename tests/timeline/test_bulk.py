@@ -4,11 +4,9 @@ written into the statement and column defaults."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-import pytest
 from sqlalchemy import Table, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
@@ -23,14 +21,6 @@ NEW_EVENT = insert(EVENTS).values(
     | {"kind": "message", "direction": "out"}
 )
 MARK = update(EVENTS).where(EVENTS.c.id == bindparam("event")).values(bulk.binds("delivery_status"))
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.upgrade()
-    yield database
-    await database.dispose()
 
 
 def rows(first_id: int) -> list[dict[str, Any]]:

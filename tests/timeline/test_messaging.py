@@ -3,10 +3,7 @@ opted out (routing.consent)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-
-import pytest
 
 from routing.consent import REPLY_WINDOW, may_send
 from timeline import messaging, outbox
@@ -16,14 +13,6 @@ from timeline.outbox import OPTED_OUT, NewOutbound
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 PHONE = "+4915123456789"
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.upgrade()
-    yield database
-    await database.dispose()
 
 
 async def contact_with_phone(db: Database) -> int:
