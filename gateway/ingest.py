@@ -27,7 +27,6 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import select
@@ -503,7 +502,6 @@ class _BatchWriter:
                     journal_of[job],
                     contact_of.get(job),
                     ticket.id if (ticket := ticket_of[job]) else None,
-                    self.now,
                 )
                 for job, event_id in zip(jobs, event_ids, strict=True)
             ],
@@ -566,7 +564,6 @@ def _timeline_event(
     journal_id: int | None,
     contact_id: int | None,
     ticket_id: int | None,
-    now: datetime,
 ) -> store.Row:
     return {
         "id": event_id,
@@ -584,7 +581,6 @@ def _timeline_event(
         "html": event.html,
         "attachments": [_attachment_json(a) for a in event.attachments],
         "occurred_at": event.occurred_at,
-        "created_at": now,
         "journal_id": journal_id,
     }
 

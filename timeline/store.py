@@ -29,7 +29,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.sql.schema import CallableColumnDefault
 
+from timeline import bulk
 from timeline.models import (
     OPEN_STATUSES,
     Base,
@@ -171,6 +173,42 @@ def insert_rows(session: Session, model: type[Base], rows: list[Row]) -> list[in
     return [row["id"] for row in rows]
 
 
+def insert_many(session: Session, model: type[Base], rows: list[Row]) -> list[int]:
+    """`insert_rows` through the driver's executemany (`timeline.bulk`): each column's type
+    looked up once, not per row and value; what the rows leave out takes the column's default,
+    worked out once for them all. For tables whose defaults need no row (not tickets, whose
+    number follows from the id). Rows with the same columns go in as one statement."""
+    if not rows:
+        return []
+    table = _table(model)
+    fresh = iter(_next_ids(session, table, sum(1 for row in rows if "id" not in row)))
+    grouped: dict[frozenset[str], list[Row]] = defaultdict(list)
+    for row in rows:
+        if "id" not in row:
+            row["id"] = next(fresh)
+        grouped[frozenset(row)].append(row)
+    for columns, same in grouped.items():
+        bulk.execute_many(session, _insert_of(table, columns), same, _now_defaults(table, columns))
+    return [row["id"] for row in rows]
+
+
+def _now_defaults(table: Table, columns: frozenset[str]) -> Row:
+    """The values of the left-out columns whose default is worked out when inserting (such as
+    `created_at`), worked out now: `timeline.bulk` would work them out once per statement."""
+    return {
+        # A plain function given as default (`utcnow`, `list`) is wrapped to ignore the context.
+        column.key: column.default.arg(None)  # type: ignore[arg-type]
+        for column in table.columns
+        if column.key not in columns and isinstance(column.default, CallableColumnDefault)
+    }
+
+
+@functools.cache
+def _insert_of(table: Table, columns: frozenset[str]) -> Any:
+    """The INSERT of these columns, built once (`timeline.bulk` compiles it once)."""
+    return table.insert().values(bulk.binds(" ".join(sorted(columns))))
+
+
 def insert(session: Session, objects: Sequence[Base]) -> None:
     """Insert new ORM objects of one class in one statement, ids given beforehand (an id
     already set, as `reserve_ids` gave it, is kept)."""
@@ -216,7 +254,7 @@ def journal(
     if event_ids is not None:
         for row, event_id in zip(rows, event_ids, strict=True):
             row["status"], row["event_id"] = JournalStatus.ACCEPTED, event_id
-    return insert_rows(session, InboundJournal, rows)
+    return insert_many(session, InboundJournal, rows)
 
 
 def mark_journal(
@@ -244,7 +282,8 @@ def mark_journal_accepted(
     """
     if events:
         notes = notes or {}
-        session.execute(
+        bulk.execute_many(
+            session,
             _mark_accepted(),
             [{"journal": j, "event": e, "note": notes.get(j)} for j, e in events],
         )
@@ -252,8 +291,8 @@ def mark_journal_accepted(
 
 @functools.cache
 def _mark_accepted() -> Any:
-    """One Core statement for every batch: the ORM's bulk UPDATE by primary key costs far
-    more per row in Python than the database spends on it."""
+    """One statement for every batch, through the driver (`timeline.bulk`): the ORM's bulk
+    UPDATE by primary key costs far more per row in Python than the database spends on it."""
     table = _table(InboundJournal)
     return (
         update(table)
@@ -308,7 +347,7 @@ def events_by_id(session: Session, event_ids: Collection[int]) -> dict[int, Time
 
 def add_events(session: Session, events: list[Row]) -> list[int]:
     """New timeline events as rows of `timeline_events`; their ids, in order."""
-    return insert_rows(session, TimelineEvent, events)
+    return insert_many(session, TimelineEvent, events)
 
 
 def recent_events(
