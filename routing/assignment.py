@@ -2,9 +2,10 @@
 
 Atomicity, also across processes on one PostgreSQL: locks are always taken in one order —
 an offer, then tickets (by id), then agents (by id) — so two transactions never deadlock on
-each other. Routing locks the tickets it places and the available agents it may choose from
-(`FOR UPDATE`), counts their load (open tickets plus pending offers) inside that lock and
-lets every choice count towards the next, so no agent is ever over capacity. An agent that
+each other. Routing locks the tickets it places, reads the agents it may choose from with
+their load (open tickets plus pending offers) and lets every choice count towards the next;
+it claims a chosen agent only if the agent's row is unchanged since that read (every offer
+and assignment updates it), under the row's lock, so no agent is ever over capacity. An agent that
 comes free takes waiting tickets with `SKIP LOCKED`, so it never waits for a ticket someone
 else is placing. The partial unique index on pending offers is the last guard: one ticket is
 never offered to two agents at once, and an assignment only lands where nobody holds the
