@@ -29,7 +29,8 @@ class _Compiled:
     names: tuple[str, ...]  # the binds, in the order the driver takes them
     positional: bool
     processors: tuple[Processor, ...]
-    defaults: Mapping[str, Any]  # binds the statement or its columns' defaults fill
+    written: Mapping[str, Any]  # binds the statement or its columns' fixed defaults fill
+    computed: Mapping[str, Callable[[], Any]]  # columns' defaults worked out per batch (`now`)
 
 
 def execute_many(
@@ -46,7 +47,8 @@ def execute_many(
     if not rows:
         return
     compiled = _compile(statement, session.get_bind().dialect)
-    once = {**compiled.defaults, **(shared or {})}
+    computed = {name: work() for name, work in compiled.computed.items()}
+    once = {**compiled.written, **computed, **(shared or {})}
     # Per bind: the row's own value (processed per row), or the batch's (processed here).
     steps = [
         (name, proc, False, None) if name not in once
@@ -78,17 +80,19 @@ def _compile(statement: UpdateBase, dialect: Dialect) -> _Compiled:
     processors = tuple(_processor(compiled.binds[name].type, dialect) for name in names)
     prefetch: list[Column[Any]] = [*compiled.insert_prefetch, *compiled.update_prefetch]
     written = {name: b.effective_value for name, b in compiled.binds.items() if not b.required}
-    defaults = written | {column.key: _default(column) for column in prefetch}
-    return _Compiled(compiled.string, names, bool(compiled.positional), processors, defaults)
+    computed: dict[str, Callable[[], Any]] = {}
+    for column in prefetch:
+        default = column.default if column.default is not None else column.onupdate
+        arg = getattr(default, "arg", None)
+        if callable(arg):  # a plain function given as default is wrapped to take a context
+            computed[column.key] = functools.partial(arg, None)
+        else:
+            written[column.key] = arg
+    return _Compiled(
+        compiled.string, names, bool(compiled.positional), processors, written, computed
+    )
 
 
 def _processor(type_: Any, dialect: Dialect) -> Processor:
     processor: Processor = type_.dialect_impl(dialect).bind_processor(dialect)
     return processor
-
-
-def _default(column: Column[Any]) -> Any:
-    """A column's Python-side default (or on-update value), once for the whole batch."""
-    default = column.default if column.default is not None else column.onupdate
-    arg = getattr(default, "arg", None)
-    return arg(None) if callable(arg) else arg

@@ -105,3 +105,21 @@ async def test_no_rows_write_nothing(db: Database) -> None:
         return len(session.execute(select(EVENTS.c.id)).all())
 
     assert await db.read(count) == 0
+
+
+async def test_a_default_worked_out_when_inserting_is_worked_out_for_each_batch(
+    db: Database,
+) -> None:
+    """`created_at` (default `utcnow`): the same within a batch, later for a later batch."""
+    first, second = rows(400), rows(500)
+    await db.run(bulk.execute_many, NEW_EVENT, first, {"occurred_at": NOW})
+    await db.run(bulk.execute_many, NEW_EVENT, second, {"occurred_at": NOW})
+
+    def created(session: Session, batch: list[dict[str, Any]]) -> set[datetime]:
+        ids = [r["id"] for r in batch]
+        return set(
+            session.execute(select(EVENTS.c.created_at).where(EVENTS.c.id.in_(ids))).scalars()
+        )
+
+    [earlier], [later] = await db.read(created, first), await db.read(created, second)
+    assert earlier < later
