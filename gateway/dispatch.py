@@ -198,10 +198,6 @@ class Dispatcher:
         except Exception:  # committed all the same: pops are replayed, offers re-sent
             log.exception("publishing routing news failed")
 
-    async def offer_waiting(self, agent_id: int) -> Routed:
-        """Give an available agent the most urgent waiting tickets it has room for."""
-        return await self.step(assignment.fill_agent, agent_id, utcnow())
-
     async def set_presence(
         self,
         agent_id: int,

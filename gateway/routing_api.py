@@ -311,12 +311,8 @@ async def patch_ticket(request: web.Request) -> web.Response:
         principal.require(*SUPERVISING)
     dispatcher = request.app[DISPATCHER]
     config = await dispatcher.config.get()
-    news, freed = await request.app[DATABASE].run(
-        change_ticket, config, ticket_id, changes, utcnow()
-    )
+    news = await request.app[DATABASE].run(change_ticket, config, ticket_id, changes, utcnow())
     await dispatcher.publish(news)
-    if freed is not None:
-        await dispatcher.offer_waiting(freed)
     async with request.app[DATABASE].reading() as session:
         updated = await session.get(Ticket, ticket_id)
     assert updated is not None, "tickets are never deleted"
@@ -344,8 +340,10 @@ def _ticket_changes(data: dict[str, Any]) -> dict[str, Any]:
 
 def change_ticket(
     session: Session, config: RoutingConfig, ticket_id: int, changes: dict[str, Any], now: datetime
-) -> tuple[Announcement, int | None]:
-    """One ticket change in one transaction; what to publish, and the agent it freed."""
+) -> Announcement:
+    """One ticket change in one transaction; what to publish. Agents it frees room for (the
+    holder who lost it, those whose offer of it was withdrawn) take waiting tickets in the
+    same transaction, so a crash between the change and the filling cannot leave room idle."""
     assignment.exclusive(session)
     ticket = session.execute(
         select(Ticket).where(Ticket.id == ticket_id).with_for_update()
@@ -353,27 +351,31 @@ def change_ticket(
     if ticket is None:
         raise not_found("ticket")
     holder, routed, manual = ticket.assignee_id, Routed(), {}
+    freed: list[int] = []
     if "priority" in changes:
         ticket.priority = changes["priority"]
     if "queue" in changes:
         routed.merge(assignment.move(session, config, ticket, changes["queue"].strip(), now))
     if "status" in changes:
-        _set_status(session, config, ticket, changes["status"], now)
+        freed += _set_status(session, config, ticket, changes["status"], now)
     if "assignee_id" in changes and changes["assignee_id"] != holder:
         wanted = changes["assignee_id"]
         ticket.assignee_id = None
         if wanted is not None:
-            _assign_by_hand(session, config, ticket, wanted, now)
+            freed += _assign_by_hand(session, config, ticket, wanted, now)
             manual = {ticket.id: wanted}
     ticket.updated_at = now
     session.flush()
     if ticket.assignee_id is None and ticket.status in OPEN_STATUSES:
         routed.merge(_wait(session, config, ticket, now, excluded=holder))
+    keeps = ticket.assignee_id == holder and ticket.status in OPEN_STATUSES
+    if holder is not None and not keeps:
+        freed.append(holder)
+    routed.merge(assignment.fill_agents(session, config, freed, now, skip=[ticket.id]))
     news = announcement(session, routed)
     news.pops.extend(assigned_pops(session, manual))
     news.queues.add(ticket.queue)
-    keeps = ticket.assignee_id == holder and ticket.status in OPEN_STATUSES
-    return news, holder if holder is not None and not keeps else None
+    return news
 
 
 def _wait(
@@ -392,18 +394,19 @@ def _wait(
 
 def _set_status(
     session: Session, config: RoutingConfig, ticket: Ticket, status: str, now: datetime
-) -> None:
+) -> list[int]:
     """Resolving stamps the time and settles the figures; reopening keeps the agent only if
-    it still has room."""
+    it still has room. The agents whose offer of it was withdrawn."""
     if status == ticket.status:
-        return
+        return []
+    freed: list[int] = []
     reopening = ticket.status not in OPEN_STATUSES and status in OPEN_STATUSES
     if status in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
         if ticket.status in OPEN_STATUSES:
-            assignment.closed(session, config, ticket, now)
+            freed = assignment.closed(session, config, ticket, now)
         ticket.status = status
         ticket.resolved_at = ticket.resolved_at or now
-        return
+        return freed
     ticket.status = status
     ticket.resolved_at = None
     if reopening and ticket.assignee_id is not None:
@@ -412,14 +415,16 @@ def _set_status(
         found = assignment.agent_load(session, holder)
         if found is not None and found[0].allows(found[1], ticket.channel):
             ticket.assignee_id = holder
+    return freed
 
 
 def _assign_by_hand(
     session: Session, config: RoutingConfig, ticket: Ticket, agent_id: int, now: datetime
-) -> None:
+) -> list[int]:
     """A force-assignment skips the offer and the agent's presence, never its capacity
-    (checked under its lock). A waiting ticket counts as answered."""
-    assignment.withdraw_ticket_offers(session, [ticket.id], now)
+    (checked under its lock). A waiting ticket counts as answered. The agents whose offer
+    of it was withdrawn."""
+    freed = assignment.withdraw_ticket_offers(session, [ticket.id], now)
     session.flush()
     found = assignment.agent_load(session, agent_id)
     if found is None:
@@ -441,3 +446,4 @@ def _assign_by_hand(
     ticket.waiting_since = None
     if ticket.status == TicketStatus.NEW:
         ticket.status = TicketStatus.OPEN
+    return freed

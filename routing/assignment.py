@@ -934,8 +934,15 @@ _LOADS: CompoundSelect[Any] = union_all(
 # --- an agent comes free --------------------------------------------------------------------
 
 
-def fill_agent(session: Session, config: RoutingConfig, agent_id: int, now: datetime) -> Routed:
-    """Give an available agent with room the most urgent waiting tickets it may take."""
+def fill_agent(
+    session: Session,
+    config: RoutingConfig,
+    agent_id: int,
+    now: datetime,
+    skip: Collection[int] = (),
+) -> Routed:
+    """Give an available agent with room the most urgent waiting tickets it may take (not
+    those it declined in their queue, nor `skip`: tickets it just handed back)."""
     if not _lock_available(session, [agent_id]):
         return Routed()
     postgres = session.get_bind().dialect.name == "postgresql"
@@ -959,6 +966,7 @@ def fill_agent(session: Session, config: RoutingConfig, agent_id: int, now: date
             Ticket.queue.not_in(unfit),
             ~_pending_offer(),
             ~declined,
+            Ticket.id.not_in(skip),
         )
         .order_by(Ticket.waiting_since, Ticket.id)
         .limit(_FILL_WINDOW)
@@ -973,6 +981,22 @@ def fill_agent(session: Session, config: RoutingConfig, agent_id: int, now: date
             agent = agent.plus_one(request.channel, now)
     routed = _carry_out(session, config, plan, now)
     routed.queues = {r.queue for r in plan}
+    return routed
+
+
+def fill_agents(
+    session: Session,
+    config: RoutingConfig,
+    agent_ids: Collection[int],
+    now: datetime,
+    skip: Collection[int] = (),
+) -> Routed:
+    """Room came free for these agents (an offer rejected, timed out or withdrawn, a ticket
+    resolved or taken away): each takes waiting tickets in this same transaction, in id
+    order (the order agents are locked in), so no ticket waits beside an agent with room."""
+    routed = Routed()
+    for agent_id in sorted(set(agent_ids)):
+        routed.merge(fill_agent(session, config, agent_id, now, skip))
     return routed
 
 
@@ -1013,18 +1037,21 @@ def accept(
 def reject(
     session: Session, config: RoutingConfig, offer_id: int, agent_id: int, now: datetime
 ) -> Routed:
-    """The agent declines: the ticket goes to the next agent (not back to this one)."""
+    """The agent declines: the ticket goes to the next agent (not back to this one), and the
+    room the offer held goes to another waiting ticket."""
     offer = _lock_offer(session, offer_id)
     if offer is None or offer.agent_id != agent_id or offer.status != OfferStatus.PENDING:
         raise OfferGone(offer_id)
     offer.status, offer.decided_at = OfferStatus.REJECTED, now
     cancel(session, TimerKind.OFFER_EXPIRY, [offer_id])
     session.flush()
-    return reroute(session, config, [offer.ticket_id], now)
+    routed = reroute(session, config, [offer.ticket_id], now)
+    return routed.merge(fill_agent(session, config, agent_id, now))
 
 
 def expire(session: Session, config: RoutingConfig, offer_id: int, now: datetime) -> Routed:
-    """An offer timed out: a miss for the agent (away after the queue's limit), next agent."""
+    """An offer timed out: a miss for the agent (away after the queue's limit), next agent;
+    an agent still available gets another waiting ticket for the room the offer held."""
     offer = _lock_offer(session, offer_id)
     if offer is None or offer.status != OfferStatus.PENDING:
         return Routed()
@@ -1038,6 +1065,8 @@ def expire(session: Session, config: RoutingConfig, offer_id: int, now: datetime
     if agent.missed_offers >= config.queue(offer.queue).misses_before_away:
         agent.missed_offers = 0
         routed.merge(set_presence(session, config, agent.id, Presence.AWAY, now))
+    else:
+        routed.merge(fill_agent(session, config, agent.id, now))
     return routed
 
 
@@ -1128,15 +1157,16 @@ def move(
     if ticket.queue == queue:
         return Routed()
     routed = Routed(queues={ticket.queue, queue})
-    withdraw_ticket_offers(session, [ticket.id], now)
+    freed = withdraw_ticket_offers(session, [ticket.id], now)
     cancel(session, TimerKind.OVERFLOW, [ticket.id])
     ticket.queue = queue
     if ticket.waiting_since is None or ticket.assignee_id is not None:
-        return routed
+        return routed.merge(fill_agents(session, config, freed, now))
     stats.record(session, [stats.offered(config.queue(queue), now)])
     _schedule_overflow(session, config, [(ticket.id, queue)], now)
     session.flush()
-    return routed.merge(reroute(session, config, [ticket.id], now))
+    routed.merge(reroute(session, config, [ticket.id], now))
+    return routed.merge(fill_agents(session, config, freed, now))
 
 
 def overflow(session: Session, config: RoutingConfig, ticket_id: int, now: datetime) -> Routed:
@@ -1150,25 +1180,31 @@ def overflow(session: Session, config: RoutingConfig, ticket_id: int, now: datet
     return move(session, config, ticket, fallback, now) if fallback else Routed()
 
 
-def closed(session: Session, config: RoutingConfig, ticket: Ticket, now: datetime) -> None:
-    """A ticket was resolved or closed: abandoned if it was still waiting, handled if held."""
+def closed(session: Session, config: RoutingConfig, ticket: Ticket, now: datetime) -> list[int]:
+    """A ticket was resolved or closed: abandoned if it was still waiting, handled if held.
+    The agents whose offer of it was withdrawn (they have room again)."""
+    freed: list[int] = []
     if ticket.waiting_since is not None and ticket.assignee_id is None:
         stats.record(session, [stats.abandoned(config.queue(ticket.queue), now)])
-        withdraw_ticket_offers(session, [ticket.id], now)
+        freed = withdraw_ticket_offers(session, [ticket.id], now)
         cancel(session, TimerKind.OVERFLOW, [ticket.id])
     elif ticket.assignee_id is not None:
         stats.record(session, [stats.handled(config.queue(ticket.queue), ticket.assigned_at, now)])
     ticket.waiting_since = None
+    return freed
 
 
-def withdraw_ticket_offers(session: Session, ticket_ids: Sequence[int], now: datetime) -> None:
+def withdraw_ticket_offers(session: Session, ticket_ids: Sequence[int], now: datetime) -> list[int]:
+    """Withdraw the tickets' pending offers; the agents they were made to, whose room is free
+    again (the caller fills it: `fill_agents`)."""
     withdrawn = session.execute(
         update(Offer)
         .where(Offer.ticket_id.in_(ticket_ids), Offer.status == OfferStatus.PENDING)
         .values(status=OfferStatus.WITHDRAWN, decided_at=now)
-        .returning(Offer.id)
-    ).scalars()
-    cancel(session, TimerKind.OFFER_EXPIRY, list(withdrawn))
+        .returning(Offer.id, Offer.agent_id)
+    ).all()
+    cancel(session, TimerKind.OFFER_EXPIRY, [offer_id for offer_id, _ in withdrawn])
+    return [agent_id for _, agent_id in withdrawn]
 
 
 # --- timers ---------------------------------------------------------------------------------

@@ -181,10 +181,7 @@ class RoutingMachine(RuleBasedStateMachine):
         tickets = self.open_tickets()
         ticket_id = tickets[pick % len(tickets)]
         with self.unit() as session:
-            _, freed = change_ticket(session, CONFIG, ticket_id, {"status": "resolved"}, self.now)
-        if freed is not None:
-            with self.unit() as session:
-                assignment.fill_agent(session, CONFIG, freed, self.now)
+            change_ticket(session, CONFIG, ticket_id, {"status": "resolved"}, self.now)
 
     # --- what must always hold ------------------------------------------------------------
 

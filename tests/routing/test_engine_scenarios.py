@@ -102,12 +102,7 @@ class Desk:
 
     def resolve(self, ticket_id: int) -> None:
         with self.unit() as session:
-            _, freed = change_ticket(
-                session, self.config, ticket_id, {"status": "resolved"}, self.now
-            )
-        if freed is not None:
-            with self.unit() as session:
-                assignment.fill_agent(session, self.config, freed, self.now)
+            change_ticket(session, self.config, ticket_id, {"status": "resolved"}, self.now)
 
     def timers(self, kind: TimerKind) -> list[datetime]:
         with self.unit() as session:
