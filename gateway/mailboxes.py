@@ -32,9 +32,12 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
-# Batches fetched and read while the oldest one is being committed: enough to keep the
-# database busy, few enough that big mail does not pile up in memory (FETCH_BATCH each).
-BATCHES_AHEAD = 2
+# Batches fetched and read while the oldest one is being committed: enough that the parser
+# processes always have the next batch while the database writes one (two left them idle
+# between batches), and never more raw mail than READ_AHEAD_BYTES, so big mail does not pile
+# up in memory.
+BATCHES_AHEAD = 4
+READ_AHEAD_BYTES = 64 * 1024 * 1024
 
 
 class MailboxWorker:
@@ -101,7 +104,9 @@ class MailboxWorker:
             for start in range(0, len(uids), FETCH_BATCH):
                 after = pending[-1] if pending else None
                 pending.append(await self._start(imap, uids[start : start + FETCH_BATCH], after))
-                if len(pending) > BATCHES_AHEAD:
+                while len(pending) > BATCHES_AHEAD or (
+                    len(pending) > 1 and sum(b.size for b in pending[1:]) > READ_AHEAD_BYTES
+                ):
                     last = await self._complete(imap, position, pending[0], last)
                     pending.pop(0)
             while pending:
@@ -121,6 +126,7 @@ class MailboxWorker:
         fetched = await imap.fetch(uids)
         # Gone meanwhile (another client deleted them): nothing left to take.
         batch = _Batch(uids, {f.uid for f in fetched}, set(uids) - {f.uid for f in fetched})
+        batch.size = sum(len(f.raw) for f in fetched)
         batch.queued = asyncio.create_task(self._queue(batch, fetched, after))
         return batch
 
@@ -212,6 +218,7 @@ class _Batch:
     queued: asyncio.Task[None] = field(init=False)
     delivering: asyncio.Task[list[IngestResult | BaseException]] | None = None
     delivering_uids: list[int] = field(default_factory=list)
+    size: int = 0  # bytes of raw mail fetched
 
     async def settle(self) -> None:
         """Until what is under way for this batch has ended, however it ended."""
