@@ -29,7 +29,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import InstrumentedAttribute, Session
-from sqlalchemy.sql.schema import CallableColumnDefault
 
 from timeline import bulk
 from timeline.models import (
@@ -188,19 +187,8 @@ def insert_many(session: Session, model: type[Base], rows: list[Row]) -> list[in
             row["id"] = next(fresh)
         grouped[frozenset(row)].append(row)
     for columns, same in grouped.items():
-        bulk.execute_many(session, _insert_of(table, columns), same, _now_defaults(table, columns))
+        bulk.execute_many(session, _insert_of(table, columns), same)
     return [row["id"] for row in rows]
-
-
-def _now_defaults(table: Table, columns: frozenset[str]) -> Row:
-    """The values of the left-out columns whose default is worked out when inserting (such as
-    `created_at`), worked out now: `timeline.bulk` would work them out once per statement."""
-    return {
-        # A plain function given as default (`utcnow`, `list`) is wrapped to ignore the context.
-        column.key: column.default.arg(None)  # type: ignore[arg-type]
-        for column in table.columns
-        if column.key not in columns and isinstance(column.default, CallableColumnDefault)
-    }
 
 
 @functools.cache
