@@ -18,7 +18,6 @@ References ids followed by In-Reply-To (newest last) and the `[#N]` tag of the s
 
 from __future__ import annotations
 
-import email.feedparser
 import functools
 import hashlib
 import mimetypes
@@ -117,76 +116,6 @@ class _OneClassPerName(HeaderRegistry):
         return super().__getitem__(name)
 
 
-class _BoundaryLine:
-    r"""What `re.compile` of the feedparser's boundary pattern matches, without compiling it.
-
-    `email.feedparser` compiles one regex per multipart part, from the part's boundary
-    (`(?P<sep>--boundary)(?P<end>--)?(?P<ws>[ \t]*)(?P<linesep>\r\n|\r|\n)?$`): a boundary is
-    new in every message, and compiling the pattern costs more than the rest of parsing the
-    message. This reads a line exactly as that pattern does (tests compare the two).
-    """
-
-    __slots__ = ("separator",)
-    _GROUPS = ("sep", "end", "ws", "linesep")
-
-    def __init__(self, separator: str) -> None:
-        self.separator = separator
-
-    def match(self, line: str) -> _BoundaryMatch | None:
-        if not line.startswith(self.separator):
-            return None
-        rest = line[len(self.separator) :]
-        # No backtracking needed: a "--" given back, or a blank, can start nothing else here.
-        end = "--" if rest.startswith("--") else None
-        if end:
-            rest = rest[2:]
-        after_ws = rest.lstrip(" \t")
-        ws = rest[: len(rest) - len(after_ws)]
-        for linesep in ("\r\n", "\r", "\n", None):  # the alternatives in order, then none
-            if linesep is not None and not after_ws.startswith(linesep):
-                continue
-            remainder = after_ws[len(linesep) :] if linesep else after_ws
-            if remainder in ("", "\n"):  # `$`: the end, or before a last newline
-                return _BoundaryMatch((self.separator, end, ws, linesep), self._GROUPS)
-        return None
-
-
-class _BoundaryMatch:
-    __slots__ = ("_names", "_values")
-
-    def __init__(self, values: tuple[str | None, ...], names: tuple[str, ...]) -> None:
-        self._values = values
-        self._names = names
-
-    def group(self, name: str) -> str | None:
-        return self._values[self._names.index(name)]
-
-
-_BOUNDARY_PATTERN = re.compile(
-    re.escape("(?P<sep>")
-    + "(.*)"
-    + re.escape(r")(?P<end>--)?(?P<ws>[ \t]*)(?P<linesep>\r\n|\r|\n)?$"),
-    re.DOTALL,
-)
-
-
-class _FeedparserRe:
-    """The `re` that `email.feedparser` sees: its boundary patterns become `_BoundaryLine`s,
-    anything else is compiled as always."""
-
-    escape = staticmethod(re.escape)
-
-    @staticmethod
-    def compile(pattern: str, flags: int = 0) -> Any:
-        found = _BOUNDARY_PATTERN.fullmatch(pattern) if flags == 0 else None
-        if found is not None:
-            separator = re.sub(r"\\(.)", r"\1", found.group(1), flags=re.DOTALL)
-            if re.escape(separator) == found.group(1):
-                return _BoundaryLine(separator)
-        return re.compile(pattern, flags)
-
-
-email.feedparser.re = _FeedparserRe()  # type: ignore[attr-defined]
 _POLICY = _RememberingPolicy(header_factory=_OneClassPerName(), message_factory=_ReadMessage)
 _parser = BytesParser(policy=_POLICY)
 # The MIME fields (RFC 2045, 2183), whose parameters `_header` would lose reading them plainly.
