@@ -227,6 +227,58 @@ class RoutingMachine(RuleBasedStateMachine):
                     assert ticket.waiting_since is None and pending[ticket.id] == 0
 
     @invariant()
+    def no_ticket_waits_beside_an_agent_with_room(self) -> None:
+        """Issue 6: every waiting ticket nobody is offered finds no available agent who may
+        take it (skills, room on its channel counting pending offers, not declined by them
+        in this queue); whatever freed that room should have offered it the ticket."""
+        with self.unit() as session:
+            load: dict[int, Counter[str]] = defaultdict(Counter)
+            held = select(Ticket.assignee_id, Ticket.channel).where(
+                Ticket.assignee_id.is_not(None), Ticket.status.in_(OPEN_STATUSES)
+            )
+            offered = select(Offer.agent_id, Offer.channel).where(
+                Offer.status == OfferStatus.PENDING
+            )
+            for agent_id, channel in [*session.execute(held), *session.execute(offered)]:
+                load[agent_id][channel] += 1
+            available = {
+                a.id: a
+                for a in session.execute(
+                    select(Agent).where(Agent.presence == Presence.AVAILABLE)
+                ).scalars()
+            }
+            skills: dict[int, dict[str, int]] = defaultdict(dict)
+            for row in session.execute(select(AgentSkill)).scalars():
+                skills[row.agent_id][row.skill] = row.level
+            declined = {
+                (ticket, agent, queue)
+                for ticket, agent, queue in session.execute(
+                    select(Offer.ticket_id, Offer.agent_id, Offer.queue).where(
+                        Offer.status.in_([OfferStatus.REJECTED, OfferStatus.EXPIRED])
+                    )
+                )
+            }
+            on_offer = set(
+                session.execute(
+                    select(Offer.ticket_id).where(Offer.status == OfferStatus.PENDING)
+                ).scalars()
+            )
+            waiting = session.execute(
+                select(Ticket).where(Ticket.waiting_since.is_not(None), Ticket.id.not_in(on_offer))
+            ).scalars()
+            for ticket in waiting:
+                queue = CONFIG.queue(ticket.queue)
+                for agent_id, agent in available.items():
+                    may = (
+                        (ticket.id, agent_id, ticket.queue) not in declined
+                        and all(skills[agent_id].get(k, 0) >= v for k, v in queue.skills.items())
+                        and Capacity.from_json(agent.capacity).allows(
+                            load[agent_id], ticket.channel
+                        )
+                    )
+                    assert not may, f"ticket {ticket.id} waits beside agent {agent_id} with room"
+
+    @invariant()
     def statistics_equal_a_recount(self) -> None:
         with self.unit() as session:
             tickets = list(session.execute(select(Ticket)).scalars())
