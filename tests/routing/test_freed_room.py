@@ -55,13 +55,11 @@ def _floor(session: Session) -> Floor:
         agent, _ = create_agent(session, new)
         agent.presence = Presence.AVAILABLE
         agents.append(agent.id)
-    rows = [
-        {"channel": "sms", "queue": "default", "waiting_since": now - timedelta(seconds=30 - i)}
-        for i in range(3)
-    ]
+    since = [now - timedelta(seconds=30 - i) for i in range(3)]  # oldest first
+    rows = [{"channel": "sms", "queue": "default", "waiting_since": s} for s in since]
     tickets = store.insert_rows(session, Ticket, rows)
-    requests = [RouteRequest(t, "sms", "default", waiting_since=r["waiting_since"])
-                for t, r in zip(tickets, rows, strict=True)]  # fmt: skip
+    requests = [RouteRequest(t, "sms", "default", waiting_since=s)
+                for t, s in zip(tickets, since, strict=True)]  # fmt: skip
     routed = assignment.route(session, CONFIG, requests, now)
     offered = {o.agent_id: o for o in routed.offers}
     assert set(offered) == set(agents), "the two oldest tickets are offered, one each"
