@@ -96,21 +96,24 @@ class MailboxWorker:
         return last
 
     async def _take(self, imap: ImapMailbox, uidvalidity: int, uids: list[int], last: int) -> int:
-        """Batch by batch, in UID order: while one batch is committed, the next ones are
-        fetched and read (in the parser processes), so the database never waits for IMAP."""
+        """Batch by batch, in UID order: while one batch is committed and then flagged (moved,
+        deleted), the next ones are fetched and read (in the parser processes), so neither
+        the database nor the flagging waits for IMAP reads, nor they for it."""
         pending: list[_Batch] = []
         position = _Position(self._db, self.mailbox.name, uidvalidity)
         try:
             for start in range(0, len(uids), FETCH_BATCH):
                 after = pending[-1] if pending else None
-                pending.append(await self._start(imap, uids[start : start + FETCH_BATCH], after))
+                batch = await self._start(imap, uids[start : start + FETCH_BATCH], after)
+                batch.completed = asyncio.create_task(self._complete(imap, position, batch, after))
+                pending.append(batch)
                 while len(pending) > BATCHES_AHEAD or (
                     len(pending) > 1 and sum(b.size for b in pending[1:]) > READ_AHEAD_BYTES
                 ):
-                    last = await self._complete(imap, position, pending[0], last)
+                    last = max(last, await pending[0].completed)
                     pending.pop(0)
             while pending:
-                last = await self._complete(imap, position, pending[0], last)
+                last = max(last, await pending[0].completed)
                 pending.pop(0)
         except BaseException:
             # Already under way: let them end, answered or not, before the session does.
@@ -150,9 +153,13 @@ class MailboxWorker:
         batch.delivering = asyncio.create_task(self._intake.deliver_many(readable))
 
     async def _complete(
-        self, imap: ImapMailbox, position: _Position, batch: _Batch, last: int
+        self, imap: ImapMailbox, position: _Position, batch: _Batch, after: _Batch | None
     ) -> int:
-        """Once the batch is committed: flag/move/delete it, then advance the position."""
+        """Once the batch is committed, and the one before it completed (a batch that failed
+        stops the ones after it): flag/move/delete it, then advance the position. The UID up
+        to which it was taken, or 0."""
+        if after is not None:
+            await after.completed
         failure: BaseException | None = None
         await batch.queued  # unread (the parsers broke): the session ends, the batch comes again
         results = await batch.delivering if batch.delivering else []
@@ -168,10 +175,9 @@ class MailboxWorker:
         taken = _contiguous(batch.uids, batch.done)
         if taken:
             position.advance(taken)
-            last = taken
         if failure is not None:
             raise failure
-        return last
+        return taken or 0
 
 
 class _Position:
@@ -216,6 +222,7 @@ class _Batch:
     # On the timeline, journaled, or gone from the mailbox.
     done: set[int]
     queued: asyncio.Task[None] = field(init=False)
+    completed: asyncio.Task[int] = field(init=False)  # flagged and its position advanced
     delivering: asyncio.Task[list[IngestResult | BaseException]] | None = None
     delivering_uids: list[int] = field(default_factory=list)
     size: int = 0  # bytes of raw mail fetched
@@ -225,6 +232,7 @@ class _Batch:
         await asyncio.gather(self.queued, return_exceptions=True)
         if self.delivering is not None:
             await asyncio.gather(self.delivering, return_exceptions=True)
+        await asyncio.gather(self.completed, return_exceptions=True)
 
 
 def _contiguous(batch: Sequence[int], done: set[int]) -> int | None:
