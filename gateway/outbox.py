@@ -3,7 +3,8 @@
 One worker per gateway process (a `cleanup_ctx` of the app). It sleeps until something is
 enqueued in this process (`wake`), a retry falls due, or the poll interval passes (the only way
 to hear of rows other processes queued). Up to `concurrency` messages are in flight at once,
-and as many more claimed and waiting for a free slot, each channel within its own rate limit.
+and up to three times as many more claimed and waiting for a free slot (a claim may wait
+behind other writes: a campaign's batch), each channel within its own rate limit.
 Results are written by group commit, one transaction for all that finished within
 `RESULTS_LINGER_SECONDS` of each other. What a crash leaves half-sent (or claimed and waiting)
 is decided by `timeline.outbox` (crash recovery).
@@ -131,9 +132,10 @@ class OutboxWorker:
             "outbox-results", self._record, linger=RESULTS_LINGER_SECONDS
         )
         # With sends in flight, claim in batches rather than one row per finished send, and
-        # a few ahead (`_ready`), so a finished send is followed at once, not after a claim.
-        self._min_claim = max(1, self.policy.concurrency // 2)
-        self._window = 2 * self.policy.concurrency
+        # ahead (`_ready`), so a finished send is followed at once, not after a claim. What a
+        # crash leaves claimed but unsent counts as interrupted (module doc): hence not more.
+        self._min_claim = max(1, self.policy.concurrency)
+        self._window = 4 * self.policy.concurrency
         self._ready: deque[tuple[Sender, OutboxItem]] = deque()
         self._limits = {c: RateLimit(r) for c, r in self.policy.rate_limits.items() if r > 0}
         # Rows a crashed process left `sending` are looked for once per poll interval, not on
