@@ -165,9 +165,7 @@ def insert_rows(session: Session, model: type[Base], rows: list[Row]) -> list[in
     if not rows:
         return []
     table = _table(model)
-    fresh = iter(_next_ids(session, table, sum(1 for row in rows if "id" not in row)))
-    for row in rows:
-        row.setdefault("id", next(fresh, None))
+    _number(session, table, rows)
     session.execute(table.insert(), rows)
     return [row["id"] for row in rows]
 
@@ -180,15 +178,21 @@ def insert_many(session: Session, model: type[Base], rows: list[Row]) -> list[in
     if not rows:
         return []
     table = _table(model)
-    fresh = iter(_next_ids(session, table, sum(1 for row in rows if "id" not in row)))
+    _number(session, table, rows)
     grouped: dict[frozenset[str], list[Row]] = defaultdict(list)
     for row in rows:
-        if "id" not in row:
-            row["id"] = next(fresh)
         grouped[frozenset(row)].append(row)
     for columns, same in grouped.items():
         bulk.execute_many(session, _insert_of(table, columns), same)
     return [row["id"] for row in rows]
+
+
+def _number(session: Session, table: Table, rows: list[Row]) -> None:
+    """Give the rows without an id (a preset one, as `reserve_ids` gave it, is kept) theirs."""
+    fresh = iter(_next_ids(session, table, sum(1 for row in rows if "id" not in row)))
+    for row in rows:
+        if "id" not in row:
+            row["id"] = next(fresh)
 
 
 @functools.cache
