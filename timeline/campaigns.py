@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, bindparam, func, or_, select, update
+from sqlalchemy import Table, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -299,13 +299,12 @@ def opted_out_contacts(session: Session, contact_ids: Collection[int], kind: str
     return set(session.execute(_OPTED_OUT, {"contacts": contact_ids, "kind": kind}).scalars())
 
 
-_OPTED_OUT = (
-    select(OptOut.contact_id)
-    .join(Identity, Identity.id == OptOut.identity_id)
-    .where(
-        OptOut.contact_id.in_(bindparam("contacts", expanding=True)),
-        Identity.kind == bindparam("kind"),
-    )
+# Driven from the opt-outs of these contacts, the identity's kind checked per opt-out: as a
+# join, SQLite's planner (no statistics) scans every identity of the kind instead, 10 ms per
+# batch with 100,000 contacts.
+_OPTED_OUT = select(OptOut.contact_id).where(
+    OptOut.contact_id.in_(bindparam("contacts", expanding=True)),
+    exists().where(Identity.id == OptOut.identity_id, Identity.kind == bindparam("kind")),
 )
 
 
