@@ -405,7 +405,10 @@ def reply_candidates(
         .where(
             TimelineEvent.id > campaign.replies_seen_event_id,
             TimelineEvent.id <= newest,
-            TimelineEvent.channel == campaign.channel,
+            # `|| ''` keeps the planner on the id range: SQLite (no statistics) would rather
+            # walk the (channel, external id) index through every event of the channel,
+            # which grows with the timeline (55 ms after a campaign of 100,000; now 2 ms).
+            TimelineEvent.channel.concat("") == campaign.channel,
             TimelineEvent.direction == "in",
         )
         .order_by(TimelineEvent.id)

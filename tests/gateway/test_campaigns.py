@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.app import create_app
-from gateway.campaigns import CAMPAIGN_POLICY, CampaignPolicy
+from gateway.campaigns import CAMPAIGN_POLICY, CampaignPolicy, RunningCounts
 from gateway.keys import DATABASE
 from gateway.settings import Settings
 from tests.helpers import Agents, bearer
@@ -487,3 +487,50 @@ async def test_a_bad_campaign_is_400_with_a_reason(
 
     assert response.status == 400
     assert (await response.json())["error"] == error
+
+
+class _Counting:
+    """`campaigns.counts` as a clock sees it: each count takes `seconds` and is numbered."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.now = 0.0
+        self.made = 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def count(self, _session: Session, campaign_id: int) -> dict[str, Any]:
+        self.now += self.seconds
+        self.made += 1
+        return {"campaign": campaign_id, "count": self.made}
+
+
+def test_a_running_campaign_is_counted_at_most_once_per_ttl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counting = _Counting(seconds=0.01)
+    monkeypatch.setattr("gateway.campaigns.campaigns.counts", counting.count)
+    counts = RunningCounts(ttl=2.0, clock=counting.clock)
+    session: Any = None
+    assert counts.get(session, 7)["count"] == 1
+    counting.now += 1.0
+    assert counts.get(session, 7)["count"] == 1  # within the ttl: the same figures
+    assert counts.get(session, 8)["count"] == 2  # another campaign has its own
+    counting.now += 1.5
+    assert counts.get(session, 7)["count"] == 3
+
+
+def test_an_audience_that_is_slow_to_count_is_counted_less_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A count of 0.5 s may take 5% of a core at most: one every 10 s, not every 2 s.
+    counting = _Counting(seconds=0.5)
+    monkeypatch.setattr("gateway.campaigns.campaigns.counts", counting.count)
+    counts = RunningCounts(ttl=2.0, share=0.05, clock=counting.clock)
+    session: Any = None
+    assert counts.get(session, 7)["count"] == 1
+    counting.now += 5.0
+    assert counts.get(session, 7)["count"] == 1
+    counting.now += 5.0
+    assert counts.get(session, 7)["count"] == 2
