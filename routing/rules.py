@@ -60,6 +60,13 @@ class Rule:
     name: str
     queue: str
     when: Mapping[str, Any]
+    # The conditions on the facts as checks of their lower-cased form, worked out once: a
+    # centre's hundreds of rules are tried in turn for every new ticket.
+    holds: Callable[[_Lowered], bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        checks = [_CHECKS[name](wanted) for name, wanted in self.when.items() if name in _CHECKS]
+        object.__setattr__(self, "holds", _all(checks))
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Rule:
@@ -81,6 +88,29 @@ class Rule:
         return {"name": self.name, "queue": self.queue, "when": dict(self.when)}
 
 
+@dataclass(frozen=True, slots=True)
+class _Lowered:
+    """The facts as the rules compare them (case does not matter), lower-cased once per ticket."""
+
+    channel: str
+    recipient: str
+    language: str
+    text: str  # subject and body
+    tags: frozenset[str]
+    attributes: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, facts: Facts) -> _Lowered:
+        return cls(
+            facts.channel.lower(),
+            facts.recipient.lower(),
+            facts.language,
+            f"{facts.subject}\n{facts.body}".lower(),
+            frozenset(t.lower() for t in facts.tags),
+            facts.attributes,
+        )
+
+
 def choose_queue(
     rules: Sequence[Rule],
     facts: Facts,
@@ -89,17 +119,16 @@ def choose_queue(
     fallback: str | None = None,
 ) -> str:
     """The queue of the first rule whose conditions all hold."""
+    lowered = _Lowered.of(facts)
     for rule in rules:
-        if matches(rule, facts, queues, now):
+        if matches(rule, lowered, queues, now):
             return rule.queue
     return fallback or DEFAULT_QUEUE
 
 
-def matches(rule: Rule, facts: Facts, queues: Mapping[str, QueueConfig], now: datetime) -> bool:
-    for name, wanted in rule.when.items():
-        check = _CHECKS.get(name)
-        if check is not None and not check(wanted, facts):
-            return False
+def matches(rule: Rule, facts: _Lowered, queues: Mapping[str, QueueConfig], now: datetime) -> bool:
+    if not rule.holds(facts):
+        return False
     hours = rule.when.get("business_hours")
     if hours is not None:
         owner = str(rule.when.get("hours_of") or rule.queue)
@@ -109,33 +138,61 @@ def matches(rule: Rule, facts: Facts, queues: Mapping[str, QueueConfig], now: da
     return True
 
 
-def _one_of(wanted: object, value: str) -> bool:
-    values = wanted if isinstance(wanted, list | tuple) else [wanted]
-    return value.lower() in {str(v).lower() for v in values}
-
-
-def _lowered(values: object) -> set[str]:
-    return {str(v).lower() for v in (values if isinstance(values, list | tuple) else [values])}
-
-
-def _attributes(wanted: Mapping[str, Any], facts: Facts) -> bool:
-    return all(
-        key in facts.attributes and _one_of(value, str(facts.attributes[key]))
-        for key, value in wanted.items()
+def _lowered(values: object) -> frozenset[str]:
+    return frozenset(
+        str(v).lower() for v in (values if isinstance(values, list | tuple) else [values])
     )
 
 
-def _keywords(wanted: object, facts: Facts) -> bool:
-    text = f"{facts.subject}\n{facts.body}".lower()
-    return any(word in text for word in _lowered(wanted))
+def _all(checks: Sequence[Callable[[_Lowered], bool]]) -> Callable[[_Lowered], bool]:
+    if len(checks) == 1:
+        return checks[0]
+    return lambda facts: all(check(facts) for check in checks)
 
 
-_CHECKS: dict[str, Callable[[Any, Facts], bool]] = {
-    "channel": lambda wanted, f: _one_of(wanted, f.channel),
-    "recipient": lambda wanted, f: _one_of(wanted, f.recipient),
-    "language": lambda wanted, f: _one_of(wanted, f.language),
-    "tags_any": lambda wanted, f: bool(_lowered(wanted) & {t.lower() for t in f.tags}),
-    "tags_all": lambda wanted, f: _lowered(wanted) <= {t.lower() for t in f.tags},
+def _one_of(field_name: str) -> Callable[[object], Callable[[_Lowered], bool]]:
+    """A condition that the fact `field_name` is one of the wanted values."""
+
+    def compile_(wanted: object) -> Callable[[_Lowered], bool]:
+        values = _lowered(wanted)
+        return lambda facts: getattr(facts, field_name) in values
+
+    return compile_
+
+
+def _tags_any(wanted: object) -> Callable[[_Lowered], bool]:
+    tags = _lowered(wanted)
+    return lambda facts: not tags.isdisjoint(facts.tags)
+
+
+def _tags_all(wanted: object) -> Callable[[_Lowered], bool]:
+    tags = _lowered(wanted)
+    return lambda facts: tags <= facts.tags
+
+
+def _attributes(wanted: Mapping[str, Any]) -> Callable[[_Lowered], bool]:
+    values = [(key, _lowered(value)) for key, value in wanted.items()]
+    return lambda facts: all(
+        key in facts.attributes and str(facts.attributes[key]).lower() in allowed
+        for key, allowed in values
+    )
+
+
+def _keywords(wanted: object) -> Callable[[_Lowered], bool]:
+    words = tuple(_lowered(wanted))
+    if len(words) == 1:
+        (word,) = words
+        return lambda facts: word in facts.text
+    return lambda facts: any(word in facts.text for word in words)
+
+
+# Each condition, compiled from what a rule wants to a check of the lower-cased facts.
+_CHECKS: dict[str, Callable[[Any], Callable[[_Lowered], bool]]] = {
+    "channel": _one_of("channel"),
+    "recipient": _one_of("recipient"),
+    "language": _one_of("language"),
+    "tags_any": _tags_any,
+    "tags_all": _tags_all,
     "attributes": _attributes,
     "keywords": _keywords,
 }

@@ -128,6 +128,8 @@ RULES = [
     Rule.parse({"queue": "german", "when": {"language": "de"}}),
     Rule.parse({"queue": "a-class", "when": {"attributes": {"abc_class": ["A", "B"]}}}),
     Rule.parse({"queue": "hotline", "when": {"recipient": "+4930123456"}}),
+    Rule.parse({"queue": "key-accounts", "when": {"tags_all": ["Gold", "partner"]}}),
+    Rule.parse({"queue": "outage", "when": {"keywords": ["Outage", "down"]}}),
     Rule.parse(
         {
             "queue": "voicemail",
@@ -154,6 +156,11 @@ SUNDAY = utc("2026-11-29T11:00:00")
         pytest.param(Facts("sms", attributes={"language": "DE"}), MONDAY_NOON, "german", id="de"),
         pytest.param(Facts("sms", attributes={"abc_class": "B"}), MONDAY_NOON, "a-class", id="abc"),
         pytest.param(Facts("voice", recipient="+4930123456"), SUNDAY, "hotline", id="recipient"),
+        pytest.param(
+            Facts("sms", tags=frozenset({"PARTNER", "gold"})), SUNDAY, "key-accounts", id="tags-all"
+        ),
+        pytest.param(Facts("sms", tags=frozenset({"gold"})), SUNDAY, "default", id="tags-not-all"),
+        pytest.param(Facts("sms", subject="Site DOWN?"), SUNDAY, "outage", id="second-keyword"),
         pytest.param(Facts("voice"), SUNDAY, "voicemail", id="closed-goes-to-voicemail"),
         pytest.param(Facts("voice"), MONDAY_NOON, "default", id="open-no-rule"),
     ],
