@@ -16,7 +16,7 @@ import enum
 import imaplib
 import re
 import ssl
-from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
@@ -308,18 +308,35 @@ class ImapReader:
         return int(validity[0])
 
     def fetch(self, uids: Sequence[int]) -> list[Fetched]:
-        """The raw messages of `uids` there are, in UID order."""
-        if self._connection is None:
-            raise ImapError("reader: not connected")
-        connection = self._connection
-        try:
-            connection.noop()  # the view brought up to now: mail that arrived meanwhile
-            status, data = connection.uid("FETCH", _uid_set(uids), "(UID BODY.PEEK[])")
-        except (imaplib.IMAP4.error, OSError) as error:
-            raise ImapError(f"reader: UID FETCH: {type(error).__name__}: {error}") from error
+        """The raw messages of `uids` there are, in UID order.
+
+        Mail that arrived after this connection last looked is not in its view: what the
+        FETCH did not find is asked for again after a NOOP has brought the view up to now.
+        Only then, not before every FETCH: in a backlog the view has it all already.
+        """
+        fetched = self._fetch(uids)
+        missing = set(uids) - {f.uid for f in fetched}
+        if missing:
+            self._command("NOOP", lambda connection: connection.noop())
+            fetched += self._fetch(sorted(missing))
+        return sorted(fetched, key=lambda f: f.uid)
+
+    def _fetch(self, uids: Sequence[int]) -> list[Fetched]:
+        status, data = self._command(
+            "UID FETCH",
+            lambda connection: connection.uid("FETCH", _uid_set(uids), "(UID BODY.PEEK[])"),
+        )
         if status != "OK":
             raise ImapError(f"reader: UID FETCH failed: {status}")
-        return sorted(_fetched(data), key=lambda f: f.uid)
+        return _fetched(data)
+
+    def _command(self, what: str, command: Callable[[imaplib.IMAP4], Any]) -> Any:
+        if self._connection is None:
+            raise ImapError("reader: not connected")
+        try:
+            return command(self._connection)
+        except (imaplib.IMAP4.error, OSError) as error:
+            raise ImapError(f"reader: {what}: {type(error).__name__}: {error}") from error
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
