@@ -29,6 +29,43 @@ log = logging.getLogger(__name__)
 
 # Where the API serves a stored attachment (gateway/email_routes.py).
 ATTACHMENT_URL = "/api/v1/attachments/{digest}"
+# Read once by every new parser process (`_warm_up_process`): text, HTML and a file, an
+# encoded subject, a reply's ids. So imports, compiled patterns and the policy's caches are
+# there before the first mail, not made while a batch waits for them.
+_SAMPLE = (
+    b"From: =?utf-8?q?W=C3=A4rm_Up?= <warm-up@example.invalid>\r\n"
+    b"To: support@example.invalid\r\n"
+    b"Subject: =?utf-8?q?Re:_Bestellung_[#1]?=\r\n"
+    b"Date: Sat, 5 Dec 2026 08:00:00 +0100\r\n"
+    b"Message-ID: <warm-up@example.invalid>\r\n"
+    b"In-Reply-To: <parent@example.invalid>\r\n"
+    b"References: <root@example.invalid> <parent@example.invalid>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="outer"\r\n'
+    b"\r\n"
+    b"--outer\r\n"
+    b'Content-Type: multipart/alternative; boundary="inner"\r\n'
+    b"\r\n"
+    b"--inner\r\n"
+    b'Content-Type: text/plain; charset="iso-8859-1"\r\n'
+    b"Content-Transfer-Encoding: quoted-printable\r\n"
+    b"\r\n"
+    b"Gr=FC=DFe\r\n"
+    b"\r\n"
+    b"> quoted\r\n"
+    b"--inner\r\n"
+    b'Content-Type: text/html; charset="utf-8"\r\n'
+    b"\r\n"
+    b"<p>Gr\xc3\xbc\xc3\x9fe</p><blockquote>quoted</blockquote>\r\n"
+    b"--inner--\r\n"
+    b"--outer\r\n"
+    b'Content-Type: application/pdf; name="scan.pdf"\r\n'
+    b'Content-Disposition: attachment; filename="scan.pdf"\r\n'
+    b"Content-Transfer-Encoding: base64\r\n"
+    b"\r\n"
+    b"JVBERi0xLjQK\r\n"
+    b"--outer--\r\n"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +113,18 @@ def read_many(
     return found
 
 
+def _warm_up_process() -> None:
+    """Every parser process's initializer: read `_SAMPLE` (its file is not stored).
+
+    Never raises: an initializer that fails breaks the whole pool, and a cold process
+    still reads mail.
+    """
+    try:
+        inbound.parse(_SAMPLE).event()
+    except Exception:
+        log.exception("warming up an e-mail parser process failed")
+
+
 def _parse(raw: bytes, recipient: str | None) -> inbound.ParsedEmail:
     try:
         return inbound.parse(raw, recipient=recipient)
@@ -92,8 +141,10 @@ class EmailParsers:
     """A pool of parser processes that `read_many` spreads each batch over, order kept.
 
     Started fresh ("spawn"), not forked: the gateway has threads running (database writers)
-    whose locks a forked child could inherit held. Started once with the gateway and warmed
-    up, so the first mail does not wait for interpreters to start.
+    whose locks a forked child could inherit held. Started once with the gateway, each
+    process warmed up as it starts (`_warm_up_process`, also in a pool made anew after one
+    broke), so the first mail does not wait for interpreters to start and imports to load:
+    a warm-up task per process is not enough, as one process may take them all.
     """
 
     def __init__(self, attachments: AttachmentStore, processes: int | None = None) -> None:
@@ -138,7 +189,7 @@ class EmailParsers:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(self.processes, mp_context=context)
+        return ProcessPoolExecutor(self.processes, mp_context=context, initializer=_warm_up_process)
 
     async def _warm_up(self, pool: ProcessPoolExecutor) -> None:
         loop = asyncio.get_running_loop()

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from channels.email import inbound
 from channels.email.imap import Fetched, ImapError, ImapMailbox, _fetched
-from gateway.email_parsers import EmailParsers, Unreadable, read
+from gateway.email_parsers import _SAMPLE, EmailParsers, Unreadable, read
 from tests.dovecot import Dovecot
 from tests.gateway.test_email_intake import mail
 from timeline.attachments import AttachmentStore
@@ -40,6 +41,15 @@ async def test_parser_processes_read_as_in_place_in_the_order_given(tmp_path: Pa
     assert [f.event.external_id for f in expected] == [f"p{n}@example.org" for n in range(7)]
 
 
+def test_the_warm_up_sample_takes_the_paths_real_mail_takes() -> None:
+    parsed = inbound.parse(_SAMPLE)
+
+    assert parsed.html is not None and "Grüße" in parsed.html
+    assert [part.filename for part in parsed.attachments] == ["scan.pdf"]
+    assert parsed.thread.references == ("root@example.invalid", "parent@example.invalid")
+    assert parsed.preview == "Grüße" != parsed.text
+
+
 def test_a_message_is_paired_with_its_uid_before_or_after_it() -> None:
     data = [
         (b"1 (UID 7 BODY[] {5}", b"first"),
@@ -63,6 +73,19 @@ async def test_what_the_reader_misses_but_the_mailbox_has_is_an_error(dovecot: D
         reader.fetch = lambda uids: everything(uids)[:1]  # type: ignore[method-assign]
         with pytest.raises(ImapError, match="not found that are there"):
             await imap.fetch([1, 2])
+    finally:
+        await imap.close()
+
+
+async def test_mail_that_arrived_after_the_reader_looked_is_fetched(dovecot: Dovecot) -> None:
+    await dovecot.append([mail(message_id="a@example.org")])
+    imap = ImapMailbox(dovecot.mailbox())
+    try:
+        await imap.open()
+        assert [f.uid for f in await imap.fetch([1])] == [1]
+        await dovecot.append([mail(message_id="b@example.org"), mail(message_id="c@example.org")])
+
+        assert [f.uid for f in await imap.fetch([1, 2, 3])] == [1, 2, 3]
     finally:
         await imap.close()
 
