@@ -155,6 +155,11 @@ class CallDesk:
         job = _CallJob(signal, payload, content_type, asyncio.get_running_loop().create_future())
         # Read ahead beside the queue, so the signal keeps its place among the call's others.
         job.reading_ahead = asyncio.create_task(self._ring_first(signal))
+        if signal.phase is CallPhase.RINGING:
+            # The writer thread makes way until the pops are on the agents' sockets: their
+            # writes run in the turn of the loop that ends the read-ahead, before this.
+            release = self._db.foreground.hold()
+            job.reading_ahead.add_done_callback(lambda _: release())
         self._batches.submit(job)
         # Shielded: a PBX that hangs up must not cancel the batch its signal is part of.
         return await asyncio.shield(job.done)

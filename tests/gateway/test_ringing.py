@@ -195,3 +195,17 @@ def elsewhere_event(event_id: int) -> store.Row:
         "occurred_at": utcnow(),
         "journal_id": None,
     }
+
+
+async def test_the_writer_makes_way_only_until_the_card_is_out(
+    client: TestClient, anna: dict[str, Any], socket: Any, gate: Gate
+) -> None:
+    """The database's foreground (the writer thread waits) ends with the pop, not the write."""
+    database = client.server.app[DATABASE]
+
+    ringing = asyncio.create_task(deliver(client, ring("c1", "201")))
+    await receive(socket, "screen_pop")
+    await asyncio.sleep(0)
+    assert not database.foreground.held and gate.batches == []
+    gate.open.set()
+    await ringing
