@@ -173,7 +173,7 @@ class CallDesk:
         self._ringing.add(key)
         try:
             config = await self._config.get()
-            rung = await self._db.read_here(ring_first, self._settings, config, signal)
+            rung = await ring_first(self._db, self._settings, config, signal)
         except Exception:
             log.exception("a ring could not be read ahead; the writer rings it")
             self._ringing.discard(key)

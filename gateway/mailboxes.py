@@ -87,31 +87,35 @@ class MailboxWorker:
         """
         name = self.mailbox.name
         last: int = await self._db.run(mailboxes.position, name, uidvalidity)
-        # Until nothing is new; what arrives after the last search shows in the next SELECT.
-        while uids := await imap.uids_after(last):
-            last = await self._take(imap, uidvalidity, uids, last)
+        last = await self._take(imap, uidvalidity, last)
         if uidnext - 1 > last:
             last = uidnext - 1
             await self._db.run(mailboxes.advance, name, uidvalidity, last)
         return last
 
-    async def _take(self, imap: ImapMailbox, uidvalidity: int, uids: list[int], last: int) -> int:
-        """Batch by batch, in UID order: while one batch is committed and then flagged (moved,
-        deleted), the next ones are fetched and read (in the parser processes), so neither
-        the database nor the flagging waits for IMAP reads, nor they for it."""
+    async def _take(self, imap: ImapMailbox, uidvalidity: int, last: int) -> int:
+        """Everything above `last`, batch by batch, in UID order: while one batch is committed
+        and then flagged (moved, deleted), the next ones are fetched and read (in the parser
+        processes), so neither the database nor the flagging waits for IMAP reads, nor they
+        for it. What arrived meanwhile is searched for as soon as all found so far is
+        fetched, not once it is committed: the pipeline runs on rather than emptying first.
+        Until a search finds nothing new; what arrives after it shows in the next SELECT."""
         pending: list[_Batch] = []
         position = _Position(self._db, self.mailbox.name, uidvalidity)
+        searched = last
         try:
-            for start in range(0, len(uids), FETCH_BATCH):
-                after = pending[-1] if pending else None
-                batch = await self._start(imap, uids[start : start + FETCH_BATCH], after)
-                batch.completed = asyncio.create_task(self._complete(imap, position, batch, after))
-                pending.append(batch)
-                while len(pending) > BATCHES_AHEAD or (
-                    len(pending) > 1 and sum(b.size for b in pending[1:]) > READ_AHEAD_BYTES
-                ):
-                    last = max(last, await pending[0].completed)
-                    pending.pop(0)
+            while uids := await imap.uids_after(searched):
+                searched = uids[-1]
+                for start in range(0, len(uids), FETCH_BATCH):
+                    after = pending[-1] if pending else None
+                    batch = await self._start(imap, uids[start : start + FETCH_BATCH], after)
+                    batch.completed = asyncio.create_task(
+                        self._complete(imap, position, batch, after)
+                    )
+                    pending.append(batch)
+                    while _ahead_too_far(pending):
+                        last = max(last, await pending[0].completed)
+                        pending.pop(0)
             while pending:
                 last = max(last, await pending[0].completed)
                 pending.pop(0)
@@ -233,6 +237,12 @@ class _Batch:
         if self.delivering is not None:
             await asyncio.gather(self.delivering, return_exceptions=True)
         await asyncio.gather(self.completed, return_exceptions=True)
+
+
+def _ahead_too_far(pending: Sequence[_Batch]) -> bool:
+    """More batches under way than BATCHES_AHEAD, or more raw mail than READ_AHEAD_BYTES in
+    those behind the oldest."""
+    return len(pending) > BATCHES_AHEAD or sum(b.size for b in pending[1:]) > READ_AHEAD_BYTES
 
 
 def _contiguous(batch: Sequence[int], done: set[int]) -> int | None:

@@ -4,7 +4,7 @@ Ring-to-pop is what an agent feels; the call's transaction (journal, contact, ti
 event, pops, callback tickets) is what the writer does for everything, and it may have a
 queue in front of it. So the ring of a new inbound call is read, not written: who is calling
 (the contact's card as it stands, or a new caller's number), whom to ring, and ids reserved
-for the call record, its timeline event and the pops (`timeline.store.reserve_ids_of`). The
+for the call record, its timeline event and the pops (`timeline.store.reserve_ids_past`). The
 pops are published at once; the writer then stores the call under those ids and the pops it
 still rings, and takes back (`pop_withdrawn`) any it does not — a duplicate ring, a call
 already over, a caller the blocklist refuses. Should the process die in between, the PBX
@@ -13,10 +13,12 @@ gets no answer and the card is not replayed: what was shown was never stored.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import bindparam, exists, func, select
+from sqlalchemy import Select, String, bindparam, exists, func, literal_column, null, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.pops import RECENT_EVENTS_ON_CARD, StoredPop, contact_cards, unknown_caller_card
@@ -28,6 +30,7 @@ from routing.contacts import identity_of
 from routing.identity import IdentityKey, normalise_phone
 from routing.queues import DEFAULT_QUEUE
 from timeline import store
+from timeline.db import Database
 from timeline.events import Address, CallPhase, CallSignal, Direction, EventKind
 from timeline.models import (
     Agent,
@@ -55,26 +58,58 @@ class Rung:
         return {pop.message["id"] for pop in self.pops}
 
 
-def ring_first(
-    session: Session, settings: Settings, config: RoutingConfig, signal: CallSignal
+async def ring_first(
+    db: Database, settings: Settings, config: RoutingConfig, signal: CallSignal
 ) -> Rung | None:
     """The pops of a new inbound call's ring, with the ids they promise; None when the ring
-    is not the first news of the call, rings nobody, or the caller is blocked."""
+    is not the first news of the call, rings nobody, or the caller is blocked.
+
+    A new caller rung by name, the common case, takes one statement (`Database.rows_here`):
+    whether the call is known, the caller's contact, the agents named, and on SQLite where
+    the tables' ids stand. A known caller's card and the available agents of a queue are
+    read in a session of their own."""
     if signal.phase is not CallPhase.RINGING or signal.direction is not Direction.INBOUND:
         return None
     identity = identity_of(customer(signal), settings.default_region)
     if is_blocked(signal.caller.raw, identity.value if identity else None, settings):
         return None
-    known, contact_id = _lookup(session, signal, identity)
+    names = sorted({reference(name) for name in signal.agents} - {""})
+    if signal.agents and not names:
+        return None
+    parameters = {
+        "provider": signal.provider,
+        "call_id": signal.call_id,
+        "kind": identity.kind if identity else None,
+        "value": identity.value if identity else None,
+        **{f"name_{n}": name for n, name in enumerate(names)},
+    }
+    sqlite = db.sqlite_file is not None
+    rows = await db.rows_here(_lookup(len(names), sqlite), parameters)
+    known, contact_id, *largest = rows[0][:-1]
     if known:
         return None
-    agents = _to_ring(session, config, signal)
+    if names:
+        agents = sorted(row[-1] for row in rows if row[-1] is not None)
+    elif signal.ring_available:
+        agents = await db.read_here(_available, config, signal.queue)
+    else:
+        agents = []
     if not agents:
         return None
-    (call_id,), (event_id,), pop_ids = store.reserve_ids_of(
-        session, [(Call, 1), (TimelineEvent, 1), (ScreenPop, len(agents))]
-    )
-    card, ticket = _card(session, signal, identity, contact_id, event_id)
+    wanted = [(Call, 1), (TimelineEvent, 1), (ScreenPop, len(agents))]
+    reserved: Sequence[Sequence[int]]
+    if sqlite:
+        reserved = store.reserve_ids_past(
+            db.sqlite_file,
+            [(model, top, n) for (model, n), top in zip(wanted, largest, strict=True)],
+        )
+    else:
+        reserved = await db.read_here(store.reserve_ids_of, wanted)
+    (call_id,), (event_id,), pop_ids = reserved
+    if contact_id is None:
+        card, ticket = _new_caller_card(signal, identity, event_id), None
+    else:
+        card, ticket = await db.read_here(_known_card, signal, contact_id, event_id)
     message: JSON = {
         "type": "screen_pop",
         "reason": RING_REASON,
@@ -87,67 +122,55 @@ def ring_first(
     return Rung(call_id, event_id, pops)
 
 
-# Built once: a ring's reads are a handful of indexed lookups, and building a statement costs
-# more than running it.
-# Whether the call is stored already, and the caller's contact, in one statement.
-_LOOKUP = select(
-    exists().where(Call.provider == bindparam("provider"), Call.call_id == bindparam("call_id")),
-    select(Identity.contact_id)
-    .where(Identity.kind == bindparam("kind"), Identity.value == bindparam("value"))
-    .scalar_subquery(),
-)
-_NAMED = select(Agent.id).where(
-    func.lower(Agent.name).in_(bindparam("names", expanding=True))
-    | func.lower(Agent.extension).in_(bindparam("names", expanding=True))
-    | func.lower(Agent.email).in_(bindparam("names", expanding=True))
-)
+@functools.cache
+def _lookup(names: int, sqlite: bool) -> Select[Any]:
+    """Built once per number of names: whether the call is stored already, the caller's
+    contact, on SQLite the largest ids of the tables a ring reserves ids in, and (one row
+    each, or one row of NULL) the agents named by name, extension or e-mail."""
+    named = [bindparam(f"name_{n}", type_=String) for n in range(names)]
+    largest = [
+        select(func.max(model.id)).scalar_subquery()
+        for model in (Call, TimelineEvent, ScreenPop)
+        if sqlite
+    ]
+    lookup = select(
+        exists().where(
+            Call.provider == bindparam("provider"), Call.call_id == bindparam("call_id")
+        ),
+        select(Identity.contact_id)
+        .where(Identity.kind == bindparam("kind"), Identity.value == bindparam("value"))
+        .scalar_subquery(),
+        *largest,
+        Agent.id if names else null(),
+    )
+    if not names:
+        return lookup
+    one_row = select(literal_column("1").label("one")).subquery()
+    matches = or_(
+        *(func.lower(column).in_(named) for column in (Agent.name, Agent.extension, Agent.email))
+    )
+    return lookup.select_from(one_row).outerjoin(Agent, matches)
 
 
-def _lookup(
-    session: Session, signal: CallSignal, identity: IdentityKey | None
-) -> tuple[bool, int | None]:
-    """Whether the call is known already; the caller's contact, if any."""
-    parameters = {
-        "provider": signal.provider,
-        "call_id": signal.call_id,
-        "kind": identity.kind if identity else None,
-        "value": identity.value if identity else None,
-    }
-    known, contact_id = session.connection().execute(_LOOKUP, parameters).one()
-    return bool(known), contact_id
+def _available(session: Session, config: RoutingConfig, queue: str | None) -> list[int]:
+    return available_agents(session, config.queue(queue or DEFAULT_QUEUE))
 
 
-def _to_ring(session: Session, config: RoutingConfig, signal: CallSignal) -> list[int]:
-    """The agents the PBX names (by name, extension or e-mail), else the available agents
-    with the skills of the call's queue."""
-    if signal.agents:
-        names = sorted({reference(name) for name in signal.agents} - {""})
-        if not names:
-            return []
-        return sorted(session.connection().execute(_NAMED, {"names": names}).scalars())
-    if not signal.ring_available:
-        return []
-    return available_agents(session, config.queue(signal.queue or DEFAULT_QUEUE))
-
-
-def _card(
-    session: Session,
-    signal: CallSignal,
-    identity: IdentityKey | None,
-    contact_id: int | None,
-    event_id: int,
+def _known_card(
+    session: Session, signal: CallSignal, contact_id: int, event_id: int
 ) -> tuple[JSON, JSON | None]:
-    """The caller's card as the writer will have it: this call first in its history."""
-    if identity is None:
-        return unknown_caller_card(), None
-    this_call = _call_preview(signal, event_id)
-    if contact_id is None:
-        name = (customer(signal).name or "").strip() or identity.value
-        return new_caller_card(identity, name[:200], this_call), None
+    """A known caller's card as the writer will have it: this call first in its history."""
     card = contact_cards(session, {contact_id})[contact_id]
-    card["recent"] = [this_call, *card["recent"]][:RECENT_EVENTS_ON_CARD]
+    card["recent"] = [_call_preview(signal, event_id), *card["recent"]][:RECENT_EVENTS_ON_CARD]
     open_ticket = store.open_ticket_by_contact(session, {contact_id}).get(contact_id)
     return card, ticket_summary(open_ticket) if open_ticket else None
+
+
+def _new_caller_card(signal: CallSignal, identity: IdentityKey | None, event_id: int) -> JSON:
+    if identity is None:
+        return unknown_caller_card()
+    name = (customer(signal).name or "").strip() or identity.value
+    return new_caller_card(identity, name[:200], _call_preview(signal, event_id))
 
 
 def new_caller_card(identity: IdentityKey, name: str, this_call: JSON) -> JSON:
@@ -179,14 +202,13 @@ def _call_preview(signal: CallSignal, event_id: int) -> JSON:
 
 def ringing_call(signal: CallSignal, call_id: int) -> JSON:
     """The `call` part of a ringing call's pop, as `pop_call` gives it once stored."""
-    call = Call(
-        id=call_id,
-        call_id=signal.call_id,
-        from_number=signal.caller.raw,
-        to_number=signal.callee,
-        state=CallState.RINGING,
-    )
-    return pop_call(call)
+    return {
+        "id": signal.call_id,
+        "record_id": call_id,
+        "from": signal.caller.raw,
+        "to": signal.callee,
+        "state": CallState.RINGING,
+    }
 
 
 def pop_call(call: Call) -> JSON:

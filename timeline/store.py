@@ -89,7 +89,10 @@ class _SqliteIds:
 
     def after(self, session: Session, table: Table, largest: int, n: int) -> range:
         """`n` ids past `largest` (what the table holds) and past any handed out already."""
-        key = (session.get_bind().engine.url.database, table.name)
+        return self.past(session.get_bind().engine.url.database, table, largest, n)
+
+    def past(self, database: str | None, table: Table, largest: int, n: int) -> range:
+        key = (database, table.name)
         with self._lock:
             first = max(largest, self._issued.get(key, 0)) + 1
             self._issued[key] = first + n - 1
@@ -148,6 +151,16 @@ def reserve_ids_of(
     return [
         _sqlite_ids.after(session, table, top or 0, n)
         for table, top, n in zip(tables, largest, counts, strict=True)
+    ]
+
+
+def reserve_ids_past(
+    database: str | None, wanted: Sequence[tuple[type[Base], int | None, int]]
+) -> list[range]:
+    """SQLite: `reserve_ids_of` where the caller read the largest ids itself (`(model,
+    largest, n)` each) in a statement of its own; `database` is the file's name."""
+    return [
+        _sqlite_ids.past(database, _table(model), largest or 0, n) for model, largest, n in wanted
     ]
 
 
