@@ -37,6 +37,7 @@ from bench._load import LOOPBACK, ServerProcess, free_port, http_ok, tcp_open, w
 from bench.outbox import (
     RESULTS,
     _ceiling,
+    _cpu_seconds,
     _env,
     _peak_rss_mib,
     _stub_count,
@@ -130,10 +131,12 @@ async def _run_campaign(
             }
             async with http.post(f"{url}/api/v1/campaigns", json=body) as response:
                 campaign_id = (await response.json())["id"]
+            cpu_before = _cpu_seconds(gateway.proc.pid)
             async with http.post(f"{url}/api/v1/campaigns/{campaign_id}/start") as response:
                 assert response.status == 200, await response.text()
             print(f"{contacts}: sending ...", flush=True)
             counts = await _until_completed(http, url, campaign_id, gateway)
+        cpu = _cpu_seconds(gateway.proc.pid) - cpu_before
         peak = _peak_rss_mib(gateway.proc.pid)
     finally:
         gateway.stop()
@@ -143,6 +146,7 @@ async def _run_campaign(
         "messages_per_s": round(contacts / outcome["span_s"], 1),
         "seconds": round(outcome["span_s"], 1),
         "gateway_peak_rss_mib": round(peak, 1),
+        "gateway_cpu_us_per_message": round(cpu / contacts * 1e6),
         "sent_rows": outcome["sent_rows"],
         "stub_received": _stub_count(stub_url) - before,
         "counts": counts,
@@ -208,7 +212,8 @@ def run() -> None:
     for run_ in result["runs"]:
         print(
             f"  campaign to {run_['contacts']:>7} contacts: {run_['messages_per_s']:>9.1f} msg/s"
-            f" end to end ({run_['seconds']} s), peak RSS {run_['gateway_peak_rss_mib']:.1f} MiB"
+            f" end to end ({run_['seconds']} s), peak RSS {run_['gateway_peak_rss_mib']:.1f} MiB,"
+            f" gateway CPU {run_['gateway_cpu_us_per_message']} µs/msg"
         )
         exact = exact and run_["sent_rows"] == run_["stub_received"] == run_["contacts"]
     print(f"  ratio largest campaign/ceiling:     {result['ratio']:>9.3f}  (target >= 0.3)")

@@ -167,6 +167,13 @@ def _peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far, all its threads, user and system: per message, a
+    figure that other work on the machine hardly moves, unlike a rate."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _stub_count(stub_url: str) -> int:
     with urllib.request.urlopen(f"{stub_url}/_count", timeout=10) as response:
         return int(json.loads(response.read())["messages"])
