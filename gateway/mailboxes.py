@@ -38,6 +38,8 @@ BACKOFF_MAX = 60.0
 # up in memory.
 BATCHES_AHEAD = 4
 READ_AHEAD_BYTES = 64 * 1024 * 1024
+# A pass writes the mailbox's position after every this many batches, and at its end.
+POSITION_EVERY = 10
 
 
 class MailboxWorker:
@@ -185,8 +187,10 @@ class MailboxWorker:
 
 
 class _Position:
-    """The mailbox's stored position, written behind the reading: `advance` returns at once,
-    and advances that come while one is being written are written together, as the last.
+    """The mailbox's stored position, written behind the reading: `advance` returns at once.
+    Every POSITION_EVERY-th advance is written (unless a write is still under way), and
+    `settle` writes the last: each write is a transaction on the database's one writer
+    (SQLite), which the ingest batches queue for too.
 
     A position written late only means more to fetch again after a crash, which the ingest
     path dedupes; `mailboxes.advance` never moves it back.
@@ -197,26 +201,33 @@ class _Position:
         self._name = name
         self._uidvalidity = uidvalidity
         self._wanted = 0
+        self._written = 0
+        self._advances = 0
         self._writing: asyncio.Task[None] | None = None
 
     def advance(self, uid: int) -> None:
         self._wanted = max(self._wanted, uid)
-        if self._writing is None or self._writing.done():
-            if self._writing is not None:
-                self._writing.result()  # a write that failed ends the session
-            self._writing = asyncio.create_task(self._write())
-
-    async def _write(self) -> None:
-        written = 0
-        while written < self._wanted:
-            uid = self._wanted
-            await self._db.run(mailboxes.advance, self._name, self._uidvalidity, uid)
-            written = uid
+        self._advances += 1
+        writing = self._writing is not None and not self._writing.done()
+        if self._advances % POSITION_EVERY == 0 and not writing:
+            self._write()
 
     async def settle(self) -> None:
         """Until every advance so far is written; raises if a write failed."""
         if self._writing is not None:
             await self._writing
+        if self._written < self._wanted:
+            await self._write()
+
+    def _write(self) -> asyncio.Task[None]:
+        if self._writing is not None:
+            self._writing.result()  # a write that failed ends the session
+        self._writing = asyncio.create_task(self._write_position(self._wanted))
+        return self._writing
+
+    async def _write_position(self, uid: int) -> None:
+        await self._db.run(mailboxes.advance, self._name, self._uidvalidity, uid)
+        self._written = uid
 
 
 @dataclass(eq=False)

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from channels.email.imap import AfterIntake, ImapMailbox, Mailbox
 from gateway.app import create_app
 from gateway.keys import DATABASE
+from gateway.mailboxes import POSITION_EVERY, _Position
 from gateway.settings import Settings, SettingsError
 from tests.dovecot import Dovecot
 from tests.gateway.test_email_intake import mail
@@ -301,3 +302,22 @@ async def test_a_certificate_nobody_vouched_for_is_refused(
             await imap.open()
     finally:
         await imap.close()
+
+
+async def test_a_pass_writes_its_position_every_few_batches_and_at_its_end() -> None:
+    written: list[tuple[str, int, int]] = []
+
+    class Writer:
+        async def run(self, work: object, name: str, uidvalidity: int, uid: int) -> None:
+            await asyncio.sleep(0)
+            written.append((name, uidvalidity, uid))
+
+    position = _Position(Writer(), "support", 7)  # type: ignore[arg-type]
+    last = 2 * POSITION_EVERY + 5
+    for uid in range(1, last + 1):
+        position.advance(uid)
+        await asyncio.sleep(0)
+    await position.settle()
+
+    assert [uid for _, _, uid in written] == [POSITION_EVERY, 2 * POSITION_EVERY, last]
+    assert {(name, validity) for name, validity, _ in written} == {("support", 7)}
