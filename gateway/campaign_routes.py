@@ -258,12 +258,77 @@ def _moment(raw: object) -> datetime | None:
 
 
 def create_unit(session: Session, fields: dict[str, Any], segment_id: int | None) -> JSON:
-    if segment_id is not None:
-        segment = session.get(Segment, segment_id)
-        if segment is None:
-            raise ApiError(422, "unknown_segment", "No segment has that id.")
-        fields = {**fields, "filter": dict(segment.filter), "segment_id": segment.id}
-    campaign = campaigns.add_campaign(session, **fields)
+    campaign = campaigns.add_campaign(session, **_audience_of(session, fields, segment_id))
+    return campaign_json(campaign, campaigns.counts(session, campaign.id))
+
+
+def _audience_of(session: Session, fields: dict[str, Any], segment_id: int | None) -> JSON:
+    """`fields` with the audience resolved: a saved segment's filter is copied onto the
+    campaign, which sends to what it names then."""
+    if segment_id is None:
+        return {**fields, "segment_id": None}
+    segment = session.get(Segment, segment_id)
+    if segment is None:
+        raise ApiError(422, "unknown_segment", "No segment has that id.")
+    return {**fields, "filter": dict(segment.filter), "segment_id": segment.id}
+
+
+@routes.patch("/api/v1/campaigns/{id}")
+async def edit_campaign(request: web.Request) -> web.Response:
+    """Change a draft or scheduled campaign: the fields given replace the stored ones, and the
+    whole is checked as a new campaign would be (template compiled, audience, pacing)."""
+    await _supervisor(request)
+    changes = await read_json_object(request)
+    db = _database(request)
+    campaign = await db.read(_get, Campaign, path_id(request))
+    if campaign is None:
+        raise not_found("campaign")
+    given = _as_given(campaign)
+    if "filter" in changes or "segment_id" in changes:
+        given.pop("filter", None)
+        given.pop("segment_id", None)
+    merged = {**given, **changes}
+    try:
+        fields = campaign_fields(merged)
+    except InvalidTemplate as error:
+        return template_error(error)
+    return web.json_response(await db.run(edit_unit, campaign.id, fields, merged.get("segment_id")))
+
+
+def _as_given(campaign: Campaign) -> dict[str, Any]:
+    """The campaign's fields as the API takes them."""
+    audience = (
+        {"segment_id": campaign.segment_id}
+        if campaign.segment_id is not None
+        else {"filter": dict(campaign.filter)}
+    )
+    return {
+        "name": campaign.name,
+        "channel": campaign.channel,
+        **audience,
+        "template": dict(campaign.template),
+        "sender": campaign.sender,
+        "pacing": campaign.pacing,
+        "quiet_hours": campaign.quiet_hours,
+        "frequency_cap": campaign.frequency_cap,
+        "scheduled_at": iso(campaign.scheduled_at),
+    }
+
+
+def edit_unit(
+    session: Session, campaign_id: int, fields: dict[str, Any], segment_id: int | None
+) -> JSON:
+    campaign, changed = campaigns.edit(
+        session, campaign_id, _audience_of(session, fields, segment_id)
+    )
+    if campaign is None:
+        raise not_found("campaign")
+    if not changed:
+        raise ApiError(
+            409,
+            "not_editable",
+            f"A {campaign.status} campaign cannot be changed; a draft or a scheduled one can.",
+        )
     return campaign_json(campaign, campaigns.counts(session, campaign.id))
 
 

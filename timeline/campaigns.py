@@ -8,7 +8,7 @@ What a campaign decides (audience, politeness, rendering) lives in `routing` and
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
@@ -33,6 +33,8 @@ from timeline.models import (
 )
 
 # action → the statuses it may leave from.
+# A campaign may be changed until it begins: nothing of it is materialised or sent yet.
+EDITABLE = (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED)
 TRANSITIONS: dict[str, tuple[CampaignStatus, ...]] = {
     "start": (CampaignStatus.DRAFT,),
     "pause": (CampaignStatus.RUNNING, CampaignStatus.SCHEDULED),
@@ -132,14 +134,35 @@ def campaigns(session: Session, limit: int, before_id: int | None = None) -> lis
     return list(session.execute(query).scalars())
 
 
+def edit(
+    session: Session, campaign_id: int, fields: Mapping[str, Any]
+) -> tuple[Campaign | None, bool]:
+    """Change a campaign that has not begun (`EDITABLE`); `(campaign, False)` when its status
+    no longer allows it, `(None, False)` when there is no such campaign. A scheduled campaign
+    whose time is taken away is a draft again, to be started by hand."""
+    campaign = _locked(session, campaign_id)
+    if campaign is None or campaign.status not in EDITABLE:
+        return campaign, False
+    for name, value in fields.items():
+        setattr(campaign, name, value)
+    if campaign.status == CampaignStatus.SCHEDULED and campaign.scheduled_at is None:
+        campaign.status = CampaignStatus.DRAFT
+    session.flush()
+    return campaign, True
+
+
+def _locked(session: Session, campaign_id: int) -> Campaign | None:
+    return session.execute(
+        select(Campaign).where(Campaign.id == campaign_id).with_for_update()
+    ).scalar_one_or_none()
+
+
 def transition(
     session: Session, campaign_id: int, action: str, now: datetime | None = None
 ) -> tuple[Campaign | None, bool]:
     """Apply `action` (start, pause, resume, cancel); `(campaign, False)` when its status does
     not allow it, `(None, False)` when there is no such campaign."""
-    campaign = session.execute(
-        select(Campaign).where(Campaign.id == campaign_id).with_for_update()
-    ).scalar_one_or_none()
+    campaign = _locked(session, campaign_id)
     if campaign is None or campaign.status not in TRANSITIONS[action]:
         return campaign, False
     now = now or utcnow()

@@ -489,6 +489,100 @@ async def test_a_bad_campaign_is_400_with_a_reason(
     assert (await response.json())["error"] == error
 
 
+async def edit(client: TestClient, boss: dict[str, str], campaign_id: int, **changes: Any) -> Any:
+    return await client.patch(f"/api/v1/campaigns/{campaign_id}", json=changes, headers=boss)
+
+
+async def test_a_draft_is_edited_and_sends_what_it_says_then(
+    gateway: TestClient, boss: dict[str, str], stub: TwilioApiStub
+) -> None:
+    await contacts(gateway, [("Ann", [("phone", phone(1))])], tags=["spring"])
+    await contacts(gateway, [("Bob", [("phone", phone(2))])], tags=["autumn"])
+    created = await create(gateway, boss)
+
+    edited = await edit(
+        gateway,
+        boss,
+        created["id"],
+        name="Autumn sale",
+        filter={"tags_any": ["autumn"]},
+        template={"body": "Autumn is here, {{ first_name }}."},
+    )
+    assert edited.status == 200, await edited.text()
+    await act(gateway, boss, created["id"], "start")
+    done = await finished(gateway, boss, created["id"])
+
+    assert done["name"] == "Autumn sale"
+    assert done["filter"] == {"tags_any": ["autumn"]}
+    assert done["channel"] == "sms"  # what the edit did not name is kept
+    assert [(m["To"], m["Body"]) for m in stub.messages] == [(phone(2), "Autumn is here, Bob.")]
+
+
+async def test_an_edit_is_checked_as_a_new_campaign_and_a_bad_one_changes_nothing(
+    gateway: TestClient, boss: dict[str, str]
+) -> None:
+    created = await create(gateway, boss)
+
+    bad_template = await edit(gateway, boss, created["id"], template={"body": "{{ oops"})
+    other_channel = await edit(gateway, boss, created["id"], channel="email")
+    unknown_field = await edit(gateway, boss, created["id"], colour="red")
+    missing = await edit(gateway, boss, created["id"] + 1, name="Nobody")
+
+    assert bad_template.status == 400
+    assert (await bad_template.json())["error"] == "template_error"
+    assert other_channel.status == 400  # an SMS body is no e-mail template
+    assert (await other_channel.json())["error"] == "template_error"
+    assert unknown_field.status == 400
+    assert missing.status == 404
+    assert await campaign(gateway, boss, created["id"]) == created
+
+
+async def test_a_campaign_that_has_begun_cannot_be_edited(
+    gateway: TestClient, boss: dict[str, str]
+) -> None:
+    created = await create(gateway, boss)
+    await act(gateway, boss, created["id"], "start")
+    await finished(gateway, boss, created["id"])
+
+    refused = await edit(gateway, boss, created["id"], name="Too late")
+
+    assert refused.status == 409
+    assert (await refused.json())["error"] == "not_editable"
+    assert (await campaign(gateway, boss, created["id"]))["name"] == "Spring sale"
+
+
+async def test_a_scheduled_campaign_is_moved_and_without_a_time_is_a_draft_again(
+    gateway: TestClient, boss: dict[str, str]
+) -> None:
+    created = await create(gateway, boss, scheduled_at="2099-01-01T09:00:00+01:00")
+    await act(gateway, boss, created["id"], "start")
+
+    moved = await edit(gateway, boss, created["id"], scheduled_at="2099-06-01T09:00:00+02:00")
+    unscheduled = await edit(gateway, boss, created["id"], scheduled_at=None)
+
+    assert (await moved.json())["status"] == "scheduled"
+    moved_to = datetime.fromisoformat((await moved.json())["scheduled_at"])
+    assert moved_to == datetime(2099, 6, 1, 7, 0, tzinfo=UTC)
+    assert (await unscheduled.json())["status"] == "draft"
+    assert (await unscheduled.json())["scheduled_at"] is None
+
+
+async def test_a_draft_moves_from_a_filter_to_a_saved_segment(
+    gateway: TestClient, boss: dict[str, str]
+) -> None:
+    saved = await gateway.post(
+        "/api/v1/segments", json={"name": "VIPs", "filter": {"vip": True}}, headers=boss
+    )
+    segment = await saved.json()
+    created = await create(gateway, boss)
+
+    to_segment = await (await edit(gateway, boss, created["id"], segment_id=segment["id"])).json()
+    to_filter = await (await edit(gateway, boss, created["id"], filter={"tags_any": ["x"]})).json()
+
+    assert (to_segment["segment_id"], to_segment["filter"]) == (segment["id"], {"vip": True})
+    assert (to_filter["segment_id"], to_filter["filter"]) == (None, {"tags_any": ["x"]})
+
+
 class _Counting:
     """`campaigns.counts` as a clock sees it: each count takes `seconds` and is numbered."""
 
