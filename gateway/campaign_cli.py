@@ -1,8 +1,9 @@
-"""`switchboard campaign list | show | create | start | pause | resume | cancel`.
+"""`switchboard campaign list | show | create | edit | start | pause | resume | cancel`.
 
 Straight on the database, like `switchboard agent add`: a running gateway's dispatcher sees a
 started or resumed campaign at its next poll. `create` reads the API's JSON body
-(`POST /api/v1/campaigns`) from a file or stdin; `show --follow` draws a progress bar until the
+(`POST /api/v1/campaigns`) from a file or stdin, `edit` the changes to a draft
+(`PATCH /api/v1/campaigns/{id}`); `show --follow` draws a progress bar until the
 campaign is completed or cancelled.
 """
 
@@ -15,12 +16,21 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.campaign_routes import campaign_fields, create_unit, with_counts
+from sqlalchemy.orm import Session
+
+from gateway.campaign_routes import (
+    campaign_fields,
+    create_unit,
+    edit_unit,
+    edited_fields,
+    with_counts,
+)
 from gateway.errors import ApiError
 from gateway.serialize import JSON
 from routing.templates import InvalidTemplate
 from timeline import campaigns
 from timeline.db import Database
+from timeline.models import Campaign
 
 FINAL = ("completed", "cancelled")
 BAR = 30
@@ -37,6 +47,11 @@ def add_parser(commands: Any) -> None:
         "create", help="a draft campaign from the API's JSON body (file, or - for stdin)"
     )
     create.add_argument("body", nargs="?", default="-")
+    edit = actions.add_parser(
+        "edit", help="change a draft or scheduled campaign: the API's JSON changes (file or -)"
+    )
+    edit.add_argument("id", type=int)
+    edit.add_argument("body", nargs="?", default="-")
     for action in campaigns.TRANSITIONS:
         actions.add_parser(action, help=f"{action} a campaign").add_argument("id", type=int)
 
@@ -68,6 +83,13 @@ async def _command(database: Database, args: argparse.Namespace, out: TextIO) ->
         created = await database.run(create_unit, fields, body.get("segment_id"))
         print(json.dumps(created), file=out)
         return 0
+    if command == "edit":
+        campaign = await database.read(_campaign, args.id)
+        if campaign is None:
+            raise ApiError(404, "not_found", f"No campaign has the id {args.id}.")
+        fields, segment_id = edited_fields(campaign, _read_body(args.body))
+        print(json.dumps(await database.run(edit_unit, args.id, fields, segment_id)), file=out)
+        return 0
     if command == "show":
         return await _show(database, args.id, args.follow, out)
     row, changed = await database.run(campaigns.transition, args.id, command)
@@ -88,6 +110,10 @@ def _read_body(source: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_payload", "The campaign body must be a JSON object.")
     return body
+
+
+def _campaign(session: Session, campaign_id: int) -> Campaign | None:
+    return session.get(Campaign, campaign_id)
 
 
 def _listing(session: Any) -> list[JSON]:

@@ -283,16 +283,22 @@ async def edit_campaign(request: web.Request) -> web.Response:
     campaign = await db.read(_get, Campaign, path_id(request))
     if campaign is None:
         raise not_found("campaign")
+    try:
+        fields, segment_id = edited_fields(campaign, changes)
+    except InvalidTemplate as error:
+        return template_error(error)
+    return web.json_response(await db.run(edit_unit, campaign.id, fields, segment_id))
+
+
+def edited_fields(campaign: Campaign, changes: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """The campaign's fields with `changes` applied, checked as a new campaign's; and the
+    saved segment it is then made from, if any."""
     given = _as_given(campaign)
     if "filter" in changes or "segment_id" in changes:
         given.pop("filter", None)
         given.pop("segment_id", None)
     merged = {**given, **changes}
-    try:
-        fields = campaign_fields(merged)
-    except InvalidTemplate as error:
-        return template_error(error)
-    return web.json_response(await db.run(edit_unit, campaign.id, fields, merged.get("segment_id")))
+    return campaign_fields(merged), merged.get("segment_id")
 
 
 def _as_given(campaign: Campaign) -> dict[str, Any]:

@@ -65,6 +65,29 @@ def test_a_template_error_is_reported_and_nothing_is_created(tmp_path: Path) -> 
     assert listed.stdout == ""
 
 
+def test_edit_changes_a_draft_and_refuses_a_bad_template(tmp_path: Path) -> None:
+    created = switchboard("campaign", "create", cwd=tmp_path, stdin=json.dumps(BODY))
+    campaign_id = str(json.loads(created.stdout)["id"])
+
+    renamed = switchboard(
+        "campaign", "edit", campaign_id, cwd=tmp_path, stdin=json.dumps({"name": "Moved"})
+    )
+    broken = switchboard(
+        "campaign",
+        "edit",
+        campaign_id,
+        cwd=tmp_path,
+        stdin=json.dumps({"template": {"body": "{{ oops"}}),
+    )
+    shown = switchboard("campaign", "show", campaign_id, cwd=tmp_path)
+
+    assert renamed.returncode == 0, renamed.stderr
+    assert json.loads(renamed.stdout)["name"] == "Moved"
+    assert broken.returncode == 1
+    assert "template error" in broken.stderr
+    assert json.loads(shown.stdout)["template"] == BODY["template"]
+
+
 def test_the_progress_bar() -> None:
     campaign = {
         "status": "running",
