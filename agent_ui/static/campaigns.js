@@ -195,8 +195,9 @@ function rules() {
     pacing: perSecond ? { per_second: perSecond } : null,
     quiet_hours: start && end ? { start, end } : null,
     frequency_cap: max && days ? { max, days } : null,
-    ...(sender ? { sender } : {}),
-    ...(scheduled ? { scheduled_at: new Date(scheduled).toISOString() } : {}),
+    // Named even when empty: a draft changed in place keeps what its change leaves out.
+    sender: sender || null,
+    scheduled_at: scheduled ? new Date(scheduled).toISOString() : null,
   };
 }
 
@@ -208,15 +209,15 @@ function campaignBody() {
 
 // --- draft, preview, start ------------------------------------------------------------------
 
-// A draft for the form as it is now: the last one if nothing changed since, else a new one
-// (the one it replaces is cancelled, so abandoned drafts do not pile up as startable).
+// The draft of the form as it is now: made at the first preview, then changed in place as the
+// form changes, so that one form is one campaign in the list (not a cancelled one per change).
 async function saveDraft(body) {
   const key = JSON.stringify(body);
   if (draft?.key === key) return draft.campaign;
-  const campaign = await api("/api/v1/campaigns", { method: "POST", body });
-  const replaced = draft?.campaign;
+  const campaign = draft
+    ? await api(`/api/v1/campaigns/${draft.campaign.id}`, { method: "PATCH", body })
+    : await api("/api/v1/campaigns", { method: "POST", body });
   draft = { key, campaign, clean: false };
-  if (replaced) await api(`/api/v1/campaigns/${replaced.id}/cancel`, { method: "POST" }).catch(() => null);
   return campaign;
 }
 

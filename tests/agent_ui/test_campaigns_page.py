@@ -127,6 +127,7 @@ async def test_a_supervisor_builds_a_segment_previews_starts_and_watches_an_sms_
     assert bodies["+4915111111102"] == "Hallo Jürgen Groß, Ihr Termin ist morgen um 10 Uhr."
     listed = page.locator("#campaign-rows tr", has_text="Appointment reminder")
     await listed.locator("td", has_text="completed").wait_for(timeout=10000)
+    assert await listed.count() == 1  # each preview changed the one draft in place
 
 
 async def test_a_scheduled_campaign_is_paused_resumed_and_cancelled_from_the_page(
