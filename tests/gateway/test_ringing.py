@@ -21,7 +21,7 @@ from tests.gateway.test_cti import arrivals, console
 from tests.helpers import Agents, bearer, inbound, receive
 from timeline import store
 from timeline.events import CallPhase
-from timeline.models import Call, ScreenPop, TimelineEvent, utcnow
+from timeline.models import Call, InboundJournal, ScreenPop, TimelineEvent, utcnow
 
 Process = Callable[[list[Any]], Awaitable[None]]
 
@@ -209,3 +209,31 @@ async def test_the_writer_makes_way_only_until_the_card_is_out(
     assert not database.foreground.held and gate.batches == []
     gate.open.set()
     await ringing
+
+
+async def test_a_batch_is_journaled_and_applied_in_one_transaction(
+    client: TestClient,
+    anna: dict[str, Any],
+    socket: Any,
+    gate: Gate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    database = client.server.app[DATABASE]
+    units: list[str] = []
+    run = database.run
+
+    async def counted(work: Any, *args: Any, **kwargs: Any) -> Any:
+        units.append(work.__name__)
+        return await run(work, *args, **kwargs)
+
+    monkeypatch.setattr(database, "run", counted)
+    ringing = asyncio.create_task(deliver(client, ring("c1", "201")))
+    await receive(socket, "screen_pop")
+    gate.open.set()
+    outcome = await ringing
+
+    assert units == ["journal_and_apply"]
+    assert outcome.call is not None
+    async with database.reading() as session:
+        entries = await session.run_sync(store.count, InboundJournal)
+    assert entries == 1
