@@ -319,6 +319,7 @@ class _Batch:
         self._recent: dict[int, int] = {}
 
     def load(self, due: list[DueRecipient]) -> None:
+        campaigns.hold_frequency_cap(self.session, counting=self.cap is not None)
         ids = [r.contact_id for r in due]
         self._members = {m.contact_id: m for m in segments.members_of(self.session, ids)}
         # Campaigns are not replies: `routing.consent`'s reply exception never applies.

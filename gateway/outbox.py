@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 # A send's slot is free as soon as the provider answers; its result can wait this long to be
 # written with the others that finished meanwhile (a few transactions per second, not hundreds).
 RESULTS_LINGER_SECONDS = 0.02
+# Sends in flight and claimed ahead, together, at most this many times the concurrency: what
+# a crash can leave claimed but unsent (for SMS and chat: marked interrupted, module doc).
+CLAIM_WINDOW = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +138,7 @@ class OutboxWorker:
         # ahead (`_ready`), so a finished send is followed at once, not after a claim. What a
         # crash leaves claimed but unsent counts as interrupted (module doc): hence not more.
         self._min_claim = max(1, self.policy.concurrency)
-        self._window = 4 * self.policy.concurrency
+        self._window = CLAIM_WINDOW * self.policy.concurrency
         self._ready: deque[tuple[Sender, OutboxItem]] = deque()
         self._limits = {c: RateLimit(r) for c, r in self.policy.rate_limits.items() if r > 0}
         # Rows a crashed process left `sending` are looked for once per poll interval, not on

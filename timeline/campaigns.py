@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, bindparam, exists, func, or_, select, update
+from sqlalchemy import Table, bindparam, exists, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -295,6 +295,24 @@ def next_pending(session: Session, campaign_id: int) -> datetime | None:
             CampaignRecipient.status == RecipientStatus.PENDING,
         )
     ).scalar_one()
+
+
+# PostgreSQL advisory lock (any fixed number) around counting towards the frequency cap.
+_CAP_LOCK = 7_254_008
+_CAP_LOCKS = {
+    True: text("SELECT pg_advisory_xact_lock(:key)"),
+    False: text("SELECT pg_advisory_xact_lock_shared(:key)"),
+}
+
+
+def hold_frequency_cap(session: Session, counting: bool) -> None:
+    """Before a batch is decided: several processes may dispatch campaigns side by side on
+    PostgreSQL, and a batch that counts each contact's recent campaign messages (`counting`)
+    must see every batch sent beside it. It holds the cap's lock alone, the others share it
+    until they commit, so a count never misses a batch still in flight. SQLite's single
+    writer serialises the batches by itself."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_CAP_LOCKS[counting], {"key": _CAP_LOCK})
 
 
 def campaign_messages_since(
