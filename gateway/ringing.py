@@ -76,15 +76,18 @@ async def ring_first(
     names = sorted({reference(name) for name in signal.agents} - {""})
     if signal.agents and not names:
         return None
+    # Places for the names in powers of two (the last name repeated): a handful of
+    # statements for any number of names.
+    places = 1 << (len(names) - 1).bit_length() if names else 0
     parameters = {
         "provider": signal.provider,
         "call_id": signal.call_id,
         "kind": identity.kind if identity else None,
         "value": identity.value if identity else None,
-        **{f"name_{n}": name for n, name in enumerate(names)},
+        **{f"name_{n}": names[min(n, len(names) - 1)] for n in range(places)},
     }
     sqlite = db.sqlite_file is not None
-    rows = await db.rows_here(_lookup(len(names), sqlite), parameters)
+    rows = await db.rows_here(_lookup(places, sqlite), parameters)
     known, contact_id, *largest = rows[0][:-1]
     if known:
         return None
@@ -124,7 +127,7 @@ async def ring_first(
 
 @functools.cache
 def _lookup(names: int, sqlite: bool) -> Select[Any]:
-    """Built once per number of names: whether the call is stored already, the caller's
+    """Built once per number of places for names: whether the call is stored already, the caller's
     contact, on SQLite the largest ids of the tables a ring reserves ids in, and (one row
     each, or one row of NULL) the agents named by name, extension or e-mail."""
     named = [bindparam(f"name_{n}", type_=String) for n in range(names)]

@@ -232,8 +232,25 @@ async def test_a_batch_is_journaled_and_applied_in_one_transaction(
     gate.open.set()
     outcome = await ringing
 
-    assert units == ["journal_and_apply"]
+    desk = [unit for unit in units if unit in ("journal", "apply_signals", "journal_and_apply")]
+    assert desk == ["journal_and_apply"], "the desk's, beside the other work going on"
     assert outcome.call is not None
     async with database.reading() as session:
         entries = await session.run_sync(store.count, InboundJournal)
     assert entries == 1
+
+
+async def test_a_ring_reaches_every_agent_named_however_many_and_however_named(
+    client: TestClient, agents: Agents, anna: dict[str, Any], socket: Any
+) -> None:
+    bernd = await agents.add("Bernd", extension="202")
+    carla = await agents.add("Carla", extension="203")
+    consoles = [socket, await console(client, bernd), await console(client, carla)]
+
+    # Three names (padded to four places in the statement), one twice, in any case.
+    outcome = await deliver(client, ring("c1", "201", "BERND", carla["email"], "bernd"))
+
+    pops = [await receive(each, "screen_pop") for each in consoles]
+    assert outcome.call is not None
+    assert outcome.call["rung_agent_ids"] == sorted([anna["id"], bernd["id"], carla["id"]])
+    assert {pop["call"]["id"] for pop in pops} == {"c1"}
