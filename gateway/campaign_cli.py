@@ -84,10 +84,10 @@ async def _command(database: Database, args: argparse.Namespace, out: TextIO) ->
         print(json.dumps(created), file=out)
         return 0
     if command == "edit":
-        campaign = await database.read(_campaign, args.id)
-        if campaign is None:
+        stored = await database.read(_campaign, args.id)
+        if stored is None:
             raise ApiError(404, "not_found", f"No campaign has the id {args.id}.")
-        fields, segment_id = edited_fields(campaign, _read_body(args.body))
+        fields, segment_id = edited_fields(stored, _read_body(args.body))
         print(json.dumps(await database.run(edit_unit, args.id, fields, segment_id)), file=out)
         return 0
     if command == "show":
