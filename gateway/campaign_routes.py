@@ -302,23 +302,12 @@ def edited_fields(campaign: Campaign, changes: dict[str, Any]) -> tuple[dict[str
 
 
 def _as_given(campaign: Campaign) -> dict[str, Any]:
-    """The campaign's fields as the API takes them."""
-    audience = (
-        {"segment_id": campaign.segment_id}
-        if campaign.segment_id is not None
-        else {"filter": dict(campaign.filter)}
-    )
-    return {
-        "name": campaign.name,
-        "channel": campaign.channel,
-        **audience,
-        "template": dict(campaign.template),
-        "sender": campaign.sender,
-        "pacing": campaign.pacing,
-        "quiet_hours": campaign.quiet_hours,
-        "frequency_cap": campaign.frequency_cap,
-        "scheduled_at": iso(campaign.scheduled_at),
-    }
+    """The campaign's fields as the API takes them: its audience by its saved segment, if it
+    was made from one, else by its filter."""
+    shown = campaign_json(campaign, {})
+    given = {key: shown[key] for key in _CAMPAIGN_KEYS}
+    given.pop("filter" if campaign.segment_id is not None else "segment_id")
+    return given
 
 
 def edit_unit(
