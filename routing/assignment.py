@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cache, lru_cache
@@ -45,6 +45,7 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    null,
     or_,
     select,
     text,
@@ -56,6 +57,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
+from sqlalchemy.types import NullType
 
 from routing import presence, stats
 from routing.capacity import Capacity
@@ -87,7 +89,17 @@ _FILL_WINDOW = 50
 _ATTEMPTS = 3
 # How many waiting tickets a queue that opens places in one transaction.
 _OPENING_BATCH = 200
-_DECLINED = (OfferStatus.REJECTED, OfferStatus.EXPIRED)
+
+
+def _literals(statuses: Sequence[str]) -> list[ColumnElement[str]]:
+    """Statuses as literals in the SQL, not bound values: SQLAlchemy renders an IN of bound
+    values again at every execution, and PostgreSQL uses the partial index of open tickets
+    (`ix_tickets_open_assignee`) only for a condition it can see implies the index's."""
+    return [literal_column(repr(str(status)), String) for status in statuses]
+
+
+_DECLINED = _literals((OfferStatus.REJECTED, OfferStatus.EXPIRED))
+_OPEN = _literals(OPEN_STATUSES)
 
 
 class OfferGone(Exception):
@@ -114,12 +126,17 @@ class Entered:
     """What PostgreSQL told `enqueue` in the statement that put the ticket in its queue (and
     so locked it), so that `route` need not ask again: whether it may be placed (nobody
     holds it, it is open, no offer pending), who declined it in this queue, and its
-    contact's last agent since the longest sticky window began, with when."""
+    contact's last agent since the longest sticky window began, with when; and the
+    candidates for its queue."""
 
     placeable: bool
     declined: frozenset[int]
     last_agent: int | None
     last_at: datetime | None
+    # The candidates for the open queues of the tickets that entered with it, read in the
+    # same statement (one round trip fewer); `route` chooses among them first. None: the
+    # queues were closed.
+    seen: _Seen | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +215,8 @@ def _enter(
     session: Session, config: RoutingConfig, requests: Sequence[RouteRequest], now: datetime
 ) -> dict[int, Entered]:
     """PostgreSQL: the tickets enter their queues in one statement that also reads what
-    `_placeable` would (one round trip fewer per decision); what it read, by ticket."""
+    `_placeable` would and the candidates of the open queues among them (two round trips
+    fewer per decision); what it read, by ticket."""
     session.flush()  # the placeability below reads the tickets as this transaction left them
     longest = max(config.queue(r.queue).sticky_seconds for r in requests)
     params = {
@@ -207,11 +225,41 @@ def _enter(
         "now": now,
         "since": now - timedelta(seconds=longest),
     }
-    rows = _plain(session).execute(_entering(), params)
+    open_queues = [q for q in _queues(config, requests) if q.is_open(now)]
+    if not open_queues:
+        rows = _plain(session).execute(_entering(), params)
+        return {
+            ticket_id: Entered(placeable, frozenset(declined), last_agent, last_at)
+            for ticket_id, placeable, declined, last_agent, last_at in rows
+        }
+    asked = _asked_skills(open_queues)
+    query = _entering_with_candidates(tuple(len(skills) for skills in asked))
+    entered: list[tuple[int, bool, list[int], int | None, datetime | None]] = []
+    candidate_rows = []
+    for row in _plain(session).execute(query, {**params, **_skill_params(asked)}):
+        if row[0] is None:  # a ticket's row: the candidates' columns are empty
+            entered.append(row[-5:])
+        else:
+            candidate_rows.append(row)
+    seen = _read_candidates(candidate_rows, open_queues, postgres=True)
     return {
-        ticket_id: Entered(placeable, frozenset(declined), last_agent, last_at)
-        for ticket_id, placeable, declined, last_agent, last_at in rows
+        ticket_id: Entered(placeable, frozenset(declined), last_agent, last_at, seen)
+        for ticket_id, placeable, declined, last_agent, last_at in entered
     }
+
+
+@lru_cache(maxsize=256)
+def _entering_with_candidates(shape: tuple[int, ...]) -> CompoundSelect[Any]:
+    """`_entering` and `_candidates_query` in one statement: the candidates' rows, then one
+    row per ticket that entered (in the last five columns; the others empty)."""
+    entered = _entering().cte("entered")
+    candidates = _candidates_query(True, shape).order_by(None)
+    width = len(candidates.selected_columns)
+    statement: CompoundSelect[Any] = union_all(
+        candidates.add_columns(*(null() for _ in entered.c)),
+        select(*(null() for _ in range(width)), *entered.c),
+    )
+    return statement.add_cte(entered)
 
 
 @cache
@@ -230,15 +278,18 @@ def _entering() -> Update:
         earlier.queue == entering.c.queue,
         earlier.status.in_(_DECLINED),
     )
-    placeable = and_(
-        Ticket.assignee_id.is_(None), Ticket.status.in_(OPEN_STATUSES), ~_pending_offer()
-    )
+    placeable = and_(Ticket.assignee_id.is_(None), Ticket.status.in_(_OPEN), ~_pending_offer())
     table = _tickets()
     return (
         update(table)
         .where(table.c.id == entering.c.id)
         .values(waiting_since=bindparam("now"), queue=entering.c.queue)
-        .returning(table.c.id, placeable, func.array(declined.scalar_subquery()), *_last_agent())
+        .returning(
+            table.c.id,
+            placeable.label("placeable"),
+            func.array(declined.scalar_subquery()).label("declined"),
+            *_last_agent(),
+        )
     )
 
 
@@ -288,10 +339,12 @@ def route(
     beside an agent with room."""
     routed = Routed(queues={r.queue for r in requests})
     waiting = _placeable(session, config, requests, now)
+    read = _read_on_entering(waiting.requests)
     for _ in range(_ATTEMPTS):
         if not waiting.requests:
             return routed
-        seen = _candidates(session, config, waiting.requests)
+        seen = read or _candidates(session, config, waiting.requests)
+        read = None
         plan = _plan(config, waiting, seen.candidates, now, excluded)
         if not plan:
             return routed
@@ -300,6 +353,16 @@ def route(
         waiting = replace(waiting, requests=raced)
     schedule(session, [(TimerKind.REROUTE, r.ticket_id, now) for r in waiting.requests])
     return routed
+
+
+def _read_on_entering(requests: Sequence[RouteRequest]) -> _Seen | None:
+    """The candidates `enqueue` read for all of these tickets (one read: they entered
+    together), if it did; nothing has changed the agents since in this transaction, and the
+    reservation makes sure no other did (`_reserve`)."""
+    reads = {id(r.entered.seen): r.entered.seen for r in requests if r.entered is not None}
+    if len(reads) != 1 or any(r.entered is None for r in requests):
+        return None
+    return next(iter(reads.values()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,7 +529,7 @@ def opened(session: Session, config: RoutingConfig, queue_id: int, now: datetime
             Ticket.queue == name,
             Ticket.waiting_since.is_not(None),
             Ticket.assignee_id.is_(None),
-            Ticket.status.in_(OPEN_STATUSES),
+            Ticket.status.in_(_OPEN),
             ~_pending_offer(),
         )
         .order_by(Ticket.waiting_since, Ticket.id)
@@ -491,7 +554,7 @@ def _placeable_query(sticky: bool) -> Select[Any]:
         .where(
             Ticket.id.in_(bindparam("ids", expanding=True)),
             Ticket.assignee_id.is_(None),
-            Ticket.status.in_(OPEN_STATUSES),
+            Ticket.status.in_(_OPEN),
             ~_pending_offer(),
         )
         .order_by(Ticket.id)
@@ -513,8 +576,8 @@ def _last_agent() -> list[Any]:
         .limit(1)
     )
     return [
-        last.scalar_subquery(),
-        last.with_only_columns(earlier.assigned_at).scalar_subquery(),
+        last.scalar_subquery().label("last_agent"),
+        last.with_only_columns(earlier.assigned_at).scalar_subquery().label("last_at"),
     ]
 
 
@@ -780,24 +843,45 @@ class _Seen:
 
 def _candidates(session: Session, config: RoutingConfig, requests: Sequence[RouteRequest]) -> _Seen:
     """The available agents who qualify for one of the requests' queues, with their load,
-    read without locks (`_reserve` makes sure they did not change). The same statement says
-    which of the queues each qualifies for; its skills are then taken as what those queues
-    ask (each at the highest level asked), which is all that choosing among them looks at."""
-    queues = list({r.queue: config.queue(r.queue) for r in requests}.values())
-    asked = [sorted(q.skills.items()) for q in queues]
+    read without locks (`_reserve` makes sure they did not change)."""
+    queues = _queues(config, requests)
+    asked = _asked_skills(queues)
     postgres = session.get_bind().dialect.name == "postgresql"
     query = _candidates_query(postgres, tuple(len(skills) for skills in asked))
-    params = {
+    rows = _plain(session).execute(query, _skill_params(asked))
+    return _read_candidates(rows, queues, postgres)
+
+
+def _queues(config: RoutingConfig, requests: Sequence[RouteRequest]) -> list[QueueConfig]:
+    """The requests' queues, each once, in the order they first appear."""
+    return list({r.queue: config.queue(r.queue) for r in requests}.values())
+
+
+def _asked_skills(queues: Sequence[QueueConfig]) -> list[list[tuple[str, int]]]:
+    return [sorted(q.skills.items()) for q in queues]
+
+
+def _skill_params(asked: Sequence[Sequence[tuple[str, int]]]) -> dict[str, Any]:
+    """The skills and levels of `_candidates_query`, bound at each execution."""
+    return {
         name: value
         for i, skills in enumerate(asked)
         for j, (skill, level) in enumerate(skills)
         for name, value in ((f"skill_{i}_{j}", skill), (f"level_{i}_{j}", level))
     }
+
+
+def _read_candidates(rows: Iterable[Any], queues: Sequence[QueueConfig], postgres: bool) -> _Seen:
+    """The candidates from the rows of `_candidates_query`, which also say which of the
+    queues each qualifies for; its skills are then taken as what those queues ask (each at
+    the highest level asked), which is all that choosing among them looks at."""
     skills: dict[tuple[bool, ...], dict[str, int]] = {}
     candidates: dict[int, Candidate] = {}
     versions: dict[int, str] = {}
-    for row in _plain(session).execute(query, params):
-        fits = tuple(row[7 + postgres :])
+    fits_from = 7 + postgres
+    fits_to = fits_from + len(queues)
+    for row in rows:
+        fits = tuple(row[fits_from:fits_to])
         if fits not in skills:
             skills[fits] = _asked([q for q, fit in zip(queues, fits, strict=True) if fit])
         candidates[row[0]] = _candidate(row, skills[fits])
@@ -850,12 +934,20 @@ def _candidate_query(postgres: bool, *columns: ColumnElement[Any]) -> Select[Any
     The pending offers are grouped once per statement, not looked up per agent: per agent,
     PostgreSQL tends to scan the whole partial index of pending offers each time (its
     statistics see few of them, and a busy centre has thousands)."""
-    as_list = func.json_agg if postgres else func.json_group_array
-    held = select(as_list(Ticket.channel, type_=JSON)).where(
-        Ticket.assignee_id == Agent.id, Ticket.status.in_(OPEN_STATUSES)
+    held: ColumnElement[Any]
+    as_list: ColumnElement[Any]
+    channels = select(Ticket.channel).where(
+        Ticket.assignee_id == Agent.id, Ticket.status.in_(_OPEN)
     )
+    if postgres:  # arrays, which the driver decodes itself, rather than JSON to parse
+        held = func.array(channels.scalar_subquery(), type_=NullType())
+        as_list = func.array_agg(Offer.channel, type_=NullType())
+    else:
+        as_json = func.json_group_array(Ticket.channel, type_=JSON)
+        held = channels.with_only_columns(as_json).scalar_subquery()
+        as_list = func.json_group_array(Offer.channel, type_=JSON)
     offered = (
-        select(Offer.agent_id, as_list(Offer.channel, type_=JSON).label("channels"))
+        select(Offer.agent_id, as_list.label("channels"))
         .where(Offer.status == OfferStatus.PENDING)
         .group_by(Offer.agent_id)
         .subquery("offered")
@@ -863,7 +955,7 @@ def _candidate_query(postgres: bool, *columns: ColumnElement[Any]) -> Select[Any
     return (
         select(
             Agent.id, Agent.capacity.cast(String), Agent.presence_since, Agent.last_assigned_at,
-            Agent.last_offered_at, held.scalar_subquery(), offered.c.channels, *columns,
+            Agent.last_offered_at, held, offered.c.channels, *columns,
         )
         .outerjoin(offered, offered.c.agent_id == Agent.id)
         .order_by(Agent.id)
@@ -922,7 +1014,7 @@ def _loads(session: Session, ids: Sequence[int]) -> dict[int, dict[str, int]]:
 _LOADS: CompoundSelect[Any] = union_all(
     select(Ticket.assignee_id, Ticket.channel).where(
         Ticket.assignee_id.in_(bindparam("ids", expanding=True)),
-        Ticket.status.in_(OPEN_STATUSES),
+        Ticket.status.in_(_OPEN),
     ),
     select(Offer.agent_id, Offer.channel).where(
         Offer.agent_id.in_(bindparam("ids", expanding=True)),
@@ -962,7 +1054,7 @@ def fill_agent(
         .where(
             Ticket.waiting_since.is_not(None),
             Ticket.assignee_id.is_(None),
-            Ticket.status.in_(OPEN_STATUSES),
+            Ticket.status.in_(_OPEN),
             Ticket.queue.not_in(unfit),
             ~_pending_offer(),
             ~declined,

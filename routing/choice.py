@@ -17,9 +17,13 @@ TICKET_PRIORITY_RANK = {"low": -1, "normal": 0, "high": 1, "urgent": 2}
 NEVER = datetime.min.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Candidate:
-    """An available agent as routing sees it. `load` counts open tickets and pending offers."""
+    """An available agent as routing sees it. `load` counts open tickets and pending offers.
+
+    Not changed once built (`plus_one` makes a new one), but not frozen either: routing builds
+    a hundred for every decision, and a frozen dataclass's `__init__` costs three times as
+    much."""
 
     agent_id: int
     capacity: Capacity
