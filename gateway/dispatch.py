@@ -38,6 +38,10 @@ P = ParamSpec("P")
 # apply at once, another process's within this time.
 CONFIG_TTL_SECONDS = 1.0
 SWEEP_SECONDS = 0.25
+# Every so often the tickets waiting longest are placed again (`assignment.stragglers`).
+STRAGGLERS_SECONDS = 2.0
+STRAGGLERS_AGE = timedelta(seconds=2)
+STRAGGLERS_BATCH = 20
 # An offer still open this long after it was made is published once more by every process:
 # the one that made it may have died between its commit and its publish. A console's socket
 # drops the repeats, so the agent sees each offer once.
@@ -232,14 +236,35 @@ class Dispatcher:
         return await self.step(assignment.reject, offer_id, agent_id, utcnow())
 
     async def _sweep_forever(self) -> None:
+        looked = time.monotonic()
         while True:
             try:
                 fired = await self.sweep()
+                if time.monotonic() - looked >= STRAGGLERS_SECONDS:
+                    looked = time.monotonic()
+                    await self.place_stragglers()
             except Exception:
                 log.exception("routing timers could not be swept")
                 fired = 0
             if not fired:
                 await asyncio.sleep(SWEEP_SECONDS)
+
+    async def place_stragglers(self) -> int:
+        """Place again the tickets waiting longest (`assignment.stragglers`); how many."""
+        config = await self.config.get()
+
+        def unit(session: Session) -> tuple[int, Announcement]:
+            now = utcnow()
+            ids = assignment.stragglers(session, now - STRAGGLERS_AGE, STRAGGLERS_BATCH)
+            if not ids:
+                return 0, Announcement()
+            assignment.exclusive(session)
+            routed = assignment.reroute(session, config, ids, now)
+            return len(ids), announcement(session, routed)
+
+        looked_at, news = await self._db.run(unit)
+        await self.publish(news)
+        return looked_at
 
     async def _reannounce_forever(self) -> None:
         while True:

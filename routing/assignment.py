@@ -1218,6 +1218,23 @@ def reroute(
     return route(session, config, requests, now)
 
 
+def stragglers(session: Session, waiting_since: datetime, limit: int) -> list[int]:
+    """Tickets waiting since before `waiting_since` with no offer pending, the oldest first.
+
+    On PostgreSQL a ticket being placed just as an agent comes free in another transaction
+    can find that agent still full, while the agent's look for waiting tickets skips it
+    (`SKIP LOCKED`: the placing held it). The sweeper places these again now and then, so
+    no ticket is left beside an agent with room for longer than that."""
+    return list(
+        session.execute(
+            select(Ticket.id)
+            .where(Ticket.waiting_since <= waiting_since, ~_pending_offer())
+            .order_by(Ticket.waiting_since)
+            .limit(limit)
+        ).scalars()
+    )
+
+
 def pending_offers(session: Session, agent_id: int) -> list[OfferMade]:
     """An agent's open offers, for a console that (re)connects."""
     return _pending(session, Offer.agent_id == agent_id)
