@@ -251,15 +251,17 @@ class Dispatcher:
 
     async def place_stragglers(self) -> int:
         """Place again the tickets waiting longest (`assignment.stragglers`); how many."""
+        since = utcnow() - STRAGGLERS_AGE
+        # Read first: on most sweeps there are none, and a write transaction would hold
+        # SQLite's one writer for nothing.
+        if not await self._db.read(assignment.stragglers, since, STRAGGLERS_BATCH):
+            return 0
         config = await self.config.get()
 
         def unit(session: Session) -> tuple[int, Announcement]:
-            now = utcnow()
-            ids = assignment.stragglers(session, now - STRAGGLERS_AGE, STRAGGLERS_BATCH)
-            if not ids:
-                return 0, Announcement()
+            ids = assignment.stragglers(session, since, STRAGGLERS_BATCH)
             assignment.exclusive(session)
-            routed = assignment.reroute(session, config, ids, now)
+            routed = assignment.reroute(session, config, ids, utcnow())
             return len(ids), announcement(session, routed)
 
         looked_at, news = await self._db.run(unit)
