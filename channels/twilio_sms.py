@@ -223,23 +223,32 @@ class TwilioSmsSender:
         )
 
     async def send(self, item: OutboxItem) -> SendResult:
+        """POST the message to Twilio's Messages resource; its sid is the provider id.
+
+        Through the library's `Version` (its credentials, base URL and errors as
+        `TwilioRestException`) with the form in Twilio's own parameter names, rather than
+        through `messages.create_async`: that one packs thirty optional parameters and parses
+        the answer into a `MessageInstance` (three RFC 2822 dates among its fields), a third
+        of the library's cost per message in a campaign, for a sid.
+        """
         client, _http = self._rest()
-        sender: dict[str, str | None] = (
-            {"from_": self.account.from_number}
-            if self.account.from_number
-            else {"messaging_service_sid": self.account.messaging_service_sid}
-        )
-        if self.account.status_callback:
-            sender["status_callback"] = self.account.status_callback
+        account = self.account
+        form = {"To": item.payload["to"], "Body": item.payload["body"]}
+        if account.from_number:
+            form["From"] = account.from_number
+        else:
+            form["MessagingServiceSid"] = account.messaging_service_sid or ""
+        if account.status_callback:
+            form["StatusCallback"] = account.status_callback
         try:
-            message = await client.api.v2010.account.messages.create_async(
-                to=item.payload["to"], body=item.payload["body"], **sender
+            message = await client.api.v2010.create_async(
+                method="POST", uri=f"/Accounts/{account.account_sid}/Messages.json", data=form
             )
         except TwilioRestException as error:
             raise _classified(error) from None
         except (TwilioException, aiohttp.ClientError, OSError, TimeoutError) as error:
             raise TransientSendError(f"Twilio: {type(error).__name__}: {error}") from None
-        return SendResult(provider_id=str(message.sid))
+        return SendResult(provider_id=str(message["sid"]))
 
     def _rest(self) -> tuple[Client, AsyncTwilioHttpClient]:
         """One REST client for every message: its connections are kept and reused."""
