@@ -196,7 +196,7 @@ class OutboxWorker:
         if recover:
             self._recovered_at = now
         for channel, sender in self.senders.items():
-            room = self._window - len(self._in_flight) - len(self._ready)
+            room = self._room()
             if room <= 0 or (self._in_flight and room < self._min_claim):
                 return pause  # a finishing send wakes the loop
             limit = self._limits.get(channel)
@@ -223,6 +223,10 @@ class OutboxWorker:
             pause = min(pause, await self._until_next_retry())
         return pause
 
+    def _room(self) -> int:
+        """How many more rows may be claimed: the window less what is in flight or waiting."""
+        return self._window - len(self._in_flight) - len(self._ready)
+
     async def _until_next_retry(self) -> float:
         due = await self.db.read(outbox.next_due, list(self.senders))
         if due is None:
@@ -240,7 +244,10 @@ class OutboxWorker:
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
         self._start_ready()
-        self._wake.set()
+        if self._room() >= self._min_claim or not self._in_flight:
+            # Woken sooner, the claim loop would find too little room and sleep again; each
+            # wake-up costs a task and a timer, and a campaign finishes thousands of sends a second.
+            self._wake.set()
         if not task.cancelled() and (error := task.exception()) is not None:
             # Its outcome could not be stored (the database away): the row stays `sending`
             # until its lease runs out, and then the crash rule decides (timeline.outbox).
