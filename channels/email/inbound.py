@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import mimetypes
 import re
 from collections.abc import Collection, Iterator, Sequence
@@ -118,6 +119,14 @@ class _OneClassPerName(HeaderRegistry):
 
 _POLICY = _RememberingPolicy(header_factory=_OneClassPerName(), message_factory=_ReadMessage)
 _parser = BytesParser(policy=_POLICY)
+# A header field's first line (a name of printable ASCII but the colon) or its continuation:
+# the lines the feedparser takes as headers, but for an empty name and the mbox `From ` line,
+# which it reads with a defect or specially (`_read_message` leaves those to it).
+_HEADER_LINE = re.compile(r"[\041-\071\073-\176]+:|[\t ]")
+# The header section names a container (multipart, message/*): the feedparser splits it.
+_CONTAINER = re.compile(
+    rb"^content-type:[ \t]*(?:multipart|message)/", re.IGNORECASE | re.MULTILINE
+)
 # The MIME fields (RFC 2045, 2183), whose parameters `_header` would lose reading them plainly.
 _MIME_FIELDS = frozenset({"content-type", "content-disposition", "content-transfer-encoding"})
 
@@ -190,7 +199,7 @@ def parse(raw: bytes, *, recipient: str | None = None) -> ParsedEmail:
     """Read one message; `recipient` is the mailbox it was delivered to, when known."""
     if not raw.strip():
         raise InvalidPayload("invalid_email", "The message is empty.")
-    message = _parser.parsebytes(raw)
+    message = _read_message(raw)
     if not isinstance(message, EmailMessage) or not message.keys():
         raise InvalidPayload("invalid_email", "The body is not an RFC 5322 message.")
     sender = _sender(message)
@@ -217,6 +226,50 @@ def parse(raw: bytes, *, recipient: str | None = None) -> ParsedEmail:
         auto_generated=auto,
         bounce=bounce,
     )
+
+
+def _read_message(raw: bytes) -> Message:
+    """`raw` as the standard library's parser reads it, for less where that is simple.
+
+    The feedparser reads a message line by line through generators, then for a part that
+    is no container only joins the lines of its body again. A well-formed single-part
+    message (most mail) is read here as it would: its header section, up to the first
+    empty line, field by field into the same headers, and the rest set whole as its body.
+    Anything else (a container, a line in the header section the feedparser would read
+    with a defect or specially) is left to the parser.
+    """
+    split = _head_end(raw)
+    if split is None or _CONTAINER.search(raw, 0, split[0]):
+        return _parser.parsebytes(raw)
+    head_end, body_start = split
+    text = raw.decode("ascii", "surrogateescape")
+    lines = io.StringIO(text[:head_end], newline="").readlines()
+    if not all(_HEADER_LINE.match(line) for line in lines) or lines[0][0] in " \t":
+        return _parser.parsebytes(raw)
+    message = _ReadMessage(policy=_POLICY)
+    field: list[str] = []
+    for line in lines:
+        if line[0] not in " \t" and field:
+            message.set_raw(*_POLICY.header_source_parse(field))
+            field = []
+        field.append(line)
+    message.set_raw(*_POLICY.header_source_parse(field))
+    if message.get_content_maintype() in ("multipart", "message"):
+        return _parser.parsebytes(raw)  # a Content-Type the pattern above did not foresee
+    message.set_payload(text[body_start:])
+    return message
+
+
+def _head_end(raw: bytes) -> tuple[int, int] | None:
+    """(end of the header section, start of the body) around the first empty line, CRLF or
+    LF; None without one. An empty line in another form ends up inside the header section,
+    where `_read_message` finds it is no header line."""
+    crlf, lf = raw.find(b"\r\n\r\n"), raw.find(b"\n\n")
+    if crlf >= 0 and (lf < 0 or crlf + 2 < lf + 1):
+        return crlf + 2, crlf + 4
+    if lf >= 0:
+        return lf + 1, lf + 2
+    return None
 
 
 # --- headers --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from channels import InvalidPayload
+from channels.email import inbound
 from channels.email.inbound import html_to_text, new_text, parse
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "email"
@@ -214,6 +215,43 @@ def test_a_message_without_message_id_gets_the_same_id_every_time() -> None:
 def test_unreadable_messages_are_invalid(raw: bytes) -> None:
     with pytest.raises(InvalidPayload):
         parse(raw)
+
+
+def _shape(message: Any) -> tuple[Any, ...]:
+    """What the standard library's parser makes of a message, to compare it whole."""
+    payload = message.get_payload()
+    parts = [_shape(part) for part in payload] if message.is_multipart() else payload
+    defects = [type(defect) for defect in message.defects]
+    return (type(message), message._headers, parts, defects, message.get_unixfrom(),
+            message.get_default_type(), message.preamble, message.epilogue)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        *(path.read_bytes() for path in sorted(FIXTURES.glob("*.eml"))),
+        b"Subject: x\r\nX-Folded: a\r\n  b\r\n\r\nbody\r\n",
+        b"Subject: x\n\nbody\n",
+        b"Subject: \xe4\xf6\r\n\r\n\xff body",
+        b"Subject: x\n\n",
+        b"X: y\r\n\n\r\nz",
+        # What the feedparser reads with a defect or specially: left to it.
+        b"From someone\nSubject: x\n\nb",
+        b": x\n\nb",
+        b" continued\nSubject: x\n\nb",
+        b"Subject: x\r\nno header\r\n\r\nb",
+        b"Subject: x\r\r\nb",
+        b"Subject: a\rb\r\n\r\nc",
+        b"\n\nbody",
+        b"Subject: no empty line",
+        # Containers, however their Content-Type is written.
+        b"Content-Type: Multipart/Mixed; boundary=x\n\n--x\nA: b\n\nc\n--x--\n",
+        b"Content-Type:\n multipart/mixed; boundary=x\n\n--x\n\nc\n--x--\n",
+        b"Content-Type: message/rfc822\n\nSubject: inner\n\nb",
+    ],
+)
+def test_a_message_is_read_as_the_standard_library_parser_reads_it(raw: bytes) -> None:
+    assert _shape(inbound._read_message(raw)) == _shape(inbound._parser.parsebytes(raw))
 
 
 def test_undecodable_header_bytes_become_replacement_characters() -> None:
