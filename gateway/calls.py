@@ -209,10 +209,14 @@ class CallDesk:
             self._ringing.discard(job.key)
         for job, outcome in outcomes.items():
             job.answer(outcome)
-        try:
-            await self._publish(outcomes)
-        except Exception:  # committed all the same: the pops are stored and replayed
-            log.exception("publishing the pops of %d call signals failed", len(outcomes))
+            try:
+                await self._publish(job, outcome)
+            except Exception:  # committed all the same: the pops are stored and replayed
+                log.exception("publishing what journal entry %s changed failed", job.journal_id)
+            # Answers and news of a committed batch are not what a ring waits for: one signal's
+            # per turn of the loop, so that a ring arriving meanwhile pops in between rather
+            # than behind the whole batch's (and its webhook client gets them one by one).
+            await asyncio.sleep(0)
 
     async def _journal_then_apply(self, batch: list[_CallJob]) -> dict[_CallJob, CallOutcome]:
         """The payloads journaled and committed first, so that a signal that cannot be applied
@@ -275,33 +279,26 @@ class CallDesk:
         if job.rung is not None:
             await self._publish_withdrawals([(p.agent_id, p.message["id"]) for p in job.rung.pops])
 
-    async def _publish(self, outcomes: dict[_CallJob, CallOutcome]) -> None:
+    async def _publish(self, job: _CallJob, outcome: CallOutcome) -> None:
+        out_already = job.rung.pop_ids if job.rung else set()
         await publish_pops(
-            self._bus,
-            [
-                pop
-                for job, outcome in outcomes.items()
-                for pop in outcome.pops
-                if not (job.rung and pop.message["id"] in job.rung.pop_ids)  # out already
-            ],
+            self._bus, [pop for pop in outcome.pops if pop.message["id"] not in out_already]
         )
-        for outcome in outcomes.values():
-            await self._publish_withdrawals(outcome.withdrawn)
-            for agent_id, state in outcome.presence.items():
-                message = {"type": "presence", "state": state}
-                await self._bus.publish(agent_topic(agent_id), message)
-            for offer in outcome.offers:
-                message = {k: v for k, v in offer.items() if k != "agent_id"}
-                await self._bus.publish(agent_topic(offer["agent_id"]), message)
-            if outcome.callback_ticket_id is not None:
-                await self._bus.publish(
-                    SUPERVISORS_TOPIC,
-                    {
-                        "type": "queue_update",
-                        "queue": outcome.callback_queue,
-                        "ticket_id": outcome.callback_ticket_id,
-                    },
-                )
+        await self._publish_withdrawals(outcome.withdrawn)
+        for agent_id, state in outcome.presence.items():
+            await self._bus.publish(agent_topic(agent_id), {"type": "presence", "state": state})
+        for offer in outcome.offers:
+            message = {k: v for k, v in offer.items() if k != "agent_id"}
+            await self._bus.publish(agent_topic(offer["agent_id"]), message)
+        if outcome.callback_ticket_id is not None:
+            await self._bus.publish(
+                SUPERVISORS_TOPIC,
+                {
+                    "type": "queue_update",
+                    "queue": outcome.callback_queue,
+                    "ticket_id": outcome.callback_ticket_id,
+                },
+            )
 
 
 def journal_and_apply(
