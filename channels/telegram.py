@@ -18,7 +18,6 @@ import asyncio
 import hmac
 import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +41,7 @@ from channels.sending import (
     SendResult,
     Thread,
     TransientSendError,
+    draft_id,
 )
 from timeline.events import Address, Attachment, EventKind, InboundEvent, ThreadHints
 from timeline.outbox import OutboxItem
@@ -218,7 +218,7 @@ class TelegramSender:
         if reply.attachments:
             raise InvalidPayload("attachments_unsupported", "Telegram replies carry text only.")
         return Draft(
-            external_id=f"sb-{uuid.uuid4().hex}",
+            external_id=draft_id("sb"),
             sender="bot",
             subject=None,
             text=reply.text,

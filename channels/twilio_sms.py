@@ -16,7 +16,6 @@ from __future__ import annotations
 import enum
 import mimetypes
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -34,6 +33,7 @@ from channels.sending import (
     SendResult,
     Thread,
     TransientSendError,
+    draft_id,
 )
 from channels.twilio_common import rest_client
 from timeline.events import Address, Attachment, EventKind, InboundEvent, ThreadHints
@@ -214,7 +214,7 @@ class TwilioSmsSender:
             raise InvalidPayload("attachments_unsupported", "SMS replies cannot carry files.")
         sender = self.account.from_number or self.account.messaging_service_sid or ""
         return Draft(
-            external_id=f"sms-{uuid.uuid4().hex}",
+            external_id=draft_id("sms"),
             sender=sender,
             subject=None,
             text=reply.text,

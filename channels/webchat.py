@@ -11,14 +11,13 @@ whichever gateway process holds the visitor's socket pushes them on.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from channels import InvalidPayload
-from channels.sending import Draft, Reply, SendResult, Thread
+from channels.sending import Draft, Reply, SendResult, Thread, draft_id
 from timeline.events import Address, EventKind, InboundEvent
 from timeline.outbox import OutboxItem
 
@@ -126,7 +125,7 @@ class WebchatSender:
         if reply.attachments:
             raise InvalidPayload("attachments_unsupported", "Chat replies carry text only.")
         return Draft(
-            external_id=f"chat-{uuid.uuid4().hex}",
+            external_id=draft_id("chat"),
             sender="agent",
             subject=None,
             text=reply.text,
