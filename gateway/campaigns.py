@@ -146,46 +146,49 @@ class CampaignDispatcher:
     async def round(self) -> float:
         """One pass over the running campaigns; how long to sleep before the next."""
         now = utcnow()
-        if await self.db.read(campaigns.due_to_start, now):
+        look = await self.db.read(_look, now)
+        if look.to_start:
             await self.db.run(campaigns.start_due, now)
+            look = await self.db.read(_look, now)
         pause = self.policy.poll_interval
-        for campaign_id in await self.db.read(campaigns.running):
-            pause = min(pause, await self._advance(campaign_id))
+        for campaign in look.running:
+            pause = min(pause, await self._advance(campaign, look.backlog))
         loop_time = asyncio.get_running_loop().time()
         if loop_time - self._replies_checked >= 1.0:
             self._replies_checked = loop_time
             await self.db.run(self._follow_replies, utcnow())
         return pause
 
-    async def _advance(self, campaign_id: int) -> float:
-        campaign = await self.db.read(_campaign, campaign_id)
-        if campaign is None or campaign.channel not in self.senders:
+    async def _advance(self, campaign: Campaign, backlog: dict[str, int]) -> float:
+        """Materialise and dispatch what `campaign` may now; `backlog` (the outbox's, per
+        channel, as the round began) counts in what this round queues."""
+        if campaign.channel not in self.senders:
             # A channel this process cannot send on is left to a process that can.
             return self.policy.poll_interval
         materialising = campaign.materialised_at is None and await self.db.run(
-            self._materialise, campaign_id, utcnow()
+            self._materialise, campaign.id, utcnow()
         )
-        allowed, bucket = await self._room(campaign)
+        allowed, bucket = self._room(campaign, backlog[campaign.channel])
         if bucket is not None and allowed <= 0:
             return max(bucket.wait(), 0.05)
         if bucket is None and allowed < self.policy.batch // 2:
             # The backlog drains in moments; refilled by half batches, not a few rows at a time.
             return 0.05
-        plan = await self.db.run(self._dispatch, campaign_id, allowed, utcnow())
+        plan = await self.db.run(self._dispatch, campaign.id, allowed, utcnow())
         if not plan.ours:
             return self.policy.poll_interval
+        backlog[campaign.channel] += plan.queued
         if bucket is not None:
             bucket.take(plan.queued)
         if plan.queued:
             self.outbox.wake()
         if plan.more or materialising:
             return 0.0
-        return await self._until_due(campaign_id)
+        return await self._until_due(campaign.id)
 
-    async def _room(self, campaign: Campaign) -> tuple[int, RateLimit | None]:
+    def _room(self, campaign: Campaign, backlog: int) -> tuple[int, RateLimit | None]:
         """How many recipients may go now: the batch, less the outbox backlog, within the
         sender's tokens when the campaign is paced (its bucket is returned, to take from)."""
-        backlog = await self.db.read(campaigns.waiting_in_outbox, campaign.channel)
         allowed = min(self.policy.batch, self.policy.backlog - backlog)
         rate = pacing.parse_pacing(campaign.pacing)
         if rate is None:
@@ -290,8 +293,24 @@ class RunningCounts:
         return counts
 
 
-def _campaign(session: Session, campaign_id: int) -> Campaign | None:
-    return session.get(Campaign, campaign_id)
+@dataclass(frozen=True, slots=True)
+class _Look:
+    """Where a round starts, read in one transaction: while a campaign sends, a round comes
+    every 50 ms, and each read is a hand-off to a database thread and back."""
+
+    to_start: bool  # a scheduled campaign's time has come
+    running: list[Campaign]
+    backlog: dict[str, int]  # `campaigns.waiting_in_outbox`, per channel of a running campaign
+
+
+def _look(session: Session, now: datetime) -> _Look:
+    running = campaigns.running(session)
+    channels = {campaign.channel for campaign in running}
+    return _Look(
+        to_start=campaigns.due_to_start(session, now),
+        running=running,
+        backlog={channel: campaigns.waiting_in_outbox(session, channel) for channel in channels},
+    )
 
 
 class _Batch:

@@ -213,12 +213,10 @@ def start_due(session: Session, now: datetime) -> None:
     )
 
 
-def running(session: Session) -> list[int]:
+def running(session: Session) -> list[Campaign]:
     return list(
         session.execute(
-            select(Campaign.id)
-            .where(Campaign.status == CampaignStatus.RUNNING)
-            .order_by(Campaign.id)
+            select(Campaign).where(Campaign.status == CampaignStatus.RUNNING).order_by(Campaign.id)
         ).scalars()
     )
 
