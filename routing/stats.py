@@ -86,7 +86,7 @@ def _write_counters(session: Session) -> None:
     if not rows:
         return
     values = [{"queue": q, "day": d, **counts} for (q, d), counts in sorted(rows.items())]
-    session.execute(_upsert(session.get_bind().dialect.name), values)
+    session.connection().execute(_upsert(session.get_bind().dialect.name), values)
 
 
 @cache
