@@ -6,6 +6,10 @@ its type (a datetime through two functions, JSON through `json.dumps`), values t
 a statement is compiled once per dialect, each bind's processor is looked up once, values
 shared by the whole batch (and the columns' Python-side defaults) are processed once, and each
 row contributes only what is its own.
+
+`driver_rows` runs such a statement once, for a hot path's read: compiled once per dialect
+too, where SQLAlchemy works out a cache key for every execution by walking the whole
+statement (for routing's statements of several CTEs, more than the database's own work).
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import BindParameter, Column, bindparam
+from sqlalchemy import BindParameter, ClauseElement, Column, CursorResult, bindparam
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
 
 Processor = Callable[[Any], Any] | None
@@ -67,6 +72,24 @@ def execute_many(
     session.connection().exec_driver_sql(compiled.sql, params)
 
 
+def driver_rows(
+    session: Session, statement: ClauseElement, params: Mapping[str, Any]
+) -> CursorResult[*tuple[Any, ...]]:
+    """Run `statement` (built once, named `bindparam`s) once with `params`; its rows as the
+    driver returns them, without SQLAlchemy's result types: only for columns whose driver
+    values are what the caller wants (asyncpg: aware UTC datetimes, lists for arrays)."""
+    compiled = _compile(statement, session.get_bind().dialect)
+    given = {**compiled.written, **{n: work() for n, work in compiled.computed.items()}, **params}
+    values = tuple(
+        proc(given[name]) if proc else given[name]
+        for name, proc in zip(compiled.names, compiled.processors, strict=True)
+    )
+    if not compiled.positional:
+        named = dict(zip(compiled.names, values, strict=True))
+        return session.connection().exec_driver_sql(compiled.sql, named)
+    return session.connection().exec_driver_sql(compiled.sql, values)
+
+
 def binds(names: str) -> dict[str, BindParameter[Any]]:
     """`{name: bindparam(name)}` for each of the space-separated `names`: a statement's
     values, to be given per row or shared."""
@@ -74,8 +97,8 @@ def binds(names: str) -> dict[str, BindParameter[Any]]:
 
 
 @functools.lru_cache(maxsize=64)
-def _compile(statement: UpdateBase, dialect: Dialect) -> _Compiled:
-    compiled = statement.compile(dialect=dialect)
+def _compile(statement: ClauseElement, dialect: Dialect) -> _Compiled:
+    compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
     names = tuple(compiled.positiontup or compiled.binds)
     processors = tuple(_processor(compiled.binds[name].type, dialect) for name in names)
     prefetch: list[Column[Any]] = [*compiled.insert_prefetch, *compiled.update_prefetch]
