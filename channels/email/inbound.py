@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import itertools
 import mimetypes
 import re
 from collections.abc import Collection, Iterator, Sequence
@@ -123,10 +124,8 @@ _parser = BytesParser(policy=_POLICY)
 # the lines the feedparser takes as headers, but for an empty name and the mbox `From ` line,
 # which it reads with a defect or specially (`_read_message` leaves those to it).
 _HEADER_LINE = re.compile(r"[\041-\071\073-\176]+:|[\t ]")
-# The header section names a container (multipart, message/*): the feedparser splits it.
-_CONTAINER = re.compile(
-    rb"^content-type:[ \t]*(?:multipart|message)/", re.IGNORECASE | re.MULTILINE
-)
+# What may follow a multipart boundary on its line: `--` if it closes the body, blanks.
+_BOUNDARY_END = re.compile(r"(--)?[ \t]*(\r\n|\r|\n)?")
 # The MIME fields (RFC 2045, 2183), whose parameters `_header` would lose reading them plainly.
 _MIME_FIELDS = frozenset({"content-type", "content-disposition", "content-transfer-encoding"})
 
@@ -231,45 +230,84 @@ def parse(raw: bytes, *, recipient: str | None = None) -> ParsedEmail:
 def _read_message(raw: bytes) -> Message:
     """`raw` as the standard library's parser reads it, for less where that is simple.
 
-    The feedparser reads a message line by line through generators, then for a part that
-    is no container only joins the lines of its body again. A well-formed single-part
-    message (most mail) is read here as it would: its header section, up to the first
-    empty line, field by field into the same headers, and the rest set whole as its body.
-    Anything else (a container, a line in the header section the feedparser would read
-    with a defect or specially) is left to the parser.
+    The feedparser reads a message line by line through generators, and compiles a pattern
+    for every multipart boundary (new in every message) to match each line against. Most
+    mail is simpler than what it must allow for: a single part, or a multipart of single
+    parts (text and HTML, a file). Such a message is read here as the feedparser reads it,
+    to the same headers, parts, preamble and epilogue; anything else (a nested container, a
+    line the feedparser would read with a defect or specially) is left to it.
     """
-    split = _head_end(raw)
-    if split is None or _CONTAINER.search(raw, 0, split[0]):
-        return _parser.parsebytes(raw)
-    head_end, body_start = split
-    text = raw.decode("ascii", "surrogateescape")
-    lines = io.StringIO(text[:head_end], newline="").readlines()
-    if not all(_HEADER_LINE.match(line) for line in lines) or lines[0][0] in " \t":
-        return _parser.parsebytes(raw)
+    lines = io.StringIO(raw.decode("ascii", "surrogateescape"), newline="").readlines()
+    read = _read_head(lines, 0, len(lines))
+    if read is not None:
+        message, body = read
+        if message.get_content_maintype() != "multipart":
+            message.set_payload("".join(lines[body:]))
+            return message
+        if _read_parts(message, lines, body):
+            return message
+    return _parser.parsebytes(raw)
+
+
+def _read_head(lines: list[str], start: int, end: int) -> tuple[_ReadMessage, int] | None:
+    """The part whose header section starts at `lines[start]`, and where its body starts;
+    None unless every line up to an empty one is a header line and the part is no
+    message/* (whose body the feedparser reads as a message)."""
     message = _ReadMessage(policy=_POLICY)
     field: list[str] = []
-    for line in lines:
+    for n in range(start, end):
+        line = lines[n]
+        if line in ("\r\n", "\n", "\r"):
+            if field:
+                message.set_raw(*_POLICY.header_source_parse(field))
+            if message.get_content_maintype() == "message":
+                return None
+            return message, n + 1
+        if not _HEADER_LINE.match(line) or (line[0] in " \t" and not field):
+            return None
         if line[0] not in " \t" and field:
             message.set_raw(*_POLICY.header_source_parse(field))
             field = []
         field.append(line)
-    message.set_raw(*_POLICY.header_source_parse(field))
-    if message.get_content_maintype() in ("multipart", "message"):
-        return _parser.parsebytes(raw)  # a Content-Type the pattern above did not foresee
-    message.set_payload(text[body_start:])
-    return message
-
-
-def _head_end(raw: bytes) -> tuple[int, int] | None:
-    """(end of the header section, start of the body) around the first empty line, CRLF or
-    LF; None without one. An empty line in another form ends up inside the header section,
-    where `_read_message` finds it is no header line."""
-    crlf, lf = raw.find(b"\r\n\r\n"), raw.find(b"\n\n")
-    if crlf >= 0 and (lf < 0 or crlf + 2 < lf + 1):
-        return crlf + 2, crlf + 4
-    if lf >= 0:
-        return lf + 1, lf + 2
     return None
+
+
+def _read_parts(message: _ReadMessage, lines: list[str], body: int) -> bool:
+    """Read the multipart body at `lines[body:]` into `message`, if each of its parts is a
+    single part as `_read_head` reads one, between single boundary lines (RFC 2046 §5.1.1)
+    and with a close boundary. False, with `message` spoilt, for the feedparser to read."""
+    boundary = message.get_boundary()
+    encoding = str(message.get("content-transfer-encoding", "8bit")).lower()
+    if boundary is None or message.get_content_subtype() == "digest":
+        return False  # a digest's parts are messages by default
+    if encoding not in ("7bit", "8bit", "binary"):
+        return False
+    separator = "--" + boundary
+    marks = [n for n in range(body, len(lines)) if _boundary_line(lines[n], separator)]
+    if not marks or lines[marks[0]].startswith(separator + "--"):
+        return False
+    if marks[0] > body:  # the line break before a boundary belongs to the boundary
+        message.preamble = _without_line_break("".join(lines[body : marks[0]]))
+    for opening, closing in itertools.pairwise(marks):
+        read = _read_head(lines, opening + 1, closing)
+        if read is None or read[0].get_content_maintype() == "multipart":
+            return False  # double boundary lines, a part without a body, a nested container
+        part, part_body = read
+        part.set_payload(_without_line_break("".join(lines[part_body:closing])))
+        message.attach(part)
+        if lines[closing].startswith(separator + "--"):
+            message.epilogue = "".join(lines[closing + 1 :])
+            return True
+    return False  # no close boundary
+
+
+def _boundary_line(line: str, separator: str) -> bool:
+    """The line is the boundary or close boundary (the feedparser's pattern for it)."""
+    return line.startswith(separator) and _BOUNDARY_END.fullmatch(line, len(separator)) is not None
+
+
+def _without_line_break(text: str) -> str:
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text[-1:] in "\r\n" else text
 
 
 # --- headers --------------------------------------------------------------------------------

@@ -244,9 +244,30 @@ def _shape(message: Any) -> tuple[Any, ...]:
         b"Subject: a\rb\r\n\r\nc",
         b"\n\nbody",
         b"Subject: no empty line",
-        # Containers, however their Content-Type is written.
+        # Multiparts: preamble, epilogue, blanks after a boundary, parts without headers.
         b"Content-Type: Multipart/Mixed; boundary=x\n\n--x\nA: b\n\nc\n--x--\n",
         b"Content-Type:\n multipart/mixed; boundary=x\n\n--x\n\nc\n--x--\n",
+        b'Content-Type: multipart/alternative; boundary="a.b+(c)?"\r\n\r\npreamble\r\n\r\n'
+        b"--a.b+(c)? \t\r\nContent-Type: text/plain\r\n\r\nline\r\n\r\n--a.b+(c)?\r\n"
+        b"Content-Type: text/html\r\n\r\n<p>x</p>\r\n--a.b+(c)?--  \r\nepilogue\r\n--a.b+(c)?\r\n",
+        b"Content-Type: multipart/mixed; boundary=x\n\n--x\n\n\n--x--",
+        b"Content-Type: multipart/mixed; boundary=x\n\n--x\n\nc\n--x--\n\n\nafter\n",
+        b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n\r\nc\r--x--\r",
+        # ... and what the feedparser reads with a defect or specially.
+        b"Content-Type: multipart/mixed; boundary=x\n\n--x\n\nc\n",
+        b"Content-Type: multipart/mixed; boundary=x\n\n--x--\n",
+        b"Content-Type: multipart/mixed; boundary=x\n\nno boundary\n",
+        b"Content-Type: multipart/mixed; boundary=x\n\n--x\n--x\n\nc\n--x--\n",
+        b"Content-Type: multipart/mixed; boundary=x\n\n--x\nA: b\n--x--\n",
+        b"Content-Type: multipart/mixed; boundary=x\n\n--xy\n\nc\n--x--\n",
+        b"Content-Type: multipart/mixed\n\n--x\n\nc\n--x--\n",
+        b"Content-Type: multipart/mixed; boundary=x\nContent-Transfer-Encoding: base64\n\n"
+        b"--x\n\nc\n--x--\n",
+        b"Content-Type: multipart/digest; boundary=x\n\n--x\n\nA: b\n\nc\n--x--\n",
+        b"Content-Type: multipart/mixed; boundary=x\n\n--x\nContent-Type: multipart/mixed;"
+        b" boundary=y\n\n--y\n\nc\n--y--\n--x--\n",
+        b"Content-Type: multipart/mixed; boundary=x\n\n--x\nContent-Type: message/rfc822\n\n"
+        b"Subject: inner\n\nb\n--x--\n",
         b"Content-Type: message/rfc822\n\nSubject: inner\n\nb",
     ],
 )
