@@ -32,6 +32,8 @@ from timeline.models import Role
 EX_DATAERR = 65
 EX_TEMPFAIL = 75
 GIL_SWITCH_SECONDS = 0.0005
+# Net new objects between young collections, once started (the interpreter's default: 700).
+YOUNG_COLLECTION_EVERY = 10_000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,8 +128,16 @@ async def _freeze_startup_objects(_app: web.Application) -> None:
     """Once everything has started: what startup made (modules, mappers, the app and its
     services) lives as long as the process, so the garbage collector stops walking it. Each
     full collection then looks only at what came after (in bench.email the walks had taken
-    a third of the gateway's CPU)."""
+    a third of the gateway's CPU).
+
+    And from then on it collects less often: a served request's garbage is nearly all freed
+    by reference counting (a campaign of 30,000 messages left some 5,000 objects in cycles),
+    yet a young collection every 700 objects, and a full one every hundred of those (20 ms
+    or more with the loop stopped), took 1.0-1.5 s of the gateway's CPU in that campaign,
+    0.24 s at `YOUNG_COLLECTION_EVERY`, with the same peak memory."""
     gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, middle, old)
 
 
 async def _migrate(settings: Settings) -> None:
