@@ -307,7 +307,10 @@ def _boundary_line(line: str, separator: str) -> bool:
 
 
 def _without_line_break(text: str) -> str:
-    return text[:-2] if text.endswith("\r\n") else text[:-1] if text[-1:] in "\r\n" else text
+    """`text` without the line break it ends with, if any (CRLF, CR or LF)."""
+    if text.endswith("\r\n"):
+        return text[:-2]
+    return text[:-1] if text.endswith(("\r", "\n")) else text
 
 
 # --- headers --------------------------------------------------------------------------------
