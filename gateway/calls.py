@@ -180,8 +180,7 @@ class CallDesk:
             return None
         self._ringing.add(key)
         try:
-            config = await self._config.get()
-            rung = await ring_first(self._db, self._settings, config, signal)
+            rung = await ring_first(self._db, self._settings, self._config.get, signal)
         except Exception:
             log.exception("a ring could not be read ahead; the writer rings it")
             self._ringing.discard(key)

@@ -14,7 +14,7 @@ gets no answer and the card is not replayed: what was shown was never stored.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +59,10 @@ class Rung:
 
 
 async def ring_first(
-    db: Database, settings: Settings, config: RoutingConfig, signal: CallSignal
+    db: Database,
+    settings: Settings,
+    config: Callable[[], Awaitable[RoutingConfig]],
+    signal: CallSignal,
 ) -> Rung | None:
     """The pops of a new inbound call's ring, with the ids they promise; None when the ring
     is not the first news of the call, rings nobody, or the caller is blocked.
@@ -67,7 +70,9 @@ async def ring_first(
     A new caller rung by name, the common case, takes one statement (`Database.rows_here`):
     whether the call is known, the caller's contact, the agents named, and on SQLite where
     the tables' ids stand. A known caller's card and the available agents of a queue are
-    read in a session of their own."""
+    read in a session of their own. The routing configuration (`config()`, a cached copy
+    reloaded every second) is asked for only to ring a queue: a ring naming its agents
+    never waits for a reload."""
     if signal.phase is not CallPhase.RINGING or signal.direction is not Direction.INBOUND:
         return None
     identity = identity_of(customer(signal), settings.default_region)
@@ -94,7 +99,7 @@ async def ring_first(
     if names:
         agents = sorted(row[-1] for row in rows if row[-1] is not None)
     elif signal.ring_available:
-        agents = await db.read_here(_available, config, signal.queue)
+        agents = await db.read_here(_available, await config(), signal.queue)
     else:
         agents = []
     if not agents:
