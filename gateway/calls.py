@@ -91,11 +91,11 @@ MISSED_CAUSES = (
 # Two processes may open the same new call at once; the loser's retry finds the winner's.
 _ATTEMPTS = 3
 # How long a batch of signals waits for company once its first signal is in. A batch costs
-# the writer some 5 ms of CPU whatever its size (a dozen statements and a commit) and about
-# 0.3 ms per signal; left to itself at 200 calls/s the writer took batches of one to four and
-# spent 2-3 ms per call, GIL time taken from the event loop and so from the next ring's pop
-# (bench.screenpop). What waits is the webhook's answer and what the writer publishes
-# (withdrawals, callback offers); a new call's pops go out before its batch.
+# the writer ~2 ms of CPU whatever its size (a dozen statements and a commit) and ~0.2 ms
+# more per ring; left to itself at 200 calls/s the writer took batches of one or two and
+# spent 2-3 ms per call, much of it GIL time taken from the event loop and so from the next
+# ring's pop (bench.screenpop). What waits is the webhook's answer and what the writer
+# publishes (withdrawals, callback offers); a new call's pops go out before its batch.
 BATCH_LINGER_SECONDS = 0.02
 
 _UNHEARD = {CallPhase.ANSWERED: "answer", CallPhase.ENDED: "hangup"}
