@@ -161,9 +161,10 @@ class CallDesk:
         """Pop a new call's ring at once, journal the raw payload, apply the signal; answer
         once both are committed."""
         job = _CallJob(signal, payload, content_type, asyncio.get_running_loop().create_future())
-        # Read ahead beside the queue, so the signal keeps its place among the call's others.
-        job.reading_ahead = asyncio.create_task(self._ring_first(signal))
         if signal.phase is CallPhase.RINGING:
+            # Read ahead beside the queue, so the ring keeps its place among the call's other
+            # signals (the others have nothing to read ahead: no task of their own).
+            job.reading_ahead = asyncio.create_task(self._ring_first(signal))
             # The writer thread makes way until the pops are on the agents' sockets: their
             # writes run in the turn of the loop that ends the read-ahead, before this.
             release = self._db.foreground.hold()
@@ -176,7 +177,7 @@ class CallDesk:
         """The ring's pops, published before the signal waits for the writer; None leaves the
         ringing to the writer (not a new inbound ring, one of its call already in flight)."""
         key = (signal.provider, signal.call_id)
-        if signal.phase is not CallPhase.RINGING or key in self._ringing:
+        if key in self._ringing:
             return None
         self._ringing.add(key)
         try:
