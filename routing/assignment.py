@@ -106,6 +106,10 @@ def _literals(statuses: Sequence[str]) -> list[ColumnElement[str]]:
 
 
 _DECLINED = _literals((OfferStatus.REJECTED, OfferStatus.EXPIRED))
+# How long a rejected or missed offer keeps its ticket from that agent (in that queue). For
+# ever would forget a customer whom every agent of the queue once declined or let time out
+# (a busy minute, agents away from their desks): the ticket would wait beside idle agents.
+DECLINE_MEMORY = timedelta(seconds=60)
 _OPEN = _literals(OPEN_STATUSES)
 (_PENDING,) = _literals((OfferStatus.PENDING,))
 (_AVAILABLE,) = _literals((Presence.AVAILABLE,))
@@ -134,9 +138,9 @@ class RouteRequest:
 class Entered:
     """What PostgreSQL told `enqueue` in the statement that put the ticket in its queue (and
     so locked it), so that `route` need not ask again: whether it may be placed (nobody
-    holds it, it is open, no offer pending), who declined it in this queue, and its
-    contact's last agent since the longest sticky window began, with when; and the
-    candidates for its queue."""
+    holds it, it is open, no offer pending), who declined it in this queue (within
+    `DECLINE_MEMORY`), and its contact's last agent since the longest sticky window began,
+    with when; and the candidates for its queue."""
 
     placeable: bool
     declined: frozenset[int]
@@ -240,6 +244,7 @@ def _enter(
         "queues": [r.queue for r in requests],
         "now": now,
         "since": now - timedelta(seconds=longest),
+        "declines_since": now - DECLINE_MEMORY,
     }
     open_queues = [q for q in _queues(config, requests) if q.is_open(now)]
     if not open_queues:
@@ -293,6 +298,7 @@ def _entering() -> Update:
         earlier.ticket_id == Ticket.id,
         earlier.queue == entering.c.queue,
         earlier.status.in_(_DECLINED),
+        earlier.decided_at > bindparam("declines_since"),
     )
     placeable = and_(Ticket.assignee_id.is_(None), Ticket.status.in_(_OPEN), ~_pending_offer())
     table = _tickets()
@@ -497,7 +503,7 @@ def _placeable(
     if unread:
         longest = max(windows[ticket_id] for ticket_id in unread)
         query = _placeable_query(sticky=longest > 0)
-        params: dict[str, Any] = {"ids": unread}
+        params: dict[str, Any] = {"ids": unread, "declines_since": now - DECLINE_MEMORY}
         if longest:
             params["since"] = now - timedelta(seconds=longest)
         for ticket_id, agent_id, queue, *last in session.execute(query, params):
@@ -566,7 +572,12 @@ def _placeable_query(sticky: bool) -> Select[Any]:
     earlier = aliased(Offer)
     return (
         select(Ticket.id, earlier.agent_id, earlier.queue, *(_last_agent() if sticky else ()))
-        .outerjoin(earlier, (earlier.ticket_id == Ticket.id) & earlier.status.in_(_DECLINED))
+        .outerjoin(
+            earlier,
+            (earlier.ticket_id == Ticket.id)
+            & earlier.status.in_(_DECLINED)
+            & (earlier.decided_at > bindparam("declines_since")),
+        )
         .where(
             Ticket.id.in_(bindparam("ids", expanding=True)),
             Ticket.assignee_id.is_(None),
@@ -1050,7 +1061,8 @@ def fill_agent(
     skip: Collection[int] = (),
 ) -> Routed:
     """Give an available agent with room the most urgent waiting tickets it may take (not
-    those it declined in their queue, nor `skip`: tickets it just handed back)."""
+    those it declined in their queue within `DECLINE_MEMORY`, nor `skip`: tickets it just
+    handed back)."""
     if not _lock_available(session, [agent_id]):
         return Routed()
     postgres = session.get_bind().dialect.name == "postgresql"
@@ -1063,6 +1075,7 @@ def fill_agent(
         Offer.agent_id == agent_id,
         Offer.queue == Ticket.queue,
         Offer.status.in_(_DECLINED),
+        Offer.decided_at > now - DECLINE_MEMORY,
     )
     query = (
         select(Ticket.id, Ticket.channel, Ticket.queue, Ticket.contact_id, Ticket.priority,
@@ -1145,8 +1158,8 @@ def accept(
 def reject(
     session: Session, config: RoutingConfig, offer_id: int, agent_id: int, now: datetime
 ) -> Routed:
-    """The agent declines: the ticket goes to the next agent (not back to this one), and the
-    room the offer held goes to another waiting ticket."""
+    """The agent declines: the ticket goes to the next agent (not back to this one within
+    `DECLINE_MEMORY`), and the room the offer held goes to another waiting ticket."""
     offer = _lock_offer(session, offer_id)
     if offer is None or offer.agent_id != agent_id or offer.status != OfferStatus.PENDING:
         raise OfferGone(offer_id)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from gateway.agents import NewAgent, create_agent
 from routing import assignment
-from routing.assignment import Routed, RouteRequest, route
+from routing.assignment import DECLINE_MEMORY, Routed, RouteRequest, route
 from routing.capacity import Capacity
 from routing.config import RoutingConfig
 from routing.queues import QueueConfig
@@ -150,7 +150,9 @@ async def test_a_ticket_entering_its_queue_goes_to_the_sticky_agent_and_not_who_
     """What `enqueue` reads as the ticket enters (PostgreSQL: in the same statement) steers
     the choice as `route`'s own read would: anna, idle the longest, gets a new contact's
     ticket, but bernd the one whose contact he served ten minutes ago and the one anna
-    declined in this queue; a ticket already offered is not offered again."""
+    declined in this queue; a ticket already offered is not offered again. A decline older
+    than `DECLINE_MEMORY` no longer counts: a ticket every agent once declined is not left
+    waiting for ever."""
     database = Database(database_url)
     await database.upgrade()
     try:
@@ -162,11 +164,16 @@ async def test_a_ticket_entering_its_queue_goes_to_the_sticky_agent_and_not_who_
         await database.run(
             _idle_since, {anna: now - timedelta(hours=2), bernd: now - timedelta(hours=1)}
         )
-        regular, new, declined, offered = await database.run(_contacts, 4)
+        regular, new, declined, offered, forgiven = await database.run(_contacts, 5)
         await database.run(_history, regular, bernd, now - timedelta(minutes=10))
-        tickets = {c: await database.run(_ticket_of, c) for c in (regular, new, declined, offered)}
+        tickets = {
+            c: await database.run(_ticket_of, c)
+            for c in (regular, new, declined, offered, forgiven)
+        }
         await database.run(_offer, tickets[declined], anna, OfferStatus.REJECTED)
         await database.run(_offer, tickets[offered], bernd, OfferStatus.PENDING)
+        long_ago = now - DECLINE_MEMORY - timedelta(seconds=1)
+        await database.run(_offer, tickets[forgiven], anna, OfferStatus.EXPIRED, long_ago)
 
         routed = await database.run(_enter_and_route, [tickets[c] for c in tickets], [*tickets])
 
@@ -174,6 +181,7 @@ async def test_a_ticket_entering_its_queue_goes_to_the_sticky_agent_and_not_who_
             tickets[new]: anna,
             tickets[regular]: bernd,
             tickets[declined]: bernd,
+            tickets[forgiven]: anna,
         }
     finally:
         await database.dispose()
@@ -199,10 +207,20 @@ def _ticket_of(session: Session, contact: int) -> int:
     return ticket_id
 
 
-def _offer(session: Session, ticket: int, agent: int, status: OfferStatus) -> None:
+def _offer(
+    session: Session,
+    ticket: int,
+    agent: int,
+    status: OfferStatus,
+    decided_at: datetime | None = None,
+) -> None:
+    """An offer of `ticket` to `agent`; one no longer pending was decided now, or then."""
     expires = utcnow() + timedelta(minutes=1)
+    if status != OfferStatus.PENDING:
+        decided_at = decided_at or utcnow()
     row = {"ticket_id": ticket, "agent_id": agent, "queue": "sales", "channel": "sms",
-           "status": status, "created_at": utcnow(), "expires_at": expires}  # fmt: skip
+           "status": status, "created_at": utcnow(), "expires_at": expires,
+           "decided_at": decided_at}  # fmt: skip
     store.insert_rows(session, Offer, [row])
 
 

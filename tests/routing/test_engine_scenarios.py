@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from gateway.agents import skill_levels
 from gateway.routing_api import change_ticket
 from routing import assignment, stats
-from routing.assignment import Routed, RouteRequest
+from routing.assignment import DECLINE_MEMORY, Routed, RouteRequest
 from routing.capacity import Capacity
 from routing.config import load_config, save_queue
 from routing.queues import QueueConfig
@@ -87,6 +87,12 @@ class Desk:
             request = RouteRequest(ticket_id, channel, queue, contact or self.contact, priority)
             waiting = assignment.enqueue(session, self.config, [request], self.now)
             return ticket_id, assignment.route(session, self.config, waiting, self.now)
+
+    def sweep(self) -> Routed:
+        """What the dispatcher's sweep does: the longest-waiting tickets placed again."""
+        with self.unit() as session:
+            ids = assignment.stragglers(session, self.now, 20)
+            return assignment.reroute(session, self.config, ids, self.now)
 
     def later(self, seconds: float) -> Routed:
         self.now += timedelta(seconds=seconds)
@@ -289,7 +295,9 @@ def test_offers_that_time_out_go_on_and_make_the_agent_away_after_the_limit(
     assert desk.agent_row(bernd).presence == Presence.AVAILABLE
 
 
-def test_a_rejected_offer_goes_to_the_next_agent_never_back(engine: Engine) -> None:
+def test_a_rejected_offer_goes_to_the_next_agent_not_back_while_the_decline_is_fresh(
+    engine: Engine,
+) -> None:
     desk = Desk(engine, SALES)
     anna, bernd = desk.agent("anna"), desk.agent("bernd")
     desk.presence(anna, Presence.AVAILABLE)
@@ -302,6 +310,29 @@ def test_a_rejected_offer_goes_to_the_next_agent_never_back(engine: Engine) -> N
     with desk.unit() as session:
         routed = assignment.reject(session, desk.config, routed.offers[0].id, bernd, desk.now)
     assert routed.offers == [] and desk.ticket(ticket_id).waiting_since is not None
+
+    desk.now += DECLINE_MEMORY - timedelta(seconds=1)
+    assert desk.sweep().offers == []
+    # Every agent declined it a while ago: the customer must not wait beside idle agents.
+    desk.now += timedelta(seconds=2)
+    assert [(o.ticket_id, o.agent_id) for o in desk.sweep().offers] == [(ticket_id, anna)]
+
+
+def test_an_agent_coming_back_gets_the_ticket_it_declined_once_the_decline_is_old(
+    engine: Engine,
+) -> None:
+    desk = Desk(engine, SALES)
+    anna = desk.agent("anna")
+    desk.presence(anna, Presence.AVAILABLE)
+    ticket_id, routed = desk.inbound("sales")
+    with desk.unit() as session:
+        assignment.reject(session, desk.config, routed.offers[0].id, anna, desk.now)
+    desk.presence(anna, Presence.AWAY)
+    assert desk.presence(anna, Presence.AVAILABLE).offers == []
+    desk.now += DECLINE_MEMORY + timedelta(seconds=1)
+    desk.presence(anna, Presence.AWAY)
+    routed = desk.presence(anna, Presence.AVAILABLE)
+    assert [(o.ticket_id, o.agent_id) for o in routed.offers] == [(ticket_id, anna)]
 
 
 def test_after_call_work_ends_by_its_timer_and_keeps_a_presence_history(engine: Engine) -> None:
