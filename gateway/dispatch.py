@@ -251,15 +251,16 @@ class Dispatcher:
 
     async def place_stragglers(self) -> int:
         """Place again the tickets waiting longest (`assignment.stragglers`); how many."""
-        since = utcnow() - STRAGGLERS_AGE
+        now = utcnow()
+        since = now - STRAGGLERS_AGE
+        config = await self.config.get()
         # Read first: on most sweeps there are none, and a write transaction would hold
         # SQLite's one writer for nothing.
-        if not await self._db.read(assignment.stragglers, since, STRAGGLERS_BATCH):
+        if not await self._db.read(assignment.stragglers, config, since, STRAGGLERS_BATCH, now):
             return 0
-        config = await self.config.get()
 
         def unit(session: Session) -> tuple[int, Announcement]:
-            ids = assignment.stragglers(session, since, STRAGGLERS_BATCH)
+            ids = assignment.stragglers(session, config, since, STRAGGLERS_BATCH, now)
             assignment.exclusive(session)
             routed = assignment.reroute(session, config, ids, utcnow())
             return len(ids), announcement(session, routed)

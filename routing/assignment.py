@@ -1247,17 +1247,28 @@ def reroute(
     return route(session, config, requests, now)
 
 
-def stragglers(session: Session, waiting_since: datetime, limit: int) -> list[int]:
-    """Tickets waiting since before `waiting_since` with no offer pending, the oldest first.
+def stragglers(
+    session: Session, config: RoutingConfig, waiting_since: datetime, limit: int, now: datetime
+) -> list[int]:
+    """Tickets waiting since before `waiting_since` with no offer pending, in queues open
+    `now`, the oldest first.
 
     On PostgreSQL a ticket being placed just as an agent comes free in another transaction
     can find that agent still full, while the agent's look for waiting tickets skips it
-    (`SKIP LOCKED`: the placing held it). The sweeper places these again now and then, so
-    no ticket is left beside an agent with room for longer than that."""
+    (`SKIP LOCKED`: the placing held it); and a ticket every agent declined waits until its
+    declines are older than `DECLINE_MEMORY`. The sweeper places these again now and then, so
+    no ticket is left beside an agent with room for longer than that. Tickets in a closed
+    queue are left to its opening: at night they would be the oldest, and the sweep would
+    look at nothing else."""
+    closed = [name for name, queue in config.queues.items() if not queue.is_open(now)]
     return list(
         session.execute(
             select(Ticket.id)
-            .where(Ticket.waiting_since <= waiting_since, ~_pending_offer())
+            .where(
+                Ticket.waiting_since <= waiting_since,
+                Ticket.queue.not_in(closed),
+                ~_pending_offer(),
+            )
             .order_by(Ticket.waiting_since)
             .limit(limit)
         ).scalars()

@@ -91,7 +91,7 @@ class Desk:
     def sweep(self) -> Routed:
         """What the dispatcher's sweep does: the longest-waiting tickets placed again."""
         with self.unit() as session:
-            ids = assignment.stragglers(session, self.now, 20)
+            ids = assignment.stragglers(session, self.config, self.now, 20, self.now)
             return assignment.reroute(session, self.config, ids, self.now)
 
     def later(self, seconds: float) -> Routed:
@@ -315,6 +315,22 @@ def test_a_rejected_offer_goes_to_the_next_agent_not_back_while_the_decline_is_f
     assert desk.sweep().offers == []
     # Every agent declined it a while ago: the customer must not wait beside idle agents.
     desk.now += timedelta(seconds=2)
+    assert [(o.ticket_id, o.agent_id) for o in desk.sweep().offers] == [(ticket_id, anna)]
+
+
+def test_the_sweep_looks_past_tickets_waiting_for_their_closed_queue(engine: Engine) -> None:
+    """At night the oldest waiting tickets are a closed queue's; the sweep must still reach a
+    ticket of an open queue that every agent declined a while ago."""
+    desk = Desk(engine, SALES, OFFICE)
+    anna = desk.agent("anna")
+    desk.now = datetime(2026, 11, 24, 20, 0, tzinfo=UTC)  # Tuesday evening: the office is closed
+    for _ in range(25):
+        desk.inbound("office")
+    desk.presence(anna, Presence.AVAILABLE)
+    ticket_id, routed = desk.inbound("sales")
+    with desk.unit() as session:
+        assignment.reject(session, desk.config, routed.offers[0].id, anna, desk.now)
+    desk.now += DECLINE_MEMORY + timedelta(seconds=1)
     assert [(o.ticket_id, o.agent_id) for o in desk.sweep().offers] == [(ticket_id, anna)]
 
 
