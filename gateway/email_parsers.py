@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from channels import InvalidPayload
 from channels.email import inbound
 from timeline.attachments import AttachmentStore
-from timeline.events import InboundEvent
+from timeline.events import InboundEvent, pickled_by_position
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ _SAMPLE = (
 )
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class ReadEmail:
     """A parsed message whose attachments are stored: what the ingest path needs of it."""
@@ -77,6 +78,7 @@ class ReadEmail:
     auto_generated: str | None = None
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class Unreadable:
     """Why a message could not be read (an exception does not cross processes intact)."""

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import enum
+import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import nh3
+
+SlotsT = TypeVar("SlotsT", bound=type)
 
 
 class EventKind(enum.StrEnum):
@@ -27,6 +32,34 @@ def sanitise_html(html: str) -> str:
     return nh3.clean(html)
 
 
+def pickled_by_position(cls: SlotsT) -> SlotsT:
+    """Pickle a frozen slots dataclass (of two fields or more) as its values in slot order,
+    restored without `__init__`, as the default does, so no `__post_init__` runs twice.
+
+    Parsed e-mail crosses from the parser processes to the gateway as these; the default
+    state of a slots dataclass is built and applied field by field through `fields()`,
+    twice the cost (bench.email: 15 µs a message each way, against 7 and 10)."""
+    slots: tuple[str, ...] = cls.__slots__  # type: ignore[attr-defined]
+    if len(slots) < 2:
+        raise TypeError(f"{cls.__name__}: attrgetter of one name gives no tuple")
+    values = operator.attrgetter(*slots)
+
+    def __reduce__(self: object) -> tuple[Callable[..., object], tuple[object, ...]]:
+        return _restore, (cls, values(self))
+
+    setattr(cls, "__reduce__", __reduce__)  # noqa: B010 (mypy: no assignment to a method)
+    return cls
+
+
+def _restore(cls: type, values: tuple[object, ...]) -> object:
+    restored: object = object.__new__(cls)
+    put = object.__setattr__
+    for name, value in zip(cls.__slots__, values, strict=False):  # type: ignore[attr-defined]
+        put(restored, name, value)
+    return restored
+
+
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class Address:
     """A sender or recipient as the channel saw it, before identity normalisation.
@@ -40,6 +73,7 @@ class Address:
     name: str | None = None
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class ThreadHints:
     """What the provider tells us about the conversation this event continues."""
@@ -52,6 +86,7 @@ class ThreadHints:
     opens_ticket: bool = True
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class Attachment:
     filename: str
@@ -62,6 +97,7 @@ class Attachment:
     content_id: str | None = None
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class InboundEvent:
     """One thing a customer did, normalised; the only shape the ingest path accepts.

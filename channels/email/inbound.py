@@ -40,7 +40,15 @@ from typing import Any
 import charset_normalizer
 
 from channels import InvalidPayload
-from timeline.events import Address, Attachment, EventKind, InboundEvent, ThreadHints, ticket_tag
+from timeline.events import (
+    Address,
+    Attachment,
+    EventKind,
+    InboundEvent,
+    ThreadHints,
+    pickled_by_position,
+    ticket_tag,
+)
 
 CHANNEL = "email"
 MAX_ID = 500  # timeline_events.external_id
@@ -140,6 +148,7 @@ class MailPart:
     content_id: str | None = None
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class Bounce:
     """A delivery status notification (RFC 3464) reporting that messages did not arrive."""

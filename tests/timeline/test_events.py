@@ -7,16 +7,19 @@ never survive into an `InboundEvent`; harmless markup and text do.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from datetime import UTC
 
 import pytest
 
 from timeline.events import (
     Address,
+    Attachment,
     Direction,
     EventKind,
     InboundEvent,
     ThreadHints,
+    pickled_by_position,
     sanitise_html,
     ticket_tag,
 )
@@ -188,3 +191,41 @@ def test_defaults_describe_an_inbound_event_without_thread_hints() -> None:
     assert plain.text == ""
     assert plain.subject is None
     assert plain.occurred_at.tzinfo is UTC
+
+
+# --------------------------------------------------------------------------------------------
+# Pickling (parsed e-mail crosses from the parser processes to the gateway)
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_event_pickles_back_equal_with_everything_it_carries() -> None:
+    full = dataclasses.replace(
+        event(html="<p>ok</p>"),
+        thread=ThreadHints(ticket_number=10042, references=("<a@x>",), opens_ticket=False),
+        attachments=(Attachment("scan.pdf", "application/pdf", 3, "/attachments/ab", "c1"),),
+        journal_id=7,
+        queue="billing",
+        preview="ok",
+    )
+    restored = pickle.loads(pickle.dumps(full))
+    assert restored == full
+    assert type(restored.sender) is Address and type(restored.thread) is ThreadHints
+
+
+def test_unpickling_does_not_sanitise_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    pickled = pickle.dumps(event(html="<p>ok</p>"))
+
+    def refuse(_html: str) -> str:
+        raise AssertionError("sanitised again on unpickling")
+
+    monkeypatch.setattr("timeline.events.sanitise_html", refuse)
+    assert pickle.loads(pickled).html == "<p>ok</p>"
+
+
+def test_pickling_by_position_refuses_a_class_of_one_field() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Single:
+        only: int
+
+    with pytest.raises(TypeError):
+        pickled_by_position(Single)
