@@ -57,19 +57,43 @@ class AutoReplies(Protocol):
 
 
 class ConfigCache:
+    """The routing configuration as last read, read again once `CONFIG_TTL_SECONDS` old.
+
+    However many ask while it is being read, it is read once (at 200 calls a second every
+    expiry had started a read per caller). And a read begun before an `invalidate` is never
+    kept after it: it may predate the change the invalidation announces, so whoever asks
+    afterwards waits for a read of its own."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
         self._config: RoutingConfig | None = None
-        self._loaded_at = 0.0
+        self._read_at = 0.0
+        self._reading: asyncio.Future[RoutingConfig] | None = None
+        self._generation = 0  # one more at each invalidate
 
     async def get(self) -> RoutingConfig:
-        if self._config is None or time.monotonic() - self._loaded_at > CONFIG_TTL_SECONDS:
-            self._config = await self._db.read(load_config)
-            self._loaded_at = time.monotonic()
-        return self._config
+        if self._config is not None and time.monotonic() - self._read_at <= CONFIG_TTL_SECONDS:
+            return self._config
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self._read(self._generation))
+        # Shielded: a caller that gives up does not cancel the read the others wait for.
+        return await asyncio.shield(self._reading)
+
+    async def _read(self, generation: int) -> RoutingConfig:
+        started = time.monotonic()
+        try:
+            config = await self._db.read(load_config)
+        finally:
+            if generation == self._generation:
+                self._reading = None
+        if generation == self._generation:
+            self._config, self._read_at = config, started
+        return config
 
     def invalidate(self) -> None:
         self._config = None
+        self._reading = None
+        self._generation += 1
 
 
 @dataclass(slots=True)
