@@ -4,11 +4,11 @@
 [--warmup 200] [--pending 100]`
 (from the repo root; PostgreSQL at `--postgres`, default the test server 127.0.0.1:5432):
 
-1. A fresh database `switchboard_bench_routing` gets the schema, `--contacts` contacts and as
-   many resolved tickets with their accepted offers (generated in SQL), `--queues` queues
-   (each asking for its own skill, offers with a timeout, strategies in turn) with one
-   keyword rule each, and `--agents` available agents with two skills each and capacity 5;
-   then VACUUM ANALYZE and a CHECKPOINT.
+1. A fresh database `switchboard_bench_routing_<pid>` (dropped at the end) gets the schema,
+   `--contacts` contacts and as many resolved tickets with their accepted offers (generated
+   in SQL), `--queues` queues (each asking for its own skill, offers with a timeout,
+   strategies in turn) with one keyword rule each, and `--agents` available agents with two
+   skills each and capacity 5; then VACUUM ANALYZE and a CHECKPOINT.
 2. After `--warmup` untimed decisions, each decision is one transaction like the ingest
    path's: the shared routing lock and a new ticket of a random contact about a random
    queue's keyword, then the measured part — the rules pick the queue, the ticket enters it
@@ -57,7 +57,9 @@ from timeline.db import Database
 from timeline.models import Ticket, utcnow
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DATABASE = "switchboard_bench_routing"
+# Its own database per run (by process id), dropped at the end: two runs at once on one
+# server no longer drop each other's.
+DATABASE = f"switchboard_bench_routing_{os.getpid()}"
 STRATEGIES = ("longest_idle", "least_occupied", "round_robin")
 
 
@@ -82,6 +84,14 @@ async def _fresh_database(admin_dsn: str) -> str:
         await connection.close()
     base = admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     return f"{base}/{DATABASE}"
+
+
+async def _drop_database(admin_dsn: str) -> None:
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+    finally:
+        await connection.close()
 
 
 async def _settle(admin_dsn: str) -> None:
@@ -216,6 +226,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await database.run(_answer, config, pending.popleft())
     finally:
         await database.dispose()
+        await _drop_database(args.postgres)
     result = {
         "agents": args.agents,
         "queues": args.queues,
