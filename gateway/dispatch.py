@@ -172,6 +172,8 @@ class Dispatcher:
         self.config = ConfigCache(db)
         self._timers: list[asyncio.Task[None]] = []
         self._reannounced: set[int] = set()
+        # Where the last sweep for stragglers ended; None: the next begins with the oldest.
+        self._swept_to: assignment.SweepPlace | None = None
         # Set once the outbox runs (gateway/app.py); until then after-hours replies wait.
         self.replies: AutoReplies | None = None
 
@@ -274,24 +276,29 @@ class Dispatcher:
                 await asyncio.sleep(SWEEP_SECONDS)
 
     async def place_stragglers(self) -> int:
-        """Place again the tickets waiting longest (`assignment.stragglers`); how many."""
+        """Place again the next tickets of those waiting long (`assignment.stragglers`),
+        going round them all, a batch a time; how many were looked at."""
         now = utcnow()
-        since = now - STRAGGLERS_AGE
+        since, after = now - STRAGGLERS_AGE, self._swept_to
         config = await self.config.get()
         # Read first: on most sweeps there are none, and a write transaction would hold
         # SQLite's one writer for nothing.
-        if not await self._db.read(assignment.stragglers, config, since, STRAGGLERS_BATCH, now):
+        if not await self._db.read(
+            assignment.stragglers, config, since, STRAGGLERS_BATCH, now, after
+        ):
+            self._swept_to = None  # round again from the oldest
             return 0
 
-        def unit(session: Session) -> tuple[int, Announcement]:
-            ids = assignment.stragglers(session, config, since, STRAGGLERS_BATCH, now)
+        def unit(session: Session) -> tuple[list[assignment.SweepPlace], Announcement]:
+            places = assignment.stragglers(session, config, since, STRAGGLERS_BATCH, now, after)
             assignment.exclusive(session)
-            routed = assignment.reroute(session, config, ids, utcnow())
-            return len(ids), announcement(session, routed)
+            routed = assignment.reroute(session, config, [i for _, i in places], utcnow())
+            return places, announcement(session, routed)
 
-        looked_at, news = await self._db.run(unit)
+        places, news = await self._db.run(unit)
+        self._swept_to = places[-1] if len(places) == STRAGGLERS_BATCH else None
         await self.publish(news)
-        return looked_at
+        return len(places)
 
     async def _reannounce_forever(self) -> None:
         while True:

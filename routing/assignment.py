@@ -50,6 +50,7 @@ from sqlalchemy import (
     select,
     text,
     true,
+    tuple_,
     union_all,
     update,
 )
@@ -1247,32 +1248,46 @@ def reroute(
     return route(session, config, requests, now)
 
 
+# A waiting ticket's place in the sweep's order: (waiting since, id).
+SweepPlace = tuple[datetime, int]
+
+
 def stragglers(
-    session: Session, config: RoutingConfig, waiting_since: datetime, limit: int, now: datetime
-) -> list[int]:
+    session: Session,
+    config: RoutingConfig,
+    waiting_since: datetime,
+    limit: int,
+    now: datetime,
+    after: SweepPlace | None = None,
+) -> list[SweepPlace]:
     """Tickets waiting since before `waiting_since` with no offer pending, in queues open
-    `now`, the oldest first.
+    `now`, the oldest first, from past `after` when given: their places in that order.
 
     On PostgreSQL a ticket being placed just as an agent comes free in another transaction
     can find that agent still full, while the agent's look for waiting tickets skips it
     (`SKIP LOCKED`: the placing held it); and a ticket every agent declined waits until its
     declines are older than `DECLINE_MEMORY`. The sweeper places these again now and then, so
-    no ticket is left beside an agent with room for longer than that. Tickets in a closed
-    queue are left to its opening: at night they would be the oldest, and the sweep would
-    look at nothing else."""
+    no ticket is left beside an agent with room for longer than that.
+
+    It goes round them all, `limit` at a time (each sweep after the last one's place): the
+    oldest are often tickets no agent can take (nobody has the skill, or all are full), and
+    a sweep that always began with them would never reach the rest. Tickets in a closed
+    queue are left to its opening: at night they would be most of what there is to go round."""
     closed = [name for name, queue in config.queues.items() if not queue.is_open(now)]
-    return list(
-        session.execute(
-            select(Ticket.id)
-            .where(
-                Ticket.waiting_since <= waiting_since,
-                Ticket.queue.not_in(closed),
-                ~_pending_offer(),
-            )
-            .order_by(Ticket.waiting_since)
-            .limit(limit)
-        ).scalars()
+    place = tuple_(Ticket.waiting_since, Ticket.id)
+    query = (
+        select(Ticket.waiting_since, Ticket.id)
+        .where(
+            Ticket.waiting_since <= waiting_since,
+            Ticket.queue.not_in(closed),
+            ~_pending_offer(),
+        )
+        .order_by(Ticket.waiting_since, Ticket.id)
+        .limit(limit)
     )
+    if after is not None:
+        query = query.where(place > tuple_(literal(after[0], Ticket.waiting_since.type), after[1]))
+    return [(since, ticket_id) for since, ticket_id in session.execute(query) if since]
 
 
 def pending_offers(session: Session, agent_id: int) -> list[OfferMade]:

@@ -228,3 +228,34 @@ def _enter_and_route(session: Session, tickets: list[int], contacts: list[int]) 
     requests = [RouteRequest(t, "sms", "sales", c) for t, c in zip(tickets, contacts, strict=True)]
     now = utcnow()
     return route(session, SALES, assignment.enqueue(session, SALES, requests, now), now)
+
+
+async def test_the_sweep_goes_round_all_waiting_tickets_a_batch_at_a_time(
+    database_url: str,
+) -> None:
+    """`stragglers` from past the last sweep's place, in order of waiting (ties by id), on
+    both databases' comparison of (waiting since, id)."""
+    database = Database(database_url)
+    await database.upgrade()
+    try:
+        waited = utcnow() - timedelta(minutes=5)
+
+        def waiting(session: Session) -> list[int]:
+            # Waited 0, 1, 1, 2, 2 s after the first: a tie across each end of a batch of two.
+            rows = [
+                {"channel": "sms", "waiting_since": waited + timedelta(seconds=(n + 1) // 2)}
+                for n in range(5)
+            ]
+            return store.insert_rows(session, Ticket, rows)
+
+        tickets = await database.run(waiting)
+        now = utcnow()
+        seen: list[list[int]] = []
+        after: assignment.SweepPlace | None = None
+        for _ in range(3):
+            places = await database.read(assignment.stragglers, OFFERING, now, 2, now, after)
+            seen.append([ticket_id for _, ticket_id in places])
+            after = places[-1] if places else None
+        assert seen == [tickets[0:2], tickets[2:4], tickets[4:5]]
+    finally:
+        await database.dispose()

@@ -35,6 +35,7 @@ from timeline.models import (
 )
 
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+SWEEP_BATCH = 20
 
 
 class Desk:
@@ -43,6 +44,7 @@ class Desk:
     def __init__(self, engine: Engine, *queues: dict[str, Any]) -> None:
         self.engine = engine
         self.now = T0
+        self.swept_to: assignment.SweepPlace | None = None
         with self.unit() as session:
             for queue in queues:
                 save_queue(session, QueueConfig.parse(queue), self.now)
@@ -89,10 +91,14 @@ class Desk:
             return ticket_id, assignment.route(session, self.config, waiting, self.now)
 
     def sweep(self) -> Routed:
-        """What the dispatcher's sweep does: the longest-waiting tickets placed again."""
+        """What the dispatcher's sweep does: the next 20 of the tickets waiting placed again,
+        going round them all."""
         with self.unit() as session:
-            ids = assignment.stragglers(session, self.config, self.now, 20, self.now)
-            return assignment.reroute(session, self.config, ids, self.now)
+            places = assignment.stragglers(
+                session, self.config, self.now, SWEEP_BATCH, self.now, self.swept_to
+            )
+            self.swept_to = places[-1] if len(places) == SWEEP_BATCH else None
+            return assignment.reroute(session, self.config, [i for _, i in places], self.now)
 
     def later(self, seconds: float) -> Routed:
         self.now += timedelta(seconds=seconds)
@@ -332,6 +338,27 @@ def test_the_sweep_looks_past_tickets_waiting_for_their_closed_queue(engine: Eng
         assignment.reject(session, desk.config, routed.offers[0].id, anna, desk.now)
     desk.now += DECLINE_MEMORY + timedelta(seconds=1)
     assert [(o.ticket_id, o.agent_id) for o in desk.sweep().offers] == [(ticket_id, anna)]
+
+
+def test_the_sweep_goes_round_past_tickets_no_agent_can_take(engine: Engine) -> None:
+    """The oldest waiting tickets ask for a skill nobody has; the sweep, a batch at a time,
+    still reaches a ticket behind them that every agent declined a while ago, and then
+    begins again with the oldest."""
+    desk = Desk(engine, SALES, {"name": "legal", "skills": {"law": 1}})
+    anna = desk.agent("anna")
+    desk.presence(anna, Presence.AVAILABLE)
+    unplaceable = [desk.inbound("legal")[0] for _ in range(SWEEP_BATCH + 5)]
+    desk.now += timedelta(seconds=1)
+    ticket_id, routed = desk.inbound("sales")
+    with desk.unit() as session:
+        assignment.reject(session, desk.config, routed.offers[0].id, anna, desk.now)
+    desk.now += DECLINE_MEMORY + timedelta(seconds=1)
+
+    assert desk.sweep().offers == []  # the 20 oldest: nobody can take them
+    assert desk.swept_to == (desk.ticket(unplaceable[SWEEP_BATCH - 1]).waiting_since,
+                             unplaceable[SWEEP_BATCH - 1])  # fmt: skip
+    assert [(o.ticket_id, o.agent_id) for o in desk.sweep().offers] == [(ticket_id, anna)]
+    assert desk.swept_to is None  # a short batch: the next sweep begins with the oldest
 
 
 def test_an_agent_coming_back_gets_the_ticket_it_declined_once_the_decline_is_old(
