@@ -44,7 +44,13 @@ class HeldReads:
         return found
 
 
-def cache_over(reads: HeldReads) -> ConfigCache:
+@pytest.fixture
+def reads(db: Database) -> HeldReads:
+    return HeldReads(db)
+
+
+@pytest.fixture
+def cache(reads: HeldReads) -> ConfigCache:
     return ConfigCache(cast(Database, reads))
 
 
@@ -52,9 +58,7 @@ async def add_queue(db: Database, name: str) -> None:
     await db.run(save_queue, QueueConfig.parse({"name": name}), utcnow())
 
 
-async def test_many_callers_at_once_share_one_read(db: Database) -> None:
-    reads = HeldReads(db)
-    cache = cache_over(reads)
+async def test_many_callers_at_once_share_one_read(reads: HeldReads, cache: ConfigCache) -> None:
     configs = await asyncio.gather(*(cache.get() for _ in range(20)))
     assert reads.reads == 1
     assert all(config is configs[0] for config in configs)
@@ -62,9 +66,9 @@ async def test_many_callers_at_once_share_one_read(db: Database) -> None:
     assert reads.reads == 1
 
 
-async def test_a_read_begun_before_an_invalidation_is_not_kept(db: Database) -> None:
-    reads = HeldReads(db)
-    cache = cache_over(reads)
+async def test_a_read_begun_before_an_invalidation_is_not_kept(
+    db: Database, reads: HeldReads, cache: ConfigCache
+) -> None:
     stale_answer = reads.hold(1)
     before = asyncio.create_task(cache.get())
     await reads.done[1].wait()  # read, not yet answered: it cannot know of "vip"
@@ -81,9 +85,9 @@ async def test_a_read_begun_before_an_invalidation_is_not_kept(db: Database) -> 
     assert reads.reads == 2
 
 
-async def test_a_failed_read_is_tried_again_by_the_next_caller(db: Database) -> None:
-    reads = HeldReads(db)
-    cache = cache_over(reads)
+async def test_a_failed_read_is_tried_again_by_the_next_caller(
+    db: Database, reads: HeldReads, cache: ConfigCache
+) -> None:
     reads.failing = True
     with pytest.raises(ConnectionError):
         await cache.get()
@@ -93,9 +97,9 @@ async def test_a_failed_read_is_tried_again_by_the_next_caller(db: Database) -> 
     assert reads.reads == 2
 
 
-async def test_a_caller_giving_up_does_not_cancel_the_read_of_the_others(db: Database) -> None:
-    reads = HeldReads(db)
-    cache = cache_over(reads)
+async def test_a_caller_giving_up_does_not_cancel_the_read_of_the_others(
+    reads: HeldReads, cache: ConfigCache
+) -> None:
     answer = reads.hold(1)
     impatient = asyncio.create_task(cache.get())
     patient = asyncio.create_task(cache.get())
