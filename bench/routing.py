@@ -76,20 +76,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _fresh_database(admin_dsn: str) -> str:
-    connection = await asyncpg.connect(admin_dsn)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await connection.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await connection.close()
+    await _drop_database(admin_dsn)  # a pid reused from a run that died before its end
+    await _on_server(admin_dsn, f'CREATE DATABASE "{DATABASE}"')
     base = admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     return f"{base}/{DATABASE}"
 
 
 async def _drop_database(admin_dsn: str) -> None:
+    await _on_server(admin_dsn, f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+
+
+async def _on_server(admin_dsn: str, statement: str) -> None:
     connection = await asyncpg.connect(admin_dsn)
     try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        await connection.execute(statement)
     finally:
         await connection.close()
 
