@@ -11,12 +11,12 @@
    skills each and capacity 5; then VACUUM ANALYZE and a CHECKPOINT.
 2. After `--warmup` untimed decisions, each decision is one transaction like the ingest
    path's: the shared routing lock and a new ticket of a random contact about a random
-   queue's keyword, then the measured part — the rules pick the queue, the ticket enters it
-   (`enqueue`), and `route` places it as the ingest path does: the ticket locked with who
-   declined it and its contact's sticky agent, the qualified agents read with their load
-   and row versions, one chosen, and in one statement claimed (still available and
-   unchanged, locked) and reserved (the offer, its expiry timer, the agent's last offer
-   time) — then the commit. Agents answer: once `--pending` offers are open, each new one
+   queue's keyword, then the measured part — the rules pick the queue, and
+   `enter_and_route` places the ticket as the ingest path does, in one statement: the
+   ticket enters its queue, locked, with who declined it and its contact's sticky agent,
+   the qualified agents are read with their load and row versions, one is chosen, claimed
+   (still available and unchanged, locked) and reserved (the offer, its expiry timer, the
+   agent's last offer time) — then the commit. Agents answer: once `--pending` offers are open, each new one
    is followed (untimed, its own transaction, as the console's accept) by the oldest being
    accepted, so the open offers stay at a centre's steady state rather than piling up.
 3. Prints p50/p90/p99/max of the decision and of the whole transaction and the load average
@@ -44,9 +44,8 @@ from routing.assignment import (
     OfferMade,
     RouteRequest,
     accept,
-    enqueue,
+    enter_and_route,
     exclusive,
-    route,
     shared,
 )
 from routing.config import RoutingConfig, load_config, replace_rules, save_queue
@@ -180,8 +179,8 @@ def _decide(
     started = time.perf_counter()
     facts = Facts("sms", subject="Question", body=f"about topic-{topic:03d} please")
     queue = choose_queue(config.rules, facts, config.queues, now)
-    waiting = enqueue(session, config, [RouteRequest(ticket_id, "sms", queue, contact)], now)
-    routed = route(session, config, waiting, now)
+    request = RouteRequest(ticket_id, "sms", queue, contact)
+    routed = enter_and_route(session, config, [request], now)
     return time.perf_counter() - started, routed.offers
 
 

@@ -52,9 +52,8 @@ from routing.assignment import (
     RouteRequest,
     agents_by_reference,
     available_agents,
-    enqueue,
+    enter_and_route,
     exclusive,
-    route,
     schedule,
 )
 from routing.config import RoutingConfig
@@ -600,8 +599,7 @@ class _Wave:
             self.outcomes[job].callback_ticket_id = ticket["id"]
             outcome_of[ticket["id"]] = self.outcomes[job]
         requests = [RouteRequest(t["id"], CHANNEL, t["queue"], t["contact_id"]) for t in tickets]
-        waiting = enqueue(self.session, self.config, requests, self.now)
-        routed = route(self.session, self.config, waiting, self.now)
+        routed = enter_and_route(self.session, self.config, requests, self.now)
         for pop in assigned_pops(self.session, routed.assigned):
             outcome_of[pop.message["ticket"]["id"]].pops.append(pop)
         for offer in offer_messages(self.session, routed.offers):

@@ -38,7 +38,7 @@ from gateway.dispatch import Announcement, ConfigCache, offer_messages, publish
 from gateway.group_commit import GroupCommit, IngestError
 from gateway.pops import PopRequest, StoredPop, store_pops
 from gateway.settings import Settings
-from routing.assignment import RouteRequest, enqueue, route, shared
+from routing.assignment import RouteRequest, enter_and_route, shared
 from routing.config import RoutingConfig
 from routing.contacts import identity_of, resolve_contacts
 from routing.identity import IdentityKey
@@ -297,10 +297,7 @@ class _BatchWriter:
         contact_of = self._identify(jobs)
         ticket_of, waiting = self._choose_tickets(jobs, contact_of)
         self._append(jobs, event_ids, journal_of, contact_of, ticket_of)
-        routed = route(
-            self.session, self.config, enqueue(self.session, self.config, waiting, self.now),
-            self.now,
-        )  # fmt: skip
+        routed = enter_and_route(self.session, self.config, waiting, self.now)
         assigned = routed.assigned
         for ticket in set(ticket_of.values()):
             if ticket is not None and ticket.id in assigned:

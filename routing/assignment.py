@@ -26,21 +26,28 @@ from sqlalchemy import (
     CTE,
     JSON,
     BigInteger,
+    Boolean,
     ColumnElement,
     CompoundSelect,
     Connection,
     CursorResult,
     DateTime,
+    Float,
+    Integer,
     Result,
     Select,
     String,
+    Subquery,
     Table,
     Update,
+    all_,
     and_,
     any_,
     bindparam,
+    case,
     delete,
     exists,
+    false,
     func,
     insert,
     literal,
@@ -54,17 +61,17 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 from sqlalchemy.types import NullType
 
 from routing import presence, stats
-from routing.capacity import Capacity
+from routing.capacity import DEFAULT_CAPACITY, Capacity
 from routing.choice import NEVER, Candidate, choose_agent, urgency
 from routing.config import RoutingConfig
-from routing.queues import AfterHours, QueueConfig
+from routing.queues import AfterHours, QueueConfig, Strategy
 from timeline.bulk import driver_rows
 from timeline.models import (
     OPEN_STATUSES,
@@ -226,10 +233,143 @@ def enqueue(
             .values(waiting_since=now, queue=bindparam("queue_name")),
             [{"ticket": r.ticket_id, "queue_name": r.queue} for r in requests],
         )
+    _entered(session, config, requests, now)
+    return [_waiting(r, now, entered.get(r.ticket_id)) for r in requests]
+
+
+def _entered(
+    session: Session, config: RoutingConfig, requests: Sequence[RouteRequest], now: datetime
+) -> None:
+    """What tickets entering their queues set going: counted as offered, overflow timers, the
+    after-hours reply."""
     stats.record(session, [stats.offered(config.queue(r.queue), now) for r in requests])
     _schedule_overflow(session, config, [(r.ticket_id, r.queue) for r in requests], now)
     _after_hours(session, config, requests, now)
-    return [_waiting(r, now, entered.get(r.ticket_id)) for r in requests]
+
+
+def enter_and_route(
+    session: Session, config: RoutingConfig, requests: Sequence[RouteRequest], now: datetime
+) -> Routed:
+    """`route(enqueue(…))`: new tickets enter their queues and are placed at once.
+
+    On PostgreSQL one ticket entering an open queue that offers (a new conversation: the
+    decision routing makes most) takes a single statement, `_entering_and_offering`: the
+    ticket enters its queue, the agent is chosen in SQL as `choose_agent` chooses, claimed as
+    `_reserve` claims, and offered the ticket. One round trip and no Python over a hundred
+    candidates, where the general way takes two with the choice between them. When the
+    agent chosen changed after the statement's snapshot (another transaction offered them
+    something first), the ticket goes the general way from there."""
+    alone = _offered_alone(session, config, requests, now)
+    if alone is None:
+        return route(session, config, enqueue(session, config, requests, now), now)
+    queue = config.queue(alone.queue)
+    expires_at = now + queue.offer_timeout()
+    session.flush()  # the placeability below reads the ticket as this transaction left it
+    params = {
+        "ids": [alone.ticket_id],
+        "queues": [alone.queue],
+        "now": now,
+        "since": now - timedelta(seconds=queue.sticky_seconds),
+        "declines_since": now - DECLINE_MEMORY,
+        "channel": alone.channel,
+        "queue": alone.queue,
+        "expires_at": expires_at,
+        "status": OfferStatus.PENDING,
+        "preferred": alone.preferred,
+        "sticky": queue.sticky_seconds > 0,
+        **_skill_params(_asked_skills([queue])),
+    }
+    statement = _entering_and_offering(queue.strategy, len(queue.skills))
+    row = driver_rows(session, statement, params).first()  # None: no such ticket
+    _entered(session, config, [alone], now)
+    routed = Routed(queues={alone.queue})
+    if row is None:
+        return routed
+    placeable, declined, last_agent, last_at, chosen, offer_id = row
+    if offer_id is not None:
+        made = OfferMade(offer_id, alone.ticket_id, chosen, alone.queue, alone.channel, expires_at)
+        routed.offers.append(made)
+    elif chosen is not None:  # raced: chosen again from a fresh read
+        entered = Entered(placeable, frozenset(declined), last_agent, last_at)
+        routed.merge(route(session, config, [_waiting(alone, now, entered)], now))
+    return routed
+
+
+def _offered_alone(
+    session: Session, config: RoutingConfig, requests: Sequence[RouteRequest], now: datetime
+) -> RouteRequest | None:
+    """The one request `enter_and_route` places in one statement, if that is what it has."""
+    if len(requests) != 1 or session.get_bind().dialect.name != "postgresql":
+        return None
+    queue = config.queue(requests[0].queue)
+    return requests[0] if queue.offers() and queue.is_open(now) else None
+
+
+@lru_cache(maxsize=64)
+def _entering_and_offering(strategy: Strategy, skills: int) -> Select[Any]:
+    """`enter_and_route`'s statement for a queue of this strategy asking this many skills:
+    `_entering`, then the candidates (`_candidate_query`) of which those with room on the
+    channel who have not declined the ticket, the sticky agent first, else in the strategy's
+    order (`choose_agent`), then the first claimed and offered as in `_reserving`.
+
+    One row: the ticket's placeability, who declined it, its contact's last agent and when,
+    the agent chosen (None: not placeable, or nobody has room) and the offer (None: not
+    made, the agent chosen changed since the snapshot)."""
+    entered = _entering().cte("entered")
+    asked = [_has_skill(True, f"0_{j}") for j in range(skills)]
+    # Materialised, so that each agent's open tickets are looked up and its capacity parsed
+    # once, not again in every expression below that uses them.
+    stored = Agent.capacity.cast(JSONB).label("limits")
+    read = (
+        _candidate_query(True, _ROW_VERSION.label("version"), stored)
+        .where(Agent.presence == _AVAILABLE, *asked)
+        .order_by(None)
+        .cte("read")
+        .prefix_with("MATERIALIZED")
+    )
+    loaded = _with_load(read).subquery("loaded")
+    sticky = func.coalesce(
+        bindparam("preferred", type_=BigInteger),
+        case((bindparam("sticky", type_=Boolean), entered.c.last_agent)),
+    )
+    chosen = (
+        select(loaded.c.id, loaded.c.version)
+        .join(entered, entered.c.placeable)
+        .where(
+            loaded.c.id != all_(entered.c.declined),
+            loaded.c.open < loaded.c.total,
+            or_(loaded.c.channel_limit.is_(None), loaded.c.on_channel < loaded.c.channel_limit),
+        )
+        .order_by(
+            func.coalesce(loaded.c.id == sticky, false()).desc(),
+            *_strategy_order(strategy, loaded),
+            loaded.c.id,
+        )
+        .limit(1)
+        .cte("chosen")
+    )
+    claimed = (
+        select(Agent.id)
+        .join(chosen, Agent.id == chosen.c.id)
+        .where(Agent.presence == _AVAILABLE, chosen.c.version == _ROW_VERSION)
+        .with_for_update(of=Agent)
+        .cte("claimed")
+    )
+    offered = _offering(
+        select(
+            entered.c.id, claimed.c.id, bindparam("queue", type_=String),
+            bindparam("channel", type_=String),
+            bindparam("expires_at", type_=DateTime(timezone=True)),
+        ).select_from(entered.join(claimed, true()))
+    )  # fmt: skip
+    return select(
+        entered.c.placeable,
+        entered.c.declined,
+        entered.c.last_agent,
+        entered.c.last_at,
+        select(chosen.c.id).scalar_subquery(),
+        select(offered.made.c.id).scalar_subquery(),
+    ).add_cte(*offered.ctes)
 
 
 def _enter(
@@ -314,6 +454,47 @@ def _entering() -> Update:
             *_last_agent(),
         )
     )
+
+
+def _with_load(read: CTE) -> Select[Any]:
+    """The rows of `read` (`_candidate_query`'s, the capacity as JSONB in `limits`) with each
+    agent's load and capacity as `Capacity.allows` weighs them, the stored capacity read as
+    `Capacity.from_json` reads it:
+    `open` (open tickets and pending offers, on every channel), `total` (how many of those
+    the agent may have), `on_channel` (those on the bound `channel`) and `channel_limit`
+    (how many the agent may have there; NULL: no limit of its own)."""
+    channel = bindparam("channel", type_=String)
+    load = func.array_cat(
+        read.c.held, func.coalesce(read.c.channels, literal_column("'{}'::varchar[]"))
+    )
+    total, limits = read.c.limits["total"], read.c.limits["channels"]
+    per_channel = func.jsonb_each_text(limits).table_valued("key", "value")
+    capped = case(
+        (func.jsonb_typeof(total) == "number", total.astext.cast(Integer)),
+        (
+            and_(func.jsonb_typeof(limits) == "object", limits != literal_column("'{}'::jsonb")),
+            select(func.sum(per_channel.c.value.cast(Integer))).scalar_subquery(),
+        ),
+        else_=literal(DEFAULT_CAPACITY.total, Integer),
+    )
+    return select(
+        *read.c,
+        func.cardinality(load).label("open"),
+        capped.label("total"),
+        func.cardinality(func.array_positions(load, channel)).label("on_channel"),
+        limits[channel].astext.cast(Integer).label("channel_limit"),
+    )
+
+
+def _strategy_order(strategy: Strategy, loaded: Subquery) -> list[Any]:
+    """`choose_agent`'s order for the strategy, before the agent's id (`_with_load`'s rows)."""
+    if strategy is Strategy.LONGEST_IDLE:
+        idle_since = func.greatest(loaded.c.presence_since, loaded.c.last_assigned_at)
+        return [idle_since, loaded.c.open]
+    if strategy is Strategy.ROUND_ROBIN:
+        return [loaded.c.last_offered_at.asc().nulls_first()]
+    share = loaded.c.open.cast(Float) / loaded.c.total.cast(Float)
+    return [case((loaded.c.total == 0, 1.0), else_=share), loaded.c.open]
 
 
 def _after_hours(
@@ -754,13 +935,24 @@ def _reserving() -> Select[Any]:
     arrays = [bindparam(name, type_=kind) for name, kind in columns.items()]
     planned = func.unnest(*arrays).table_valued(*columns).render_derived()
     claimed = _claimed()
+    offered = _offering(select(*planned.c).where(planned.c.agent_id.in_(select(claimed.c.id))))
+    return select(offered.made.c.ticket_id, offered.made.c.id).add_cte(*offered.ctes)
+
+
+@dataclass(frozen=True, slots=True)
+class _Offering:
+    made: CTE  # the offers: id, ticket_id, agent_id, expires_at
+    ctes: tuple[CTE, ...]  # what else the statement must run: the timers, the agents' stamp
+
+
+def _offering(planned: Select[Any]) -> _Offering:
+    """The offers of `planned`'s rows (ticket, agent, queue, channel, expiry; `status` and
+    `now` bound), their expiry timers and the agents' time of their last offer."""
     made = (
         insert(Offer)
         .from_select(
-            [*columns, "status", "created_at"],
-            select(*planned.c, bindparam("status", type_=String), bindparam("now")).where(
-                planned.c.agent_id.in_(select(claimed.c.id))
-            ),
+            ["ticket_id", "agent_id", "queue", "channel", "expires_at", "status", "created_at"],
+            planned.add_columns(bindparam("status", type_=String), bindparam("now")),
         )
         .returning(Offer.id, Offer.ticket_id, Offer.agent_id, Offer.expires_at)
         .cte("made")
@@ -774,7 +966,7 @@ def _reserving() -> Select[Any]:
         .where(Agent.id.in_(select(made.c.agent_id)))
         .values(last_offered_at=bindparam("now"))
     )
-    return select(made.c.ticket_id, made.c.id).add_cte(timers.cte("timers"), touched.cte("touched"))
+    return _Offering(made, (timers.cte("timers"), touched.cte("touched")))
 
 
 @cache
@@ -982,8 +1174,9 @@ def _candidate_query(postgres: bool, *columns: ColumnElement[Any]) -> Select[Any
     )
     return (
         select(
-            Agent.id, Agent.capacity.cast(String), Agent.presence_since, Agent.last_assigned_at,
-            Agent.last_offered_at, held, offered.c.channels, *columns,
+            Agent.id, Agent.capacity.cast(String).label("capacity"), Agent.presence_since,
+            Agent.last_assigned_at, Agent.last_offered_at, held.label("held"),
+            offered.c.channels, *columns,
         )
         .outerjoin(offered, offered.c.agent_id == Agent.id)
         .order_by(Agent.id)
