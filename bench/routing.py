@@ -16,9 +16,10 @@
    ticket enters its queue, locked, with who declined it and its contact's sticky agent,
    the qualified agents are read with their load and row versions, one is chosen, claimed
    (still available and unchanged, locked) and reserved (the offer, its expiry timer, the
-   agent's last offer time) — then the commit. Agents answer: once `--pending` offers are open, each new one
-   is followed (untimed, its own transaction, as the console's accept) by the oldest being
-   accepted, so the open offers stay at a centre's steady state rather than piling up.
+   agent's last offer time) — then the commit. Agents answer: once `--pending` offers are
+   open, each new one is followed (untimed, its own transaction, as the console's accept) by
+   the oldest being accepted, so the open offers stay at a centre's steady state rather than
+   piling up.
 3. Prints p50/p90/p99/max of the decision and of the whole transaction and the load average
    of the machine before and after, and writes them to bench/results/routing.json.
 """
