@@ -37,7 +37,6 @@ from sqlalchemy import (
     Result,
     Select,
     String,
-    Subquery,
     Table,
     Update,
     all_,
@@ -317,8 +316,8 @@ def _entering_and_offering(strategy: Strategy, skills: int) -> Select[Any]:
     made, the agent chosen changed since the snapshot)."""
     entered = _entering().cte("entered")
     asked = [_has_skill(True, f"0_{j}") for j in range(skills)]
-    # Materialised, so that each agent's open tickets are looked up and its capacity parsed
-    # once, not again in every expression below that uses them.
+    # Both materialised, so that each agent's open tickets are looked up, its capacity parsed
+    # and its load worked out once, not again in every expression below that uses them.
     stored = Agent.capacity.cast(JSONB).label("limits")
     read = (
         _candidate_query(True, _ROW_VERSION.label("version"), stored)
@@ -327,7 +326,7 @@ def _entering_and_offering(strategy: Strategy, skills: int) -> Select[Any]:
         .cte("read")
         .prefix_with("MATERIALIZED")
     )
-    loaded = _with_load(read).subquery("loaded")
+    loaded = _with_load(read).cte("loaded").prefix_with("MATERIALIZED")
     sticky = func.coalesce(
         bindparam("preferred", type_=BigInteger),
         case((bindparam("sticky", type_=Boolean), entered.c.last_agent)),
@@ -467,15 +466,14 @@ def _with_load(read: CTE) -> Select[Any]:
     load = func.array_cat(
         read.c.held, func.coalesce(read.c.channels, literal_column("'{}'::varchar[]"))
     )
-    total, limits = read.c.limits["total"], read.c.limits["channels"]
+    limits = read.c.limits["channels"]
     per_channel = func.jsonb_each_text(limits).table_valued("key", "value")
-    capped = case(
-        (func.jsonb_typeof(total) == "number", total.astext.cast(Integer)),
-        (
-            and_(func.jsonb_typeof(limits) == "object", limits != literal_column("'{}'::jsonb")),
-            select(func.sum(per_channel.c.value.cast(Integer))).scalar_subquery(),
-        ),
-        else_=literal(DEFAULT_CAPACITY.total, Integer),
+    # A total of its own, else the sum of the channels' limits, else the default: JSON null
+    # and an absent key are both NULL here, and no channel limits sum to NULL.
+    capped = func.coalesce(
+        read.c.limits["total"].astext.cast(Integer),
+        select(func.sum(per_channel.c.value.cast(Integer))).scalar_subquery(),
+        DEFAULT_CAPACITY.total,
     )
     return select(
         *read.c,
@@ -486,7 +484,7 @@ def _with_load(read: CTE) -> Select[Any]:
     )
 
 
-def _strategy_order(strategy: Strategy, loaded: Subquery) -> list[Any]:
+def _strategy_order(strategy: Strategy, loaded: CTE) -> list[Any]:
     """`choose_agent`'s order for the strategy, before the agent's id (`_with_load`'s rows)."""
     if strategy is Strategy.LONGEST_IDLE:
         idle_since = func.greatest(loaded.c.presence_since, loaded.c.last_assigned_at)
