@@ -99,6 +99,16 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 
 
 @pytest.fixture
+async def pg(postgres_database: str) -> AsyncIterator[Database]:
+    """A migrated PostgreSQL database with empty tables, for what only PostgreSQL does."""
+    await empty_postgres(postgres_database)
+    database = Database(postgres_database)
+    await database.upgrade()
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
     """A migrated database of either kind, for tests of the store without the app."""
     database = Database(database_url)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +20,6 @@ from sqlalchemy.orm import Session
 from routing.assignment import Routed, RouteRequest, enqueue, enter_and_route, route
 from routing.config import RoutingConfig
 from routing.queues import QueueConfig, Strategy
-from tests.helpers import empty_postgres
 from timeline import store
 from timeline.db import Database
 from timeline.models import Agent, AgentSkill, Contact, Offer, OfferStatus, Ticket, utcnow
@@ -199,23 +197,14 @@ def _both_ways(session: Session, centre: _Centre) -> tuple[int | None, int | Non
         centre_made.rollback()
 
 
-@pytest.fixture
-async def database(postgres_database: str) -> AsyncIterator[Database]:
-    await empty_postgres(postgres_database)
-    database = Database(postgres_database)
-    await database.upgrade()
-    yield database
-    await database.dispose()
-
-
 async def test_the_one_statement_offers_the_ticket_to_whom_the_general_way_would(
-    database: Database,
+    pg: Database,
 ) -> None:
     rng = random.Random(2026)
     outcomes = []
     for n in range(CENTRES):
         centre = _random_centre(rng)
-        expected, chosen = await database.run(_both_ways, centre)
+        expected, chosen = await pg.run(_both_ways, centre)
         assert chosen == expected, f"centre {n}: {centre}"
         outcomes.append(expected)
     placed = sum(agent is not None for agent in outcomes)
@@ -223,7 +212,7 @@ async def test_the_one_statement_offers_the_ticket_to_whom_the_general_way_would
 
 
 async def test_an_agent_given_work_while_the_statement_ran_is_not_overfilled(
-    database: Database, postgres_database: str
+    pg: Database, postgres_database: str
 ) -> None:
     """Anna, idle the longest, is chosen from the statement's snapshot; before she is
     claimed, another transaction offers her the one ticket she has room for. The claim finds
@@ -233,30 +222,26 @@ async def test_an_agent_given_work_while_the_statement_ran_is_not_overfilled(
         [_plan(idle_minutes=60), _plan(idle_minutes=30)],
     )  # fmt: skip
     config, now = centre.config(), utcnow()
-    request = await database.run(_set_up, centre, now)
-    anna, bernd = await database.read(
-        lambda s: list(s.scalars(select(Agent.id).order_by(Agent.id)))
-    )
+    request = await pg.run(_set_up, centre, now)
+    anna, bernd = await pg.read(lambda s: list(s.scalars(select(Agent.id).order_by(Agent.id))))
     other = await asyncpg.connect(postgres_database.replace("+asyncpg", ""))
     try:
         async with other.transaction():
-            (ticket,) = await database.run(
-                lambda s: store.insert_rows(s, Ticket, [{"channel": "sms"}])
-            )
+            (ticket,) = await pg.run(lambda s: store.insert_rows(s, Ticket, [{"channel": "sms"}]))
             await other.execute(
                 "INSERT INTO offers (ticket_id, agent_id, queue, channel, status, created_at, "
                 "expires_at) VALUES ($1, $2, 'q', 'sms', 'pending', now(), now())",
                 ticket, anna,
             )  # fmt: skip
             await other.execute("UPDATE agents SET last_offered_at = now() WHERE id = $1", anna)
-            placing = asyncio.create_task(database.run(enter_and_route, config, [request], now))
+            placing = asyncio.create_task(pg.run(enter_and_route, config, [request], now))
             await _waiting_for_a_lock(other)
         routed = await placing
     finally:
         await other.close()
 
     assert _offered_to(routed) == bernd
-    pending = await database.read(
+    pending = await pg.read(
         lambda s: s.execute(select(Offer.agent_id).where(Offer.status == "pending")).all()
     )
     assert sorted(agent for (agent,) in pending) == [anna, bernd], "one each"

@@ -3,27 +3,15 @@ for every batch in flight beside it, and batches that do not count never wait fo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.helpers import empty_postgres
 from timeline.campaigns import hold_frequency_cap
 from timeline.db import Database
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def pg(postgres_database: str) -> AsyncIterator[Database]:
-    await empty_postgres(postgres_database)
-    database = Database(postgres_database)
-    await database.upgrade()
-    yield database
-    await database.dispose()
 
 
 async def hold(session: AsyncSession, counting: bool, wait_ms: int | None = None) -> None:
