@@ -316,37 +316,12 @@ def _entering_and_offering(strategy: Strategy, skills: int) -> Select[Any]:
     made, the agent chosen changed since the snapshot)."""
     entered = _entering().cte("entered")
     asked = [_has_skill(True, f"0_{j}") for j in range(skills)]
-    # Both materialised, so that each agent's open tickets are looked up, its capacity parsed
-    # and its load worked out once, not again in every expression below that uses them.
-    stored = Agent.capacity.cast(JSONB).label("limits")
-    read = (
-        _candidate_query(True, _ROW_VERSION.label("version"), stored)
-        .where(Agent.presence == _AVAILABLE, *asked)
-        .order_by(None)
-        .cte("read")
-        .prefix_with("MATERIALIZED")
-    )
-    loaded = _with_load(read).cte("loaded").prefix_with("MATERIALIZED")
     sticky = func.coalesce(
         bindparam("preferred", type_=BigInteger),
         case((bindparam("sticky", type_=Boolean), entered.c.last_agent)),
     )
-    chosen = (
-        select(loaded.c.id, loaded.c.version)
-        .join(entered, entered.c.placeable)
-        .where(
-            loaded.c.id != all_(entered.c.declined),
-            loaded.c.open < loaded.c.total,
-            or_(loaded.c.channel_limit.is_(None), loaded.c.on_channel < loaded.c.channel_limit),
-        )
-        .order_by(
-            func.coalesce(loaded.c.id == sticky, false()).desc(),
-            *_strategy_order(strategy, loaded),
-            loaded.c.id,
-        )
-        .limit(1)
-        .cte("chosen")
-    )
+    choosing = _choosing_among_all if strategy is Strategy.LEAST_OCCUPIED else _choosing_in_order
+    chosen = choosing(strategy, entered, sticky, asked).limit(1).cte("chosen")
     claimed = (
         select(Agent.id)
         .join(chosen, Agent.id == chosen.c.id)
@@ -369,6 +344,83 @@ def _entering_and_offering(strategy: Strategy, skills: int) -> Select[Any]:
         select(chosen.c.id).scalar_subquery(),
         select(offered.made.c.id).scalar_subquery(),
     ).add_cte(*offered.ctes)
+
+
+def _choosing_among_all(
+    strategy: Strategy, entered: CTE, sticky: ColumnElement[Any], asked: list[Any]
+) -> Select[Any]:
+    """The candidates who may take the ticket, in `choose_agent`'s order, every one's load
+    worked out first: least occupied sorts by it."""
+    # Both materialised, so that each agent's open tickets are looked up, its capacity parsed
+    # and its load worked out once, not again in every expression below that uses them.
+    stored = Agent.capacity.cast(JSONB).label("limits")
+    read = (
+        _candidate_query(True, _ROW_VERSION.label("version"), stored)
+        .where(Agent.presence == _AVAILABLE, *asked)
+        .order_by(None)
+        .cte("read")
+        .prefix_with("MATERIALIZED")
+    )
+    loaded = _with_load(read).cte("loaded").prefix_with("MATERIALIZED")
+    return (
+        select(loaded.c.id, loaded.c.version)
+        .join(entered, entered.c.placeable)
+        .where(loaded.c.id != all_(entered.c.declined), *_room(loaded.c))
+        .order_by(
+            func.coalesce(loaded.c.id == sticky, false()).desc(),
+            *_strategy_order(strategy, loaded),
+            loaded.c.id,
+        )
+    )
+
+
+def _choosing_in_order(
+    strategy: Strategy, entered: CTE, sticky: ColumnElement[Any], asked: list[Any]
+) -> Select[Any]:
+    """The candidates who may take the ticket, in `choose_agent`'s order, when that sorts by
+    a time (longest idle, round robin): sorted by it first, their loads are then looked up
+    one agent at a time until one has room, which the first usually has. Longest idle's ties
+    on the time go by the load: PostgreSQL sorts each tie again (an incremental sort), so
+    only the agents of the first ties are looked up."""
+    first = func.coalesce(Agent.id == sticky, false()).label("first")
+    if strategy is Strategy.LONGEST_IDLE:
+        when = func.greatest(Agent.presence_since, Agent.last_assigned_at).label("when")
+    else:
+        when = Agent.last_offered_at.label("when")
+    ordered = (
+        select(
+            Agent.id, _ROW_VERSION.label("version"), Agent.capacity.cast(JSONB).label("limits"),
+            when, first,
+        )
+        .join(entered, entered.c.placeable)
+        .where(Agent.presence == _AVAILABLE, Agent.id != all_(entered.c.declined), *asked)
+        .order_by(first.desc(), when.asc().nulls_first(), Agent.id)
+        .subquery("ordered")
+    )  # fmt: skip
+    held = (
+        select(Ticket.channel)
+        .where(Ticket.assignee_id == ordered.c.id, Ticket.status.in_(_OPEN))
+        .correlate(ordered)
+    )
+    offered = (
+        select(Offer.channel)
+        .where(Offer.agent_id == ordered.c.id, Offer.status == _PENDING)
+        .correlate(ordered)
+    )
+    # OFFSET 0 keeps PostgreSQL from inlining the lookups into every expression using them.
+    load = (
+        select(_load(func.array(held.scalar_subquery()), func.array(offered.scalar_subquery())))
+        .offset(literal_column("0"))
+        .lateral("load")
+    )
+    loaded = _load_columns(load.c.load, ordered.c.limits)
+    tie = [loaded["open"]] if strategy is Strategy.LONGEST_IDLE else []
+    return (
+        select(ordered.c.id, ordered.c.version)
+        .join(load, true())
+        .where(*_room(loaded))
+        .order_by(ordered.c.first.desc(), ordered.c.when.asc().nulls_first(), *tie, ordered.c.id)
+    )
 
 
 def _enter(
@@ -457,31 +509,52 @@ def _entering() -> Update:
 
 def _with_load(read: CTE) -> Select[Any]:
     """The rows of `read` (`_candidate_query`'s, the capacity as JSONB in `limits`) with each
-    agent's load and capacity as `Capacity.allows` weighs them, the stored capacity read as
-    `Capacity.from_json` reads it:
+    agent's load and capacity (`_load_columns`)."""
+    load = _load(read.c.held, read.c.channels)
+    return select(*read.c, *_load_columns(load, read.c.limits).values())
+
+
+def _load(held: ColumnElement[Any], offered: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The channels of an agent's open tickets and pending offers, as one array `load`."""
+    none: ColumnElement[Any] = literal_column("'{}'::varchar[]")
+    return func.array_cat(held, func.coalesce(offered, none)).label("load")
+
+
+def _load_columns(
+    load: ColumnElement[Any], limits: ColumnElement[Any]
+) -> dict[str, ColumnElement[Any]]:
+    """An agent's load and capacity as `Capacity.allows` weighs them, from the channels of its
+    work (`_load`) and its stored capacity (JSONB) read as `Capacity.from_json` reads it:
     `open` (open tickets and pending offers, on every channel), `total` (how many of those
     the agent may have), `on_channel` (those on the bound `channel`) and `channel_limit`
     (how many the agent may have there; NULL: no limit of its own)."""
     channel = bindparam("channel", type_=String)
-    load = func.array_cat(
-        read.c.held, func.coalesce(read.c.channels, literal_column("'{}'::varchar[]"))
-    )
-    limits = read.c.limits["channels"]
-    per_channel = func.jsonb_each_text(limits).table_valued("key", "value")
+    per_channel = func.jsonb_each_text(limits["channels"]).table_valued("key", "value")
     # A total of its own, else the sum of the channels' limits, else the default: JSON null
     # and an absent key are both NULL here, and no channel limits sum to NULL.
     capped = func.coalesce(
-        read.c.limits["total"].astext.cast(Integer),
+        limits["total"].astext.cast(Integer),
         select(func.sum(per_channel.c.value.cast(Integer))).scalar_subquery(),
         DEFAULT_CAPACITY.total,
     )
-    return select(
-        *read.c,
-        func.cardinality(load).label("open"),
-        capped.label("total"),
-        func.cardinality(func.array_positions(load, channel)).label("on_channel"),
-        limits[channel].astext.cast(Integer).label("channel_limit"),
-    )
+    columns = {
+        "open": func.cardinality(load),
+        "total": capped,
+        "on_channel": func.cardinality(func.array_positions(load, channel)),
+        "channel_limit": limits["channels"][channel].astext.cast(Integer),
+    }
+    return {name: column.label(name) for name, column in columns.items()}
+
+
+def _room(loaded: Any) -> list[ColumnElement[bool]]:
+    """`Capacity.allows` over `_load_columns`: room in total and on the channel."""
+    return [
+        loaded["open"] < loaded["total"],
+        or_(
+            loaded["channel_limit"].is_(None),
+            loaded["on_channel"] < loaded["channel_limit"],
+        ),
+    ]
 
 
 def _strategy_order(strategy: Strategy, loaded: CTE) -> list[Any]:
