@@ -50,6 +50,7 @@ from gateway.keys import (
     BUS,
     CALLS,
     DATABASE,
+    DATABASE_CPUS,
     DISPATCHER,
     EMAIL,
     INGESTOR,
@@ -107,7 +108,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    database = Database(app[SETTINGS].database_url)
+    database = Database(app[SETTINGS].database_url, thread_cpus=app.get(DATABASE_CPUS))
     await database.upgrade()
     app[DATABASE] = database
     app[TOKENS] = TokenCache(database.sessions)

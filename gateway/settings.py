@@ -94,6 +94,7 @@ class Settings:
     webchat_messages_per_minute: float = 20.0
     # The company's time zone: campaigns' quiet hours for contacts of unknown zone.
     timezone: str = "UTC"
+    loop_cpu: bool = True  # `serve` on SQLite: a CPU of its own for the event loop
 
     @property
     def twilio_account(self) -> TwilioAccount | None:
@@ -207,6 +208,7 @@ class Settings:
                 defaults.webchat_messages_per_minute,
             ),
             timezone=_zone(get("TIMEZONE") or defaults.timezone),
+            loop_cpu=_switch(get("LOOP_CPU") or "on"),
         )
 
 

@@ -82,19 +82,27 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def test_serve_answers_healthz_on_the_given_port(tmp_path: Path) -> None:
-    port = _free_port()
+async def _serving(
+    tmp_path: Path, port: int, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """`switchboard serve` on `port`, once it says it is listening."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--port", str(port),
         cwd=tmp_path,
-        env={**os.environ, "SWITCHBOARD_LOG_LEVEL": "WARNING"},
+        env={**os.environ, "SWITCHBOARD_LOG_LEVEL": "WARNING", **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
+    assert process.stdout is not None
+    banner = await asyncio.wait_for(process.stdout.readline(), timeout=30)
+    assert f"http://127.0.0.1:{port}/" in banner.decode()
+    return process
+
+
+async def test_serve_answers_healthz_on_the_given_port(tmp_path: Path) -> None:
+    port = _free_port()
+    process = await _serving(tmp_path, port)
     try:
-        assert process.stdout is not None
-        banner = await asyncio.wait_for(process.stdout.readline(), timeout=30)
-        assert f"http://127.0.0.1:{port}/" in banner.decode()
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
                 assert response.status == 200
@@ -104,6 +112,23 @@ async def test_serve_answers_healthz_on_the_given_port(tmp_path: Path) -> None:
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), timeout=15)
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+async def test_serve_on_sqlite_gives_the_event_loop_a_cpu_of_its_own_unless_told_not_to(
+    tmp_path: Path, setting: str
+) -> None:
+    allowed = os.sched_getaffinity(0)
+    process = await _serving(tmp_path, _free_port(), {"SWITCHBOARD_LOOP_CPU": setting})
+    try:
+        loop_cpus = os.sched_getaffinity(process.pid)  # its main thread runs the event loop
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), timeout=15)
+    if setting == "on" and len(allowed) >= 2:
+        assert len(loop_cpus) == 1 and loop_cpus < allowed
+    else:
+        assert loop_cpus == allowed
 
 
 def test_agent_adds_racing_on_a_fresh_database_all_succeed(tmp_path: Path) -> None:
