@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -24,6 +25,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any fixed number: the PostgreSQL advisory lock that serialises concurrent `upgrade`s when
@@ -144,14 +147,27 @@ def keep_a_cpu_for_this_thread() -> frozenset[int] | None:
     if len(allowed) < 2:
         return None
     loop_cpu = min(allowed)
-    os.sched_setaffinity(0, {loop_cpu})
+    if not _bind_this_thread(frozenset({loop_cpu})):
+        return None
     return frozenset(allowed - {loop_cpu})
+
+
+def _bind_this_thread(cpus: frozenset[int]) -> bool:
+    """Never fatal: a thread the system will not bind (a container's CPU set changed, say)
+    runs where it may, slower to answer at worst; a thread pool whose initializer raised
+    would refuse all the database's work."""
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as error:
+        log.warning("could not bind a thread to CPUs %s: %s", sorted(cpus), error)
+        return False
+    return True
 
 
 def _threads(count: int, name: str, cpus: frozenset[int] | None) -> ThreadPoolExecutor:
     if cpus is None:
         return ThreadPoolExecutor(count, thread_name_prefix=name)
-    bind = functools.partial(os.sched_setaffinity, 0, cpus)
+    bind = functools.partial(_bind_this_thread, cpus)
     return ThreadPoolExecutor(count, thread_name_prefix=name, initializer=bind)
 
 

@@ -8,6 +8,7 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
 from sqlalchemy.orm import Session
 
 from timeline.db import Database, keep_a_cpu_for_this_thread
@@ -37,6 +38,20 @@ async def test_without_cpus_given_the_threads_run_where_the_process_may(tmp_path
         assert await database.run(_cpus_of_this_thread) == os.sched_getaffinity(0)
     finally:
         await database.dispose()
+
+
+async def test_cpus_the_system_will_not_bind_leave_the_threads_working_where_they_were(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    no_such_cpu = frozenset({max(os.sched_getaffinity(0)) + 4096})
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'cpus.db'}", thread_cpus=no_such_cpu)
+    try:
+        await database.upgrade()
+        assert await database.run(_cpus_of_this_thread) == os.sched_getaffinity(0)
+        assert await database.read(_cpus_of_this_thread) == os.sched_getaffinity(0)
+    finally:
+        await database.dispose()
+    assert "could not bind a thread" in caplog.text
 
 
 def test_keeping_a_cpu_binds_the_calling_thread_to_one_and_returns_the_others() -> None:
