@@ -50,7 +50,6 @@ from gateway.keys import (
     BUS,
     CALLS,
     DATABASE,
-    DATABASE_CPUS,
     DISPATCHER,
     EMAIL,
     INGESTOR,
@@ -61,6 +60,7 @@ from gateway.keys import (
     SETTINGS,
     TELEGRAM_BOT,
     TOKENS,
+    WRITER_YIELDS,
 )
 from gateway.mailboxes import MailboxWorker
 from gateway.message_status import StatusAnnouncer
@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    database = Database(app[SETTINGS].database_url, thread_cpus=app.get(DATABASE_CPUS))
+    database = Database(app[SETTINGS].database_url, writer_yields=app.get(WRITER_YIELDS, False))
     await database.upgrade()
     app[DATABASE] = database
     app[TOKENS] = TokenCache(database.sessions)

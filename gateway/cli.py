@@ -22,11 +22,11 @@ from gateway.bus import open_bus
 from gateway.email_intake import EmailIntake, attachment_store
 from gateway.errors import ApiError
 from gateway.ingest import IngestError, Ingestor
-from gateway.keys import DATABASE_CPUS
+from gateway.keys import WRITER_YIELDS
 from gateway.serialize import agent_json
 from gateway.settings import Settings, SettingsError
 from routing.capacity import DEFAULT_CAPACITY, Capacity
-from timeline.db import Database, keep_a_cpu_for_this_thread
+from timeline.db import Database, confine_to_one_cpu
 from timeline.models import Role
 
 # sysexits.h: what an MTA piping mail to us understands (bounce it, or retry it later).
@@ -121,9 +121,8 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     app = create_app(settings)
     if settings.loop_cpu and make_url(settings.database_url).get_backend_name() == "sqlite":
-        database_cpus = keep_a_cpu_for_this_thread()  # this thread runs the event loop
-        if database_cpus is not None:
-            app[DATABASE_CPUS] = database_cpus
+        # This thread runs the event loop and starts the others: all on one core, loop first.
+        app[WRITER_YIELDS] = confine_to_one_cpu() is not None
     app.on_startup.append(_freeze_startup_objects)
     web.run_app(app, host=host, port=port, access_log_class=AccessLogger, print=announce)
     return 0

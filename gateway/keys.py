@@ -22,8 +22,8 @@ from timeline.db import Database
 
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
-# The CPUs the SQLite threads are bound to, when `serve` keeps one for the event loop.
-DATABASE_CPUS = web.AppKey("database_cpus", frozenset)
+# `serve` runs on one CPU, the event loop first: the SQLite writer thread yields to it.
+WRITER_YIELDS = web.AppKey("writer_yields", bool)
 BUS = web.AppKey("bus", Bus)
 INGESTOR = web.AppKey("ingestor", Ingestor)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)

@@ -94,7 +94,7 @@ class Settings:
     webchat_messages_per_minute: float = 20.0
     # The company's time zone: campaigns' quiet hours for contacts of unknown zone.
     timezone: str = "UTC"
-    loop_cpu: bool = True  # `serve` on SQLite: a CPU of its own for the event loop
+    loop_cpu: bool = True  # `serve` on SQLite: one CPU, the event loop first, the writer after
 
     @property
     def twilio_account(self) -> TwilioAccount | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import threading
@@ -37,6 +36,8 @@ _WRITER = "switchboard_writer"
 
 # The longest the SQLite writer thread waits, at one statement, for foreground work to end.
 FOREGROUND_MAX_WAIT_SECONDS = 0.02
+# The highest nice value (the lowest priority) Linux gives a thread of the usual policy.
+NICEST = 19
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -131,44 +132,41 @@ class Foreground:
             self._clear.wait(FOREGROUND_MAX_WAIT_SECONDS)
 
 
-def keep_a_cpu_for_this_thread() -> frozenset[int] | None:
-    """Bind the calling thread (the event loop's) to one of the CPUs the process may use, and
-    return the others, for the database's threads (`Database(thread_cpus=…)`); None, and
-    nothing bound, where there are fewer than two or the system cannot bind threads.
+def confine_to_one_cpu() -> int | None:
+    """Bind the calling thread (the event loop's) to the lowest CPU the process may use, and
+    with it every thread it starts from then on (the database's, aiosqlite's): the CPU, or
+    None, and nothing bound, where there is only one or the system cannot bind threads.
 
-    On SQLite the writer thread runs batches of several milliseconds. Left to the
-    scheduler it often shares a core with the event loop (a thread that wakes another is
-    woken beside it), and a ring's request then waits for the writer's time slice before it
-    is even read: in bench.screenpop nearly all slow pops were such waits. On cores of
-    their own the loop only ever waits for the GIL."""
+    A CPython process runs Python on one core at a time (the GIL); spread over two, the SQLite
+    writer and the event loop hand the GIL back and forth between cores, each a cross-core
+    wake-up, and the writer's half of that core is taken from everything else on the machine.
+    On one core, with the writer behind the loop (`Database(writer_yields=True)`), the loop
+    runs whenever it has work and the writer in its idle time; in bench.screenpop that halved
+    the ring-to-pop p99 against the writer and the loop on cores of their own."""
     if not hasattr(os, "sched_setaffinity"):
         return None
     allowed = os.sched_getaffinity(0)
     if len(allowed) < 2:
         return None
-    loop_cpu = min(allowed)
-    if not _bind_this_thread(frozenset({loop_cpu})):
-        return None
-    return frozenset(allowed - {loop_cpu})
-
-
-def _bind_this_thread(cpus: frozenset[int]) -> bool:
-    """Never fatal: a thread the system will not bind (a container's CPU set changed, say)
-    runs where it may, slower to answer at worst; a thread pool whose initializer raised
-    would refuse all the database's work."""
+    cpu = min(allowed)
     try:
-        os.sched_setaffinity(0, cpus)
+        os.sched_setaffinity(0, {cpu})
     except OSError as error:
-        log.warning("could not bind a thread to CPUs %s: %s", sorted(cpus), error)
-        return False
-    return True
+        log.warning("could not bind the event loop to CPU %s: %s", cpu, error)
+        return None
+    return cpu
 
 
-def _threads(count: int, name: str, cpus: frozenset[int] | None) -> ThreadPoolExecutor:
-    if cpus is None:
-        return ThreadPoolExecutor(count, thread_name_prefix=name)
-    bind = functools.partial(_bind_this_thread, cpus)
-    return ThreadPoolExecutor(count, thread_name_prefix=name, initializer=bind)
+def _yield_to_other_threads() -> None:
+    """The calling thread (the SQLite writer's) at the lowest priority there is short of idle
+    (nice 19): on the loop's core the scheduler then lets a woken event loop in at once.
+    Never fatal: a thread the system will not lower writes at the usual priority; a thread
+    pool whose initializer raised would refuse all the database's work."""
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, NICEST)
+    except OSError as error:
+        log.warning("could not lower the SQLite writer's priority: %s", error)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -187,9 +185,9 @@ class Database:
     on the async session (asyncpg) as they are.
     """
 
-    def __init__(self, url: str, *, thread_cpus: frozenset[int] | None = None) -> None:
-        """`thread_cpus`: the CPUs the SQLite writer and reader threads are bound to (see
-        `keep_a_cpu_for_this_thread`); None: wherever the scheduler puts them."""
+    def __init__(self, url: str, *, writer_yields: bool = False) -> None:
+        """`writer_yields`: the SQLite writer thread runs at the lowest priority, behind the
+        event loop on its core (`confine_to_one_cpu`); else as every other thread."""
         self.url = url
         self.engine = create_engine(url)
         self.sessions = session_factory(self.engine)
@@ -211,8 +209,12 @@ class Database:
             event.listen(writer_engine, "before_cursor_execute", self.foreground.make_way)
             self._sqlite_writer = sessionmaker(writer_engine, expire_on_commit=False)
             self._sqlite_reader = sessionmaker(sync_engine, expire_on_commit=False)
-            self._writer_thread = _threads(1, "sqlite-writer", thread_cpus)
-            self._reader_threads = _threads(2, "sqlite-reader", thread_cpus)
+            self._writer_thread = ThreadPoolExecutor(
+                1,
+                thread_name_prefix="sqlite-writer",
+                initializer=_yield_to_other_threads if writer_yields else None,
+            )
+            self._reader_threads = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

@@ -13,6 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from timeline.db import NICEST
+
 
 def switchboard(
     *args: str, cwd: Path, env: dict[str, str] | None = None
@@ -115,20 +117,36 @@ async def test_serve_answers_healthz_on_the_given_port(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("setting", ["on", "off"])
-async def test_serve_on_sqlite_gives_the_event_loop_a_cpu_of_its_own_unless_told_not_to(
+async def test_serve_on_sqlite_runs_on_one_cpu_with_its_writer_last_unless_told_not_to(
     tmp_path: Path, setting: str
 ) -> None:
     allowed = os.sched_getaffinity(0)
-    process = await _serving(tmp_path, _free_port(), {"SWITCHBOARD_LOOP_CPU": setting})
+    own_priority = os.getpriority(os.PRIO_PROCESS, 0)
+    port = _free_port()
+    process = await _serving(
+        tmp_path, port, {"SWITCHBOARD_LOOP_CPU": setting, "SWITCHBOARD_CTI_TOKEN": "cti-secret"}
+    )
     try:
-        loop_cpus = os.sched_getaffinity(process.pid)  # its main thread runs the event loop
+        async with aiohttp.ClientSession() as http:  # a call signal: the writer thread writes it
+            ring = {"event": "newCall", "direction": "in", "from": "+4930555", "callId": "c-1"}
+            url = f"http://127.0.0.1:{port}/webhooks/cti?token=cti-secret"
+            async with http.post(url, data={**ring, "to": "+4930123"}) as response:
+                assert response.status == 200
+        threads = [int(tid) for tid in os.listdir(f"/proc/{process.pid}/task")]
+        cpus = {tid: os.sched_getaffinity(tid) for tid in threads}
+        priorities = {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in threads}
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), timeout=15)
+    lowered = [tid for tid, priority in priorities.items() if priority != own_priority]
     if setting == "on" and len(allowed) >= 2:
-        assert len(loop_cpus) == 1 and loop_cpus < allowed
+        assert set(map(frozenset, cpus.values())) == {frozenset({min(allowed)})}
+        assert priorities[process.pid] == own_priority, "the event loop's thread comes first"
+        writer_last = [] if own_priority == NICEST else [NICEST]
+        assert [priorities[tid] for tid in lowered] == writer_last, "the one writer comes last"
     else:
-        assert loop_cpus == allowed
+        assert all(thread_cpus == allowed for thread_cpus in cpus.values())
+        assert lowered == []
 
 
 def test_agent_adds_racing_on_a_fresh_database_all_succeed(tmp_path: Path) -> None:

@@ -1,0 +1,85 @@
+"""On SQLite `serve` runs on one CPU (`confine_to_one_cpu`), the event loop first: the
+database's writer thread yields to it (`Database(writer_yields=True)`), so that a ring's
+request is never waiting behind a write, for a core or for the GIL."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
+
+from timeline.db import NICEST, Database, confine_to_one_cpu
+
+
+def _own_priority() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def _priority_of_this_thread(_session: Session) -> int:
+    return _own_priority()
+
+
+def _in_a_thread_of_its_own(work: Callable[[dict[str, object]], None]) -> dict[str, object]:
+    """Run `work(seen)` in a new thread, so that the test's own thread stays as it was."""
+    seen: dict[str, object] = {}
+    thread = threading.Thread(target=work, args=(seen,))
+    thread.start()
+    thread.join()
+    return seen
+
+
+async def test_a_yielding_writer_runs_at_the_lowest_priority_and_the_readers_as_the_process(
+    tmp_path: Path,
+) -> None:
+    own = _own_priority()
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'threads.db'}", writer_yields=True)
+    try:
+        await database.upgrade()
+        assert await database.run(_priority_of_this_thread) == NICEST
+        assert await database.read(_priority_of_this_thread) == own
+    finally:
+        await database.dispose()
+    assert _own_priority() == own, "the calling thread is left as it was"
+
+
+async def test_by_default_the_writer_runs_at_the_priority_of_the_process(tmp_path: Path) -> None:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'threads.db'}")
+    try:
+        await database.upgrade()
+        assert await database.run(_priority_of_this_thread) == _own_priority()
+    finally:
+        await database.dispose()
+
+
+def test_confining_binds_the_calling_thread_and_the_threads_it_starts_to_one_cpu() -> None:
+    allowed = os.sched_getaffinity(0)
+
+    def loop_thread(seen: dict[str, object]) -> None:
+        seen["cpu"] = confine_to_one_cpu()
+        seen["bound"] = os.sched_getaffinity(0)
+        seen.update(_in_a_thread_of_its_own(lambda s: s.update(started=os.sched_getaffinity(0))))
+
+    seen = _in_a_thread_of_its_own(loop_thread)
+
+    if len(allowed) < 2:
+        assert seen == {"cpu": None, "bound": allowed, "started": allowed}
+        return
+    assert seen["cpu"] == min(allowed)
+    assert seen["bound"] == seen["started"] == {min(allowed)}
+    assert os.sched_getaffinity(0) == allowed, "threads started before keep every CPU"
+
+
+def test_a_cpu_the_system_will_not_bind_leaves_the_thread_where_it_was(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(_pid: int, _cpus: object) -> None:
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    assert confine_to_one_cpu() is None
+    if len(os.sched_getaffinity(0)) >= 2:  # with one CPU nothing is ever bound, nor tried
+        assert "could not bind the event loop" in caplog.text
