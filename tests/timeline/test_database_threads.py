@@ -12,15 +12,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from timeline.db import NICEST, Database, confine_to_one_cpu
+from timeline.db import Database, confine_to_one_cpu
 
 
-def _own_priority() -> int:
-    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-
-def _priority_of_this_thread(_session: Session) -> int:
-    return _own_priority()
+def _policy_of_this_thread(_session: Session) -> int:
+    return os.sched_getscheduler(0)  # 0: the calling thread
 
 
 def _in_a_thread_of_its_own(work: Callable[[dict[str, object]], None]) -> dict[str, object]:
@@ -32,25 +28,24 @@ def _in_a_thread_of_its_own(work: Callable[[dict[str, object]], None]) -> dict[s
     return seen
 
 
-async def test_a_yielding_writer_runs_at_the_lowest_priority_and_the_readers_as_the_process(
+async def test_a_yielding_writer_runs_only_when_its_core_is_idle_and_the_readers_as_usual(
     tmp_path: Path,
 ) -> None:
-    own = _own_priority()
     database = Database(f"sqlite+aiosqlite:///{tmp_path / 'threads.db'}", writer_yields=True)
     try:
         await database.upgrade()
-        assert await database.run(_priority_of_this_thread) == NICEST
-        assert await database.read(_priority_of_this_thread) == own
+        assert await database.run(_policy_of_this_thread) == os.SCHED_IDLE
+        assert await database.read(_policy_of_this_thread) == os.SCHED_OTHER
     finally:
         await database.dispose()
-    assert _own_priority() == own, "the calling thread is left as it was"
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER, "the calling thread is left as it was"
 
 
-async def test_by_default_the_writer_runs_at_the_priority_of_the_process(tmp_path: Path) -> None:
+async def test_by_default_the_writer_runs_as_every_other_thread(tmp_path: Path) -> None:
     database = Database(f"sqlite+aiosqlite:///{tmp_path / 'threads.db'}")
     try:
         await database.upgrade()
-        assert await database.run(_priority_of_this_thread) == _own_priority()
+        assert await database.run(_policy_of_this_thread) == os.SCHED_OTHER
     finally:
         await database.dispose()
 
