@@ -78,3 +78,19 @@ def test_a_cpu_the_system_will_not_bind_leaves_the_thread_where_it_was(
     assert confine_to_one_cpu() is None
     if len(os.sched_getaffinity(0)) >= 2:  # with one CPU nothing is ever bound, nor tried
         assert "could not bind the event loop" in caplog.text
+
+
+async def test_a_writer_the_system_will_not_lower_still_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(_pid: int, _policy: int, _param: os.sched_param) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'threads.db'}", writer_yields=True)
+    try:
+        await database.upgrade()
+        assert await database.run(_policy_of_this_thread) == os.SCHED_OTHER
+    finally:
+        await database.dispose()
+    assert "could not lower the SQLite writer's priority" in caplog.text
