@@ -2,6 +2,11 @@
 
 In-process by default; with `SWITCHBOARD_REDIS_URL`, Redis pub/sub carries every message, so
 several gateway processes behind one load balancer see each other's publications.
+
+In process, a publisher hands a message straight to a listener that takes it at once
+(`Subscription.take_directly`): an agent's socket with nothing waiting to go out gets a ring's
+pop written in the webhook's own turn of the event loop, not a turn later by the task that
+forwards its queue.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import redis.asyncio as redis
@@ -19,6 +24,8 @@ import redis.asyncio as redis
 log = logging.getLogger(__name__)
 
 Message = dict[str, Any]
+# Takes a message at once and says so, or says False and leaves it to the queue.
+DirectTaker = Callable[[Message], Awaitable[bool]]
 
 
 def agent_topic(agent_id: int) -> str:
@@ -35,9 +42,20 @@ class Subscription:
         self.topic = topic
         self._fanout = fanout
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._direct: DirectTaker | None = None
+
+    def take_directly(self, taker: DirectTaker) -> None:
+        """From now on a publisher in this process offers each message to `taker` first, as
+        long as nothing is queued (so that nothing overtakes what is)."""
+        self._direct = taker
 
     def deliver(self, message: Message) -> None:
         self._queue.put_nowait(message)
+
+    async def offer(self, message: Message) -> None:
+        """`deliver`, but to the direct taker in the caller's own turn where it will."""
+        if self._direct is None or not self._queue.empty() or not await self._direct(message):
+            self._queue.put_nowait(message)
 
     async def get(self) -> Message:
         return await self._queue.get()
@@ -101,7 +119,8 @@ class _Fanout:
 
 class InProcessBus(_Fanout):
     async def publish(self, topic: str, message: Message) -> None:
-        self.dispatch(topic, message)
+        for subscription in list(self._listeners.get(topic, ())):
+            await subscription.offer(message)
 
     async def subscribe(self, topic: str) -> Subscription:
         return await self.add(topic)

@@ -120,7 +120,7 @@ class _CallJob:
     payload: bytes
     content_type: str | None
     done: asyncio.Future[CallOutcome]
-    reading_ahead: asyncio.Task[Rung | None] | None = None
+    reading_ahead: asyncio.Future[Rung | None] | None = None
     rung: Rung | None = None  # its pops went out before the commit (`gateway.ringing`)
     journal_id: int | None = None
 
@@ -159,21 +159,43 @@ class CallDesk:
     ) -> CallOutcome:
         """Pop a new call's ring at once, journal the raw payload, apply the signal; answer
         once both are committed."""
-        job = _CallJob(signal, payload, content_type, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        job = _CallJob(signal, payload, content_type, loop.create_future())
         if signal.phase is CallPhase.RINGING:
-            # Read ahead beside the queue, so the ring keeps its place among the call's other
-            # signals (the others have nothing to read ahead: no task of their own).
-            job.reading_ahead = asyncio.create_task(self._ring_first(signal))
-            # The writer thread makes way until the pops are on the agents' sockets: their
-            # writes run in the turn of the loop that ends the read-ahead, before this.
-            release = self._db.foreground.hold()
-            job.reading_ahead.add_done_callback(lambda _: release())
+            job.reading_ahead = loop.create_future()
+        # Queued before the ring is read ahead, so that it keeps its place among its call's
+        # other signals; the writer waits for the read-ahead (`_process`).
         self._batches.submit(job)
+        if job.reading_ahead is not None:
+            await self._read_ahead(signal, job.reading_ahead)
         # Shielded: a PBX that hangs up must not cancel the batch its signal is part of.
         return await asyncio.shield(job.done)
 
+    async def _read_ahead(self, signal: CallSignal, reading: asyncio.Future[Rung | None]) -> None:
+        """The ring's pops read and published by the webhook's own handler, not by a task of
+        its own: a task starts a turn of the loop later, behind whatever else is ready then
+        (a committed batch's answers, say), and that turn showed in the ring-to-pop tail.
+
+        `reading` gets what went out whatever happens, a cancelled handler included: a ring
+        cut short before its pops were published leaves the ringing to the writer; one cut
+        short while publishing (the server stopping) is stored as read, and the pops not yet
+        published are replayed when their agents reconnect."""
+        rung: Rung | None = None
+        # The writer thread makes way until the pops are on the agents' sockets.
+        release = self._db.foreground.hold()
+        try:
+            rung = await self._ring_first(signal)
+            if rung is not None:
+                try:
+                    await publish_pops(self._bus, rung.pops)
+                except Exception:  # stored all the same under these ids, and replayed
+                    log.exception("publishing the pops of a ring failed")
+        finally:
+            release()
+            reading.set_result(rung)
+
     async def _ring_first(self, signal: CallSignal) -> Rung | None:
-        """The ring's pops, published before the signal waits for the writer; None leaves the
+        """The ring's pops, to publish before the signal waits for the writer; None leaves the
         ringing to the writer (not a new inbound ring, one of its call already in flight)."""
         key = (signal.provider, signal.call_id)
         if key in self._ringing:
@@ -183,15 +205,9 @@ class CallDesk:
             rung = await ring_first(self._db, self._settings, self._config.get, signal)
         except Exception:
             log.exception("a ring could not be read ahead; the writer rings it")
-            self._ringing.discard(key)
-            return None
+            rung = None
         if rung is None:
             self._ringing.discard(key)
-            return None
-        try:
-            await publish_pops(self._bus, rung.pops)
-        except Exception:  # stored all the same under these ids, and replayed
-            log.exception("publishing the pops of a ring failed")
         return rung
 
     async def _process(self, batch: list[_CallJob]) -> None:

@@ -49,7 +49,7 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
     await socket.prepare(request)
     request.app[OPEN_SOCKETS].add(socket)
     try:
-        await AgentSession(request.app, principal, socket).run()
+        await AgentSession(request.app, principal, socket, request.transport).run()
     finally:
         request.app[OPEN_SOCKETS].discard(socket)
         await socket.close()
@@ -77,18 +77,27 @@ async def json_objects(
 class AgentSession:
     """One connected agent console."""
 
-    def __init__(self, app: web.Application, principal: Principal, socket: web.WebSocketResponse):
+    def __init__(
+        self,
+        app: web.Application,
+        principal: Principal,
+        socket: web.WebSocketResponse,
+        transport: asyncio.Transport | None,
+    ):
         self.app = app
         self.principal = principal
         self.socket = socket
+        self._transport = transport
         self._replayed: set[int] = set()
         self._offers_sent: set[int] = set()
+        self._forwarding = False  # `_forward` has a queued message on its way out
 
     async def run(self) -> None:
         agent_id = self.principal.agent_id
         sockets = self.app[AGENT_SOCKETS]
         sockets[agent_id] += 1
         subscription = await self.app[BUS].subscribe(agent_topic(agent_id))
+        subscription.take_directly(self._take_now)
         forwarder = asyncio.create_task(self._forward(subscription))
         try:
             await self._send({"type": "hello", "agent_id": agent_id, "name": self.principal.name})
@@ -121,15 +130,33 @@ class AgentSession:
 
     async def _forward(self, subscription: Subscription) -> None:
         async for message in subscription:
-            # A pop both replayed and published goes out once, an offer published again by
-            # another process too; a withdrawal always goes out.
-            if message.get("type") == "screen_pop" and message.get("id") in self._replayed:
-                continue
-            if message.get("type") == "offer":
-                if message.get("id") in self._offers_sent:
-                    continue
-                self._offers_sent.add(message["id"])
-            await self._send(message)
+            self._forwarding = True
+            try:
+                await self._pass_on(message)
+            finally:
+                self._forwarding = False
+
+    async def _take_now(self, message: dict[str, Any]) -> bool:
+        """A message published in this process goes out in its publisher's turn of the loop
+        when nothing of this console's is on its way out (then nothing is overtaken, and the
+        frame goes straight to the kernel); otherwise it is left to `_forward`."""
+        if self._forwarding or self.socket.closed or self._transport is None:
+            return False
+        if self._transport.get_write_buffer_size():
+            return False
+        await self._pass_on(message)
+        return True
+
+    async def _pass_on(self, message: dict[str, Any]) -> None:
+        # A pop both replayed and published goes out once, an offer published again by
+        # another process too; a withdrawal always goes out.
+        if message.get("type") == "screen_pop" and message.get("id") in self._replayed:
+            return
+        if message.get("type") == "offer":
+            if message.get("id") in self._offers_sent:
+                return
+            self._offers_sent.add(message["id"])
+        await self._send(message)
 
     async def _receive(self) -> None:
         async for data in json_objects(self.socket, self._error):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.bus import agent_topic
+from gateway.keys import BUS
 from tests.helpers import Agents, bearer, go_available, inbound, nothing_more, receive
 
 
@@ -60,6 +63,28 @@ async def test_an_available_agent_gets_the_new_customer_s_card(
     assert [t["id"] for t in contact["open_tickets"]] == [result["ticket_id"]]
     assert [e["body"] for e in contact["recent"]] == ["message m1"]
     assert isinstance(pop["id"], int)
+
+
+async def test_a_burst_reaches_the_console_in_order_though_its_socket_backs_up(
+    client: TestClient, agents: Agents
+) -> None:
+    """Published messages go straight to the socket while it takes them, and to the queue
+    once its buffer backs up; none overtakes another."""
+    agent = await agents.add("Anna")
+    bus = client.server.app[BUS]
+    filler = "x" * 50_000
+    async with client.ws_connect(ws_path(agent)) as socket:
+        await receive(socket, "hello")
+        for n in range(120):  # 6 MB: more than the kernel and the transport take at once
+            await bus.publish(
+                agent_topic(agent["id"]), {"type": "pop_withdrawn", "id": n, "f": filler}
+            )
+            if n % 40 == 39:  # and the console reads some of it in between
+                for _ in range(5):
+                    await asyncio.sleep(0)
+        ids = [(await receive(socket, "pop_withdrawn"))["id"] for _ in range(120)]
+
+    assert ids == list(range(120))
 
 
 async def test_a_further_message_pops_to_the_agent_holding_the_ticket(

@@ -13,9 +13,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
+from gateway.bus import agent_topic
 from gateway.calls import CallOutcome
 from gateway.group_commit import IngestError
-from gateway.keys import CALLS, DATABASE
+from gateway.keys import BUS, CALLS, DATABASE
 from tests.gateway.test_call_batches import signal
 from tests.gateway.test_cti import arrivals, console
 from tests.helpers import Agents, bearer, inbound, receive
@@ -209,6 +210,31 @@ async def test_the_writer_makes_way_only_until_the_card_is_out(
     assert not database.foreground.held and gate.batches == []
     gate.open.set()
     await ringing
+
+
+async def test_the_card_is_published_by_the_webhook_s_own_task(
+    client: TestClient, anna: dict[str, Any], gate: Gate
+) -> None:
+    """No task of its own for the read-ahead (it would start a turn of the loop later), and
+    the bus hands the pop to a listener that takes it directly in that same task."""
+    subscription = await client.server.app[BUS].subscribe(agent_topic(anna["id"]))
+    published: list[tuple[str, asyncio.Task[Any] | None]] = []
+    popped = asyncio.Event()
+
+    async def take(message: dict[str, Any]) -> bool:
+        published.append((message["type"], asyncio.current_task()))
+        popped.set()
+        return True
+
+    subscription.take_directly(take)
+    ringing = asyncio.create_task(deliver(client, ring("c1", "201")))
+    try:
+        await asyncio.wait_for(popped.wait(), timeout=5)
+        assert published == [("screen_pop", ringing)]
+    finally:
+        gate.open.set()
+        await ringing
+        await subscription.close()
 
 
 async def test_a_batch_is_journaled_and_applied_in_one_transaction(
