@@ -91,6 +91,7 @@ class AgentSession:
         self._replayed: set[int] = set()
         self._offers_sent: set[int] = set()
         self._forwarding = False  # `_forward` has a queued message on its way out
+        self._answering = False  # a message of the console's is being handled
 
     async def run(self) -> None:
         agent_id = self.principal.agent_id
@@ -139,8 +140,10 @@ class AgentSession:
     async def _take_now(self, message: dict[str, Any]) -> bool:
         """A message published in this process goes out in its publisher's turn of the loop
         when nothing of this console's is on its way out (then nothing is overtaken, and the
-        frame goes straight to the kernel); otherwise it is left to `_forward`."""
-        if self._forwarding or self.socket.closed or self._transport is None:
+        frame goes straight to the kernel); otherwise it is left to `_forward`. So is what a
+        message of the console's causes while it is being handled: its answer comes first
+        (`offer_accepted`, then the pop of the ticket taken)."""
+        if self._forwarding or self._answering or self.socket.closed or self._transport is None:
             return False
         if self._transport.get_write_buffer_size():
             return False
@@ -160,10 +163,13 @@ class AgentSession:
 
     async def _receive(self) -> None:
         async for data in json_objects(self.socket, self._error):
+            self._answering = True
             try:
                 await self._handle(data)
             except ApiError as error:
                 await self._error(error.code, error.detail)
+            finally:
+                self._answering = False
 
     async def _handle(self, data: dict[str, Any]) -> None:
         kind = data.get("type")
