@@ -1,25 +1,36 @@
 """Ring-to-pop latency of CTI calls against a bare webhook-to-WebSocket forwarder, in one run.
 
-`python -m bench.screenpop [--rate 200] [--seconds 20] [--profile]` (from the repo root):
+`python -m bench.screenpop [--rate 200] [--seconds 20] [--windows 4] [--profile]` (from the repo
+root):
 
 1. 50 agents (`--agents`) are created with `gateway agent add` (extensions 201, 202, ...) in a
    fresh temporary directory, so the gateway runs on the embedded default (a new SQLite file).
-2. The bare baseline (`bench._bare_ws`: `POST /ring` forwards a small JSON message to the named
-   agent's `GET /ws` socket) runs as its own process and takes the load; then the gateway
-   (`python -m gateway serve`) takes the very same load on `POST /webhooks/cti`. The load
-   generator is this process; both servers are subprocesses; everything is loopback.
-3. The load: one WebSocket per agent, each set `available` (the presence reply awaited); then an
-   open loop at a fixed `--rate`, scheduled by the clock and not by responses (a slow server shows
-   as latency, not as a lower rate), for a warm-up that is not counted and then `--seconds` that
-   are. Each call is a form-encoded `newCall` naming one agent's extension (round robin) with a
-   unique caller number and `callId`; `--hangup-after` seconds (plus half a slot, so hang-ups
-   fall between rings, not on them) after its scheduled ring, and never before the ring was
-   answered, a `hangup` (`normalClearing`) ends it, untimed. The hang-ups are part of the load:
-   an unanswered call that ends is a missed call with a callback ticket, routed like any other.
-4. Ring-to-pop: from just before the `newCall` POST is written to the moment the named agent's
-   socket receives the `screen_pop` whose `call.id` is the callId (`time.perf_counter`, this one
-   process). Also the webhook's HTTP response time; pops missing after `--drain` seconds, pops
-   on the wrong socket and duplicates are counted (none may be missing).
+2. Two servers, each its own process: the bare baseline (`bench._bare_ws`: `POST /ring` forwards
+   a small JSON message to the named agent's `GET /ws` socket) and the gateway (`python -m
+   gateway serve`, `POST /webhooks/cti`). The load generator is this process; everything is
+   loopback. Both are up for the whole run and take the very same load in turn, one at a time:
+   `--seconds` per server split into `--windows` windows, bare-gateway, then gateway-bare, and
+   so on (ABBA). Whatever the machine does over the minutes of a run falls on both alike (on
+   the project's VM the same work cost a third more CPU from one minute to the next), and the
+   ratio compares like with like. Each window warms up uncounted, the first for `--warmup`
+   seconds, the later ones (the server warm by then) for at most `WINDOW_LEAD_IN_S`.
+3. The load, per window: one WebSocket per agent, each set `available` (the presence reply
+   awaited); then an open loop at a fixed `--rate`, scheduled by the clock and not by responses
+   (a slow server shows as latency, not as a lower rate). Each call is a form-encoded `newCall`
+   naming one agent's extension (round robin) with a caller number and `callId` new to the run;
+   `--hangup-after` seconds (plus half a slot, so hang-ups fall between rings, not on them)
+   after its scheduled ring, and never before the ring was answered, a `hangup`
+   (`normalClearing`) ends it, untimed. The hang-ups are part of the load: an unanswered call
+   that ends is a missed call with a callback ticket, routed like any other. A window ends when
+   its last hang-up is answered, and the agents leave; windows never overlap.
+4. Ring-to-pop: from the moment the `newCall` POST is handed to the socket (aiohttp's
+   `on_request_chunk_sent`, called just before it writes the request) to the moment the named
+   agent's socket receives the `screen_pop` whose `call.id` is the callId (`time.perf_counter`,
+   this one process). The time from calling `post()` to that write is the load generator's own
+   (its one event loop also reads every pop and every webhook's answer, which arrive in bursts
+   from the gateway's group commits); it is shown apart, as ring-to-pop from the `post()` call.
+   Also the webhook's HTTP response time and each window's p99; pops missing after `--drain`
+   seconds, pops on the wrong socket and duplicates are counted (none may be missing).
 5. Prints a table and writes it as JSON to bench/results/screenpop.json (screenpop-profile.json
    and the profile itself under --profile). Exit status 1 when a pop is missing or a webhook
    failed; the latency targets are reported, not enforced.
@@ -40,9 +51,11 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -61,6 +74,7 @@ TARGET_P99_MS = 25.0
 TARGET_RATIO = 3.0
 AGENT_ADD_ATTEMPTS = 3
 DRAIN_POLL_S = 0.05
+WINDOW_LEAD_IN_S = 1.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--rate", type=float, default=200.0, help="newCall webhooks per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured time per server")
+    parser.add_argument(
+        "--windows", type=int, default=4, help="windows per server the seconds are split into"
+    )
     parser.add_argument("--warmup", type=float, default=3.0, help="uncounted warm-up per server")
     parser.add_argument("--agents", type=int, default=50, help="agent WebSockets (<= 799)")
     parser.add_argument(
@@ -148,14 +165,29 @@ class Target:
     server_pid: int
 
 
+@dataclass(frozen=True)
+class Window:
+    """One stretch of load on one server: `warmup` uncounted seconds, then `seconds` counted.
+    Its callers are numbered on from `first_caller`, so that no caller rings twice in a run
+    (each is a new caller to the gateway, as in one long run)."""
+
+    number: int
+    warmup: float
+    seconds: float
+    first_caller: int
+
+
 @dataclass(slots=True)
 class Call:
     index: int
+    window: int
+    caller: int
     call_id: str
     agent: int
     scheduled: float
     measured: bool
-    sent: float = 0.0
+    sent: float = 0.0  # as the POST is started (`http.post` called)
+    written: float | None = None  # as its bytes are handed to the socket
     responded: float | None = None
     status: int = 0
     error: str | None = None
@@ -247,10 +279,24 @@ async def _close_agents(agents: list[_Agent]) -> None:
     await asyncio.gather(*(close(agent) for agent in agents))
 
 
+async def _stamp_written(
+    _session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    _params: aiohttp.TraceRequestChunkSentParams,
+) -> None:
+    """Called by aiohttp just before it hands the ring's body (with its headers) to the
+    socket: the moment the webhook is sent, not counting the time the load generator's own
+    event loop took to get there (it is one process, also reading 50 sockets' pops and every
+    webhook's answer)."""
+    call = context.trace_request_ctx
+    if isinstance(call, Call) and call.written is None:
+        call.written = time.perf_counter()
+
+
 def _form(call: Call, target: Target, event: str) -> bytes:
     fields = [
         ("event", event),
-        ("from", f"+49151{10_000_000 + call.index:08d}"),  # unique, valid German mobile
+        ("from", f"+49151{10_000_000 + call.caller:08d}"),  # unique, valid German mobile
         ("to", CALLEE),
         ("direction", "in"),
         ("callId", call.call_id),
@@ -261,18 +307,24 @@ def _form(call: Call, target: Target, event: str) -> bytes:
     return urllib.parse.urlencode(fields).encode()
 
 
-async def run_screenpop(target: Target, args: argparse.Namespace) -> RunResult:
-    """Drive `target` with the open-loop schedule; every wait below is bounded."""
+async def run_screenpop(target: Target, args: argparse.Namespace, window: Window) -> RunResult:
+    """Drive `target` with the open-loop schedule for one window; every wait below is
+    bounded. The agents connect (and say they are available) at its start and leave at its
+    end, after the last hang-up has been answered: windows never overlap."""
     run_id = secrets.token_hex(4)
-    total = round((args.warmup + args.seconds) * args.rate)
-    warmup_calls = round(args.warmup * args.rate)
-    result = RunResult(target.name, args.rate, args.warmup, args.seconds, calls=[])
+    total = round((window.warmup + window.seconds) * args.rate)
+    warmup_calls = round(window.warmup * args.rate)
+    result = RunResult(target.name, args.rate, window.warmup, window.seconds, calls=[])
     calls: dict[str, Call] = {}
     connector = aiohttp.TCPConnector(limit=args.connections, limit_per_host=args.connections)
     timeout = aiohttp.ClientTimeout(total=30)
+    writes = aiohttp.TraceConfig()
+    writes.on_request_chunk_sent.append(_stamp_written)
     async with (
         aiohttp.ClientSession() as ws_session,
-        aiohttp.ClientSession(connector=connector, timeout=timeout, headers=FORM) as http,
+        aiohttp.ClientSession(
+            connector=connector, timeout=timeout, headers=FORM, trace_configs=[writes]
+        ) as http,
     ):
         agents = await _connect_agents(ws_session, target, calls, result)
         tasks: set[asyncio.Task[None]] = set()
@@ -284,7 +336,9 @@ async def run_screenpop(target: Target, args: argparse.Namespace) -> RunResult:
                 ring = _form(call, target, "newCall")
                 call.sent = time.perf_counter()
                 try:
-                    async with http.post(target.ring_url, data=ring) as response:
+                    async with http.post(
+                        target.ring_url, data=ring, trace_request_ctx=call
+                    ) as response:
                         await response.read()
                         call.status = response.status
                 except (aiohttp.ClientError, TimeoutError, OSError) as error:
@@ -326,6 +380,8 @@ async def run_screenpop(target: Target, args: argparse.Namespace) -> RunResult:
                 while index < total and start + index / args.rate <= now:
                     call = Call(
                         index=index,
+                        window=window.number,
+                        caller=window.first_caller + index,
                         call_id=f"sp-{run_id}-{index}",
                         agent=index % len(agents),
                         scheduled=start + index / args.rate,
@@ -374,7 +430,10 @@ async def run_screenpop(target: Target, args: argparse.Namespace) -> RunResult:
 # --- the two servers ---------------------------------------------------------------------------
 
 
-async def _bench_bare(workdir: Path, env: dict[str, str], args: argparse.Namespace) -> RunResult:
+@contextlib.asynccontextmanager
+async def _bare_server(
+    workdir: Path, env: dict[str, str], args: argparse.Namespace
+) -> AsyncIterator[Target]:
     port = free_port()
     bare = ServerProcess(
         "bare_ws",
@@ -385,25 +444,25 @@ async def _bench_bare(workdir: Path, env: dict[str, str], args: argparse.Namespa
     try:
         await _wait_ready(bare, tcp_open(port))
         extensions = [str(200 + n) for n in range(1, args.agents + 1)]
-        target = Target(
+        yield Target(
             "bare",
             f"http://{LOOPBACK}:{port}/ring",
             [f"http://{LOOPBACK}:{port}/ws?agent={ext}" for ext in extensions],
             extensions,
             bare.server_pid(),
         )
-        return await run_screenpop(target, args)
     finally:
         bare.stop(signal.SIGTERM)
 
 
-async def _bench_gateway(
+@contextlib.asynccontextmanager
+async def _gateway_server(
     workdir: Path,
     env: dict[str, str],
     args: argparse.Namespace,
     agents: list[tuple[str, str]],
     profile: Path | None,
-) -> RunResult:
+) -> AsyncIterator[Target]:
     cti_token = env["SWITCHBOARD_CTI_TOKEN"]
     port = free_port()
     gateway = ServerProcess(
@@ -411,20 +470,47 @@ async def _bench_gateway(
     )
     try:
         await _wait_ready(gateway, http_ok(f"http://{LOOPBACK}:{port}/healthz"), within=120)
-        target = Target(
+        yield Target(
             "gateway",
             f"http://{LOOPBACK}:{port}{CTI_PATH}?token={cti_token}",
             [f"http://{LOOPBACK}:{port}/ws/agent?token={token}" for _, token in agents],
             [extension for extension, _ in agents],
             gateway.server_pid(),
         )
-        return await run_screenpop(target, args)
     finally:
         # SIGINT: a graceful stop, and the profiler (if any) writes its report.
         gateway.stop(signal.SIGINT, timeout=60)
         tail = gateway.log_tail(15)
         if "Traceback" in tail or "ERROR" in tail:
             print(f"--- gateway log (tail) ---\n{tail}\n---", file=sys.stderr)
+
+
+def windows(args: argparse.Namespace) -> list[Window]:
+    """`--windows` windows per server sharing `--seconds`; the first warms up for `--warmup`,
+    the others (the server warm by then) for `WINDOW_LEAD_IN_S` at most."""
+    seconds = args.seconds / args.windows
+    plan, first_caller = [], 0
+    for number in range(args.windows):
+        warmup = args.warmup if number == 0 else min(args.warmup, WINDOW_LEAD_IN_S)
+        plan.append(Window(number, warmup, seconds, first_caller))
+        first_caller += round((warmup + seconds) * args.rate)
+    return plan
+
+
+async def run_alternating(
+    bare: Target, gateway: Target, args: argparse.Namespace, say: Callable[[str], None]
+) -> tuple[list[RunResult], list[RunResult]]:
+    """Each server's windows in turn, bare-gateway then gateway-bare (ABBA): whatever the
+    machine does over the minutes of a run (its speed drifted by a third between minutes on
+    the project's VM) falls on both servers alike, and a steady drift cancels out."""
+    bare_runs: list[RunResult] = []
+    gateway_runs: list[RunResult] = []
+    for window in windows(args):
+        pair = [(bare, bare_runs), (gateway, gateway_runs)]
+        for target, runs in pair if window.number % 2 == 0 else pair[::-1]:
+            say(f"window {window.number + 1}/{args.windows}: {target.name}")
+            runs.append(await run_screenpop(target, args, window))
+    return bare_runs, gateway_runs
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -444,22 +530,31 @@ def _latencies(values: list[float]) -> dict[str, float | None]:
     }
 
 
-def _side(result: RunResult) -> dict[str, Any]:
-    measured = [c for c in result.calls if c.measured]
+def _side(runs: list[RunResult]) -> dict[str, Any]:
+    """One server's figures over all its windows."""
+    calls = [c for run in runs for c in run.calls]
+    measured = [c for c in calls if c.measured]
     answered = [c for c in measured if c.status == 200 and c.responded is not None]
     popped = [c for c in measured if c.popped is not None]
     failed = Counter(c.error or f"HTTP {c.status}" for c in measured if c not in answered)
-    sent_times = [c.sent for c in measured]
-    span = max(sent_times) - min(sent_times) if len(sent_times) > 1 else 0.0
-    lag = [c.sent - c.scheduled for c in measured]
-    wall = result.seconds
+    wall = sum(run.seconds for run in runs)
+    server_cpu = [run.server_cpu_s for run in runs]
+    by_window: dict[int, list[Call]] = defaultdict(list)
+    for call in popped:
+        by_window[call.window].append(call)
     return {
-        "offered_per_s": round(result.rate, 1),
+        "offered_per_s": round(runs[0].rate, 1),
         "calls_measured": len(measured),
-        "sent_per_s": round((len(measured) - 1) / span, 1) if span else None,
+        "sent_per_s": _sent_per_s(measured),
         "answered_200_per_s": round(len(answered) / wall, 1),
         "popped_per_s": round(len(popped) / wall, 1),
-        "ring_to_pop": _latencies([c.popped - c.sent for c in popped if c.popped is not None]),
+        "ring_to_pop": _latencies(_ring_to_pop(popped)),
+        "ring_to_pop_p99_ms_per_window": [
+            _percentile_ms(_ring_to_pop(by_window[n]), 99) for n in sorted(by_window)
+        ],
+        "ring_to_pop_from_post_call": _latencies(
+            [c.popped - c.sent for c in popped if c.popped is not None]
+        ),
         "webhook_response": _latencies(
             [c.responded - c.sent for c in answered if c.responded is not None]
         ),
@@ -467,20 +562,35 @@ def _side(result: RunResult) -> dict[str, Any]:
             1 for c in popped if c.popped is not None and c.responded and c.popped < c.responded
         ),
         "missing_pops": sum(1 for c in measured if c.popped is None),
-        "missing_pops_all_phases": sum(1 for c in result.calls if c.popped is None),
-        "pops_wrong_socket": result.pops_wrong_socket,
-        "pops_duplicate": result.pops_duplicate,
-        "pops_unknown_call": result.pops_unknown,
+        "missing_pops_all_phases": sum(1 for c in calls if c.popped is None),
+        "pops_wrong_socket": sum(run.pops_wrong_socket for run in runs),
+        "pops_duplicate": sum(run.pops_duplicate for run in runs),
+        "pops_unknown_call": sum(run.pops_unknown for run in runs),
         "webhook_errors": dict(failed),
-        "hangup_errors": dict(result.hangup_errors),
-        "unfinished_requests": result.unfinished_tasks,
-        "other_ws_messages": dict(result.other_messages),
-        "schedule_lag": _latencies(lag),
-        "server_cpu_pct": round(100 * result.server_cpu_s / wall, 1)
-        if result.server_cpu_s is not None
+        "hangup_errors": dict(sum((run.hangup_errors for run in runs), Counter())),
+        "unfinished_requests": sum(run.unfinished_tasks for run in runs),
+        "other_ws_messages": dict(sum((run.other_messages for run in runs), Counter())),
+        "schedule_lag": _latencies([c.sent - c.scheduled for c in measured]),
+        "server_cpu_pct": round(100 * sum(filter(None, server_cpu)) / wall, 1)
+        if None not in server_cpu
         else None,
-        "loadgen_cpu_pct": round(100 * result.load_cpu_s / wall, 1),
+        "loadgen_cpu_pct": round(100 * sum(run.load_cpu_s for run in runs) / wall, 1),
     }
+
+
+def _ring_to_pop(popped: list[Call]) -> list[float]:
+    """From the ring's bytes handed to the socket to its pop received."""
+    return [c.popped - c.written for c in popped if c.popped is not None and c.written]
+
+
+def _sent_per_s(measured: list[Call]) -> float | None:
+    """The rate the rings were sent at within the windows (not counting the gaps between)."""
+    sent: dict[int, list[float]] = defaultdict(list)
+    for call in measured:
+        sent[call.window].append(call.sent)
+    spans = [max(times) - min(times) for times in sent.values() if len(times) > 1]
+    intervals = sum(len(times) - 1 for times in sent.values() if len(times) > 1)
+    return round(intervals / sum(spans), 1) if sum(spans) else None
 
 
 def _ok(side: dict[str, Any]) -> bool:
@@ -510,6 +620,9 @@ def _table(report: dict[str, Any]) -> str:
     def errors(counts: dict[str, int]) -> str:
         return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "0"
 
+    def windows_p99(side: dict[str, Any]) -> str:
+        return " ".join(ms(p99) for p99 in side["ring_to_pop_p99_ms_per_window"])
+
     def rate(side: dict[str, Any]) -> str:
         return (
             f"{side['sent_per_s']} sent, {side['answered_200_per_s']} answered 200, "
@@ -523,6 +636,16 @@ def _table(report: dict[str, Any]) -> str:
         ("gateway ring-to-pop ms p50/p90/p99/max", dist(gateway["ring_to_pop"])),
         ("bare round trip ms p50/p90/p99/max", dist(bare["ring_to_pop"])),
         ("ratio of p99s gateway/bare", "n/a" if ratio is None else f"{ratio:.2f}"),
+        (
+            "p99 ms per window gw / bare",
+            f"{windows_p99(gateway)} / {windows_p99(bare)}",
+        ),
+        (
+            "from the post() call: p99 ms gw / bare",
+            f"{ms(gateway['ring_to_pop_from_post_call']['p99_ms'])} / "
+            f"{ms(bare['ring_to_pop_from_post_call']['p99_ms'])} (with the load generator's "
+            "own wait before it writes)",
+        ),
         (
             "gateway webhook response ms p50/p99",
             f"{ms(gateway['webhook_response']['p50_ms'])} / "
@@ -571,8 +694,9 @@ def _table(report: dict[str, Any]) -> str:
     ]
     width = max(len(name) for name, _ in rows)
     lines = [
-        f"bench.screenpop: {setup['rate']:g} calls/s, {setup['seconds']:g} s measured after "
-        f"{setup['warmup_s']:g} s warm-up, {setup['agents']} agent sockets, hang-up after "
+        f"bench.screenpop: {setup['rate']:g} calls/s, {setup['seconds']:g} s measured per "
+        f"server in {setup['windows']} windows taken in turn (warm-up {setup['warmup_s']:g} s, "
+        f"then {setup['window_lead_in_s']:g} s), {setup['agents']} agent sockets, hang-up after "
         f"{setup['hangup_after_s']:g} s, {setup['cpus']} CPUs (load average "
         f"{setup['loadavg_1m_at_start']:g} at start)"
         + (f", gateway under {setup['profiler']}" if setup["profiler"] else ""),
@@ -601,11 +725,19 @@ async def _main(args: argparse.Namespace) -> int:
         began = time.monotonic()
         agents = await _add_agents(workdir, env, args.agents)
         agents_s = time.monotonic() - began
-        phase = f"{args.warmup:g} + {args.seconds:g} s at {args.rate:g} calls/s"
-        print(f"bench.screenpop: bare baseline ({phase})...", flush=True)
-        bare = _side(await _bench_bare(workdir, env, args))
-        print(f"bench.screenpop: gateway ({phase})...", flush=True)
-        gateway = _side(await _bench_gateway(workdir, env, args, agents, profile))
+        print(
+            f"bench.screenpop: {args.windows} windows of {args.seconds / args.windows:g} s "
+            f"per server at {args.rate:g} calls/s, in turn...",
+            flush=True,
+        )
+        async with (
+            _bare_server(workdir, env, args) as bare_target,
+            _gateway_server(workdir, env, args, agents, profile) as gateway_target,
+        ):
+            bare_runs, gateway_runs = await run_alternating(
+                bare_target, gateway_target, args, lambda line: print(f"  {line}", flush=True)
+            )
+        bare, gateway = _side(bare_runs), _side(gateway_runs)
         gw_p99 = gateway["ring_to_pop"]["p99_ms"]
         bare_p99 = bare["ring_to_pop"]["p99_ms"]
         ratio = round(gw_p99 / bare_p99, 2) if gw_p99 is not None and bare_p99 else None
@@ -613,7 +745,9 @@ async def _main(args: argparse.Namespace) -> int:
             "setup": {
                 "rate": args.rate,
                 "seconds": args.seconds,
+                "windows": args.windows,
                 "warmup_s": args.warmup,
+                "window_lead_in_s": min(args.warmup, WINDOW_LEAD_IN_S),
                 "agents": args.agents,
                 "hangup_after_s": args.hangup_after,
                 "connections": args.connections,
@@ -664,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         or args.hangup_after < 0
         or args.drain < 0
         or args.connections < 1
+        or args.windows < 1
     ):
         print("bench.screenpop: invalid arguments (see --help)", file=sys.stderr)
         return 2
