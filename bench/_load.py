@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,52 @@ import aiohttp
 
 LOOPBACK = "127.0.0.1"
 _JSON = {"Content-Type": "application/json"}
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    """The CPUs the servers under test get and the one the load generator keeps to."""
+
+    servers: frozenset[int]
+    load_generator: frozenset[int]
+
+    def describe(self) -> str:
+        servers, load = _cpus(self.servers), _cpus(self.load_generator)
+        return f"load generator on CPU {load}, servers on {servers}"
+
+
+def split_cpus() -> CpuSplit | None:
+    """The last CPU this process may use for the load generator, the others for the servers;
+    None where there are fewer than two or the system cannot bind processes.
+
+    As if the load sent from another machine: left to the scheduler, a load generator woken
+    by a server's reply is often put on that server's CPU, and then takes turns with it."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        return None
+    last = max(allowed)
+    return CpuSplit(frozenset(allowed - {last}), frozenset({last}))
+
+
+@contextlib.contextmanager
+def on_cpus(cpus: frozenset[int] | None) -> Iterator[None]:
+    """The calling thread on `cpus` meanwhile (None: as it is), and so every process it starts
+    meanwhile for good; then on the CPUs it had."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _cpus(cpus: frozenset[int]) -> str:
+    return ",".join(map(str, sorted(cpus)))
 
 
 def free_port() -> int:

@@ -1,19 +1,25 @@
 """Ring-to-pop latency of CTI calls against a bare webhook-to-WebSocket forwarder, in one run.
 
-`python -m bench.screenpop [--rate 200] [--seconds 20] [--windows 4] [--profile]` (from the repo
-root):
+`python -m bench.screenpop [--rate 200] [--seconds 20] [--windows 4] [--cpus apart|shared]
+[--profile]` (from the repo root):
 
 1. 50 agents (`--agents`) are created with `gateway agent add` (extensions 201, 202, ...) in a
    fresh temporary directory, so the gateway runs on the embedded default (a new SQLite file).
 2. Two servers, each its own process: the bare baseline (`bench._bare_ws`: `POST /ring` forwards
    a small JSON message to the named agent's `GET /ws` socket) and the gateway (`python -m
    gateway serve`, `POST /webhooks/cti`). The load generator is this process; everything is
-   loopback. Both are up for the whole run and take the very same load in turn, one at a time:
-   `--seconds` per server split into `--windows` windows, bare-gateway, then gateway-bare, and
-   so on (ABBA). Whatever the machine does over the minutes of a run falls on both alike (on
-   the project's VM the same work cost a third more CPU from one minute to the next), and the
-   ratio compares like with like. Each window warms up uncounted, the first for `--warmup`
-   seconds, the later ones (the server warm by then) for at most `WINDOW_LEAD_IN_S`.
+   loopback. With `--cpus apart` (the default, on two CPUs or more) the load generator keeps
+   to the last CPU and both servers to the others, as if it sent from a machine of its own:
+   left to the scheduler, it was often woken on the gateway's CPU (the gateway keeps its loop
+   to one) and took turns with it there, where the bare app moved to the other CPU; that
+   added 0.5-1 ms to the gateway's p99 alone. `--cpus shared` leaves all three to the
+   scheduler, as before. Both servers are up for the whole run and take the very same load in
+   turn, one at a time: `--seconds` per server split into `--windows` windows, bare-gateway,
+   then gateway-bare, and so on (ABBA). Whatever the machine does over the minutes of a run
+   falls on both alike (on the project's VM the same work cost a third more CPU from one
+   minute to the next), and the ratio compares like with like. Each window warms up
+   uncounted, the first for `--warmup` seconds, the later ones (the server warm by then) for
+   at most `WINDOW_LEAD_IN_S`.
 3. The load, per window: one WebSocket per agent, each set `available` (the presence reply
    awaited); then an open loop at a fixed `--rate`, scheduled by the clock and not by responses
    (a slow server shows as latency, not as a lower rate). Each call is a form-encoded `newCall`
@@ -61,7 +67,16 @@ from typing import Any
 import aiohttp
 
 from bench import _profile
-from bench._load import LOOPBACK, ServerProcess, cpu_seconds, free_port, http_ok, tcp_open
+from bench._load import (
+    LOOPBACK,
+    ServerProcess,
+    cpu_seconds,
+    free_port,
+    http_ok,
+    on_cpus,
+    split_cpus,
+    tcp_open,
+)
 from bench._load import wait_ready as _wait_ready
 from bench.ingest import _env, _gateway_argv
 
@@ -96,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--connections", type=int, default=512, help="HTTP connection pool of the load generator"
+    )
+    parser.add_argument(
+        "--cpus",
+        choices=("apart", "shared"),
+        default="apart",
+        help="apart: the load generator on the last CPU, both servers on the others (as a PBX "
+        "on a machine of its own); shared: all of them left to the system's scheduler",
     )
     parser.add_argument("--target-p99-ms", type=float, default=TARGET_P99_MS)
     parser.add_argument("--target-ratio", type=float, default=TARGET_RATIO)
@@ -697,8 +719,8 @@ def _table(report: dict[str, Any]) -> str:
         f"bench.screenpop: {setup['rate']:g} calls/s, {setup['seconds']:g} s measured per "
         f"server in {setup['windows']} windows taken in turn (warm-up {setup['warmup_s']:g} s, "
         f"then {setup['window_lead_in_s']:g} s), {setup['agents']} agent sockets, hang-up after "
-        f"{setup['hangup_after_s']:g} s, {setup['cpus']} CPUs (load average "
-        f"{setup['loadavg_1m_at_start']:g} at start)"
+        f"{setup['hangup_after_s']:g} s, {setup['cpus']} CPUs ({setup['placement']}; load "
+        f"average {setup['loadavg_1m_at_start']:g} at start)"
         + (f", gateway under {setup['profiler']}" if setup["profiler"] else ""),
         "-" * (width + 60),
     ]
@@ -730,13 +752,17 @@ async def _main(args: argparse.Namespace) -> int:
             f"per server at {args.rate:g} calls/s, in turn...",
             flush=True,
         )
-        async with (
-            _bare_server(workdir, env, args) as bare_target,
-            _gateway_server(workdir, env, args, agents, profile) as gateway_target,
-        ):
-            bare_runs, gateway_runs = await run_alternating(
-                bare_target, gateway_target, args, lambda line: print(f"  {line}", flush=True)
-            )
+        split = split_cpus() if args.cpus == "apart" else None
+        async with contextlib.AsyncExitStack() as servers:
+            with on_cpus(split.servers if split else None):
+                bare_target = await servers.enter_async_context(_bare_server(workdir, env, args))
+                gateway_target = await servers.enter_async_context(
+                    _gateway_server(workdir, env, args, agents, profile)
+                )
+            with on_cpus(split.load_generator if split else None):
+                bare_runs, gateway_runs = await run_alternating(
+                    bare_target, gateway_target, args, lambda line: print(f"  {line}", flush=True)
+                )
         bare, gateway = _side(bare_runs), _side(gateway_runs)
         gw_p99 = gateway["ring_to_pop"]["p99_ms"]
         bare_p99 = bare["ring_to_pop"]["p99_ms"]
@@ -752,6 +778,7 @@ async def _main(args: argparse.Namespace) -> int:
                 "hangup_after_s": args.hangup_after,
                 "connections": args.connections,
                 "cpus": os.cpu_count(),
+                "placement": split.describe() if split else "left to the system's scheduler",
                 "loadavg_1m_at_start": round(loadavg, 2),
                 "agents_created_in_s": round(agents_s, 1),
                 "python": sys.version.split()[0],

@@ -133,7 +133,9 @@ class Foreground:
 def confine_to_one_cpu() -> int | None:
     """Bind the calling thread (the event loop's) to the lowest CPU the process may use, and
     with it every thread it starts from then on (the database's, aiosqlite's): the CPU, or
-    None, and nothing bound, where there is only one or the system cannot bind threads.
+    None, and nothing bound, where the system cannot bind threads. A process kept to one CPU of
+    several (`taskset -c 3`) is confined already: that CPU. On a machine of one core, None:
+    everything else runs on that core too, and would leave a yielding writer little time.
 
     A CPython process runs Python on one core at a time (the GIL); spread over two, the SQLite
     writer and the event loop hand the GIL back and forth between cores, each a cross-core
@@ -144,9 +146,9 @@ def confine_to_one_cpu() -> int | None:
     if not hasattr(os, "sched_setaffinity"):
         return None
     allowed = os.sched_getaffinity(0)
-    if len(allowed) < 2:
-        return None
     cpu = min(allowed)
+    if len(allowed) == 1:
+        return cpu if (os.cpu_count() or 1) > 1 else None
     try:
         os.sched_setaffinity(0, {cpu})
     except OSError as error:

@@ -114,17 +114,15 @@ async def test_serve_answers_healthz_on_the_given_port(tmp_path: Path) -> None:
         await asyncio.wait_for(process.wait(), timeout=15)
 
 
-@pytest.mark.parametrize("setting", ["on", "off"])
-async def test_serve_on_sqlite_runs_on_one_cpu_with_its_writer_last_unless_told_not_to(
-    tmp_path: Path, setting: str
-) -> None:
-    allowed = os.sched_getaffinity(0)
+async def _threads_after_a_call(
+    tmp_path: Path, env: dict[str, str]
+) -> tuple[int, dict[int, set[int]], dict[int, int]]:
+    """`serve` started from the calling thread, after one call signal (its writer thread has
+    written): the server's pid, and its threads' CPUs and scheduling policies."""
     port = _free_port()
-    process = await _serving(
-        tmp_path, port, {"SWITCHBOARD_LOOP_CPU": setting, "SWITCHBOARD_CTI_TOKEN": "cti-secret"}
-    )
+    process = await _serving(tmp_path, port, {**env, "SWITCHBOARD_CTI_TOKEN": "cti-secret"})
     try:
-        async with aiohttp.ClientSession() as http:  # a call signal: the writer thread writes it
+        async with aiohttp.ClientSession() as http:
             ring = {"event": "newCall", "direction": "in", "from": "+4930555", "callId": "c-1"}
             url = f"http://127.0.0.1:{port}/webhooks/cti?token=cti-secret"
             async with http.post(url, data={**ring, "to": "+4930123"}) as response:
@@ -135,12 +133,43 @@ async def test_serve_on_sqlite_runs_on_one_cpu_with_its_writer_last_unless_told_
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), timeout=15)
-    idle = [tid for tid, policy in policies.items() if policy == os.SCHED_IDLE]
+    return process.pid, cpus, policies
+
+
+def _idle(policies: dict[int, int]) -> list[int]:
+    return [tid for tid, policy in policies.items() if policy == os.SCHED_IDLE]
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+async def test_serve_on_sqlite_runs_on_one_cpu_with_its_writer_last_unless_told_not_to(
+    tmp_path: Path, setting: str
+) -> None:
+    allowed = os.sched_getaffinity(0)
+    pid, cpus, policies = await _threads_after_a_call(tmp_path, {"SWITCHBOARD_LOOP_CPU": setting})
+    idle = _idle(policies)
     if setting == "on" and len(allowed) >= 2:
         assert set(map(frozenset, cpus.values())) == {frozenset({min(allowed)})}
-        assert len(idle) == 1 and idle != [process.pid], "the one writer, not the event loop"
+        assert len(idle) == 1 and idle != [pid], "the one writer, not the event loop"
     else:
         assert all(thread_cpus == allowed for thread_cpus in cpus.values())
+        assert idle == []
+
+
+async def test_serve_kept_to_one_cpu_of_several_runs_its_writer_last_on_that_cpu(
+    tmp_path: Path,
+) -> None:
+    allowed = os.sched_getaffinity(0)
+    kept_to = {max(allowed)}  # as `taskset -c N` would start it
+    os.sched_setaffinity(0, kept_to)  # the child inherits the starting thread's CPUs
+    try:
+        pid, cpus, policies = await _threads_after_a_call(tmp_path, {})
+    finally:
+        os.sched_setaffinity(0, allowed)
+    idle = _idle(policies)
+    assert all(thread_cpus == kept_to for thread_cpus in cpus.values())
+    if (os.cpu_count() or 1) > 1:
+        assert len(idle) == 1 and idle != [pid], "the one writer, not the event loop"
+    else:  # a machine of one core: everything else runs there too
         assert idle == []
 
 

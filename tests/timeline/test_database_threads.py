@@ -61,11 +61,31 @@ def test_confining_binds_the_calling_thread_and_the_threads_it_starts_to_one_cpu
     seen = _in_a_thread_of_its_own(loop_thread)
 
     if len(allowed) < 2:
-        assert seen == {"cpu": None, "bound": allowed, "started": allowed}
+        cpu = min(allowed) if (os.cpu_count() or 1) > 1 else None
+        assert seen == {"cpu": cpu, "bound": allowed, "started": allowed}
         return
     assert seen["cpu"] == min(allowed)
     assert seen["bound"] == seen["started"] == {min(allowed)}
     assert os.sched_getaffinity(0) == allowed, "threads started before keep every CPU"
+
+
+def test_a_thread_kept_to_one_cpu_of_several_is_confined_already(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    allowed = os.sched_getaffinity(0)
+    kept_to = {max(allowed)}
+
+    def kept_thread(seen: dict[str, object]) -> None:
+        os.sched_setaffinity(0, kept_to)
+        monkeypatch.setattr(os, "cpu_count", lambda: 8)
+        seen["on several"] = confine_to_one_cpu()
+        monkeypatch.setattr(os, "cpu_count", lambda: 1)
+        seen["on one core"] = confine_to_one_cpu()
+        seen["bound"] = os.sched_getaffinity(0)
+
+    seen = _in_a_thread_of_its_own(kept_thread)
+
+    assert seen == {"on several": max(allowed), "on one core": None, "bound": kept_to}
 
 
 def test_a_cpu_the_system_will_not_bind_leaves_the_thread_where_it_was(
@@ -75,9 +95,12 @@ def test_a_cpu_the_system_will_not_bind_leaves_the_thread_where_it_was(
         raise OSError(22, "Invalid argument")
 
     monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:  # with one CPU nothing is ever bound, nor tried
+        assert confine_to_one_cpu() == (min(allowed) if (os.cpu_count() or 1) > 1 else None)
+        return
     assert confine_to_one_cpu() is None
-    if len(os.sched_getaffinity(0)) >= 2:  # with one CPU nothing is ever bound, nor tried
-        assert "could not bind the event loop" in caplog.text
+    assert "could not bind the event loop" in caplog.text
 
 
 async def test_a_writer_the_system_will_not_lower_still_writes(
