@@ -5,21 +5,25 @@
 
 1. 50 agents (`--agents`) are created with `gateway agent add` (extensions 201, 202, ...) in a
    fresh temporary directory, so the gateway runs on the embedded default (a new SQLite file).
-2. Two servers, each its own process: the bare baseline (`bench._bare_ws`: `POST /ring` forwards
-   a small JSON message to the named agent's `GET /ws` socket) and the gateway (`python -m
-   gateway serve`, `POST /webhooks/cti`). The load generator is this process; everything is
-   loopback. With `--cpus apart` (the default, on two CPUs or more) the load generator keeps
-   to the last CPU and both servers to the others, as if it sent from a machine of its own:
-   left to the scheduler, it was often woken on the gateway's CPU (the gateway keeps its loop
-   to one) and took turns with it there, where the bare app moved to the other CPU; that
-   added 0.5-1 ms to the gateway's p99 alone. `--cpus shared` leaves all three to the
-   scheduler, as before. Both servers are up for the whole run and take the very same load in
-   turn, one at a time: `--seconds` per server split into `--windows` windows, bare-gateway,
-   then gateway-bare, and so on (ABBA). Whatever the machine does over the minutes of a run
-   falls on both alike (on the project's VM the same work cost a third more CPU from one
-   minute to the next), and the ratio compares like with like. Each window warms up
-   uncounted, the first for `--warmup` seconds, the later ones (the server warm by then) for
-   at most `WINDOW_LEAD_IN_S`.
+2. Two servers, each its own process: the bare baseline (`bench._bare_ws`: `POST /ring` forwards a
+   small JSON message to the named agent's `GET /ws` socket) and the gateway (`python -m gateway
+   serve`, `POST /webhooks/cti`). The load generator is this process; everything is loopback. With
+   `--cpus apart` (the default, on two CPUs or more) the load generator keeps to the last CPU and
+   both servers to the others, as if it sent from a machine of its own. Left to the scheduler, it
+   was often woken on the gateway's CPU (the gateway keeps its loop to one; the bare app moved to
+   the other CPU) and took a tenth of that CPU's time. Having run more than its share against it,
+   the gateway's woken loop was not yet due, and Linux (6.18, EEVDF) ran the gateway's idle-policy
+   database writer instead, up to the next 4 ms tick: in perf traces the loop's wake-up-to-run p99
+   was 1.0 and 3.2 ms shared, 0.08 ms apart. Apart, the bare app is woken across CPUs too, as by a
+   remote PBX, where shared it often ran beside the load generator: its p99 rises with it (0.6-0.8
+   to 0.8-1.3 ms on the project's VM), the gateway's falls (1.6-2.2 to 1.1-1.6 ms). `--cpus shared`
+   leaves all three to the scheduler, as before. Both servers are up for the whole run and take the
+   very same load in turn, one at a time: `--seconds` per server split into `--windows` windows,
+   bare-gateway, then gateway-bare, and so on (ABBA). Whatever the machine does over the minutes of
+   a run falls on both alike (on the project's VM the same work cost a third more CPU from one
+   minute to the next), and the ratio compares like with like. Each window warms up uncounted, the
+   first for `--warmup` seconds, the later ones (the server warm by then) for at most
+   `WINDOW_LEAD_IN_S`.
 3. The load, per window: one WebSocket per agent, each set `available` (the presence reply
    awaited); then an open loop at a fixed `--rate`, scheduled by the clock and not by responses
    (a slow server shows as latency, not as a lower rate). Each call is a form-encoded `newCall`
